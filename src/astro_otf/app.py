@@ -1,0 +1,176 @@
+"""Wires the parts into one ASGI app: store, registry, executor, scheduler, reaper, HTTP."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from astro_otf import __version__
+from astro_otf.batching.former import BatchRules
+from astro_otf.config import Settings
+from astro_otf.domain.errors import NotAuthenticated, OTFError, QueueFull
+from astro_otf.domain.phases import Phase
+from astro_otf.execution.base import make_executor
+from astro_otf.models.registry import RegistryConfig, build_registry
+from astro_otf.service.events import JobEvents
+from astro_otf.service.jobs import JobService
+from astro_otf.service.metrics import Metrics
+from astro_otf.service.reaper import Reaper
+from astro_otf.service.scheduler import Scheduler, utcnow
+from astro_otf.service.threads import in_thread
+from astro_otf.store.database import make_engine, migrate
+from astro_otf.store.files import JobFolders
+from astro_otf.store.repository import JobStore
+from astro_otf.uws import routes, system
+
+log = logging.getLogger("astro_otf")
+
+
+def recover(store: JobStore, folders: JobFolders) -> tuple[int, int]:
+    """After a restart: jobs left EXECUTING run again; a job whose input is gone is ERROR."""
+    requeued = failed = 0
+    for phase in (Phase.EXECUTING, Phase.QUEUED):
+        for job_id in store.ids_in_phase(phase):
+            job = store.get(job_id)
+            missing = [
+                p.name.upper()
+                for p in job.parameters
+                if p.is_file and not folders.input_file(job_id, p.value).is_file()
+            ]
+            if missing:
+                store.transition(
+                    job_id,
+                    [phase],
+                    Phase.ERROR,
+                    end_time=utcnow(),
+                    error_type="fatal",
+                    error_message=f"the uploaded {', '.join(missing)} of this job was lost "
+                    "while the service restarted; please submit the job again",
+                )
+                failed += 1
+            elif phase == Phase.EXECUTING:
+                folders.clear_results(job_id)
+                store.transition(
+                    job_id, [phase], Phase.QUEUED, start_time=None, queue_time=utcnow()
+                )
+                requeued += 1
+    return requeued, failed
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.effective_database_url)
+        await in_thread(migrate, engine)
+        store = JobStore(engine)
+        folders = JobFolders(settings.data_dir)
+        requeued, failed = await in_thread(recover, store, folders)
+        if requeued or failed:
+            log.info("recovered after restart: %d job(s) queued again, %d lost", requeued, failed)
+        registry_config = RegistryConfig.from_settings(settings)
+        registry = await in_thread(build_registry, registry_config)
+        executor = make_executor(settings.executor, settings.workers, registry_config)
+        events = JobEvents()
+        metrics = Metrics(store)
+        scheduler = Scheduler(
+            store,
+            folders,
+            executor,
+            events,
+            apps=registry,
+            registry=registry_config,
+            rules=BatchRules(
+                max_jobs=settings.batch_max_jobs,
+                max_tiles=settings.batch_max_tiles,
+                max_wait=settings.batch_max_wait,
+            ),
+            metrics=metrics,
+        )
+        service = JobService(settings, store, folders, registry, events, scheduler)
+        reaper = Reaper(service)
+        app.state.settings = settings
+        app.state.service = service
+        app.state.scheduler = scheduler
+        app.state.executor = executor
+        app.state.reaper = reaper
+        app.state.metrics = metrics
+        scheduler.start()
+        reaper.start()
+        log.info(
+            "astro-otf %s: data in %s, %s executor with %d worker(s), database %s",
+            __version__,
+            settings.data_dir,
+            executor.name,
+            executor.capacity,
+            engine.url.render_as_string(hide_password=True),
+        )
+        try:
+            yield
+        finally:
+            await reaper.stop()
+            await scheduler.stop()
+            executor.shutdown()
+            engine.dispose()
+
+    app = FastAPI(
+        title="astro-otf",
+        version=__version__,
+        description="On-the-fly source finding in radio images, as IVOA UWS 1.1 jobs.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(system.router)
+    app.include_router(routes.router)
+
+    @app.exception_handler(OTFError)
+    async def otf_error(request: Request, exc: OTFError) -> PlainTextResponse:
+        headers = {}
+        if isinstance(exc, QueueFull):
+            headers["Retry-After"] = str(exc.retry_after)
+        if isinstance(exc, NotAuthenticated):
+            headers["WWW-Authenticate"] = "Bearer"
+        return PlainTextResponse(exc.message, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> PlainTextResponse:
+        parts = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return PlainTextResponse("; ".join(parts), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> PlainTextResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no resource at {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return PlainTextResponse(
+            message, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
+
+    return app
+
+
+def run_server(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Start the service with the configured settings (``otf serve``)."""
+    import uvicorn
+
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+    )

@@ -1,0 +1,1 @@
+"""Batch forming: which queued jobs run together in one model forward pass."""

@@ -1,0 +1,48 @@
+"""Python client for an astro-otf service.
+
+This package is the supported way for programs to use a running astro-otf service over
+HTTP. It depends only on httpx and never imports the server code, so it can be used
+from any machine that can reach the service::
+
+    from astro_otf.client import OTFClient
+
+    with OTFClient("http://otf.example.org", token="...") as otf:
+        job_id = otf.submit(Path("field.fits"), {"MODEL": "sep", "thresh": "5"})
+        job = otf.wait(job_id)
+        if job.phase == "COMPLETED":
+            otf.download_result(job_id, "result", Path("field.xml"))
+"""
+
+from astro_otf.client.api import (
+    ACTIVE_PHASES,
+    DEFAULT_URL,
+    FINAL_PHASES,
+    TOKEN_ENV,
+    URL_ENV,
+    ErrorSummary,
+    Job,
+    JobSummary,
+    OTFClient,
+    OTFClientError,
+    OTFError,
+    ProtocolError,
+    ResultRef,
+    ServerUnreachable,
+)
+
+__all__ = [
+    "ACTIVE_PHASES",
+    "DEFAULT_URL",
+    "FINAL_PHASES",
+    "TOKEN_ENV",
+    "URL_ENV",
+    "ErrorSummary",
+    "Job",
+    "JobSummary",
+    "OTFClient",
+    "OTFClientError",
+    "OTFError",
+    "ProtocolError",
+    "ResultRef",
+    "ServerUnreachable",
+]

@@ -1,0 +1,695 @@
+"""A typed, synchronous client for the astro-otf UWS 1.1 HTTP interface.
+
+This module exists so that scripts, notebooks and the ``otf`` command line talk to a
+running service through one tested piece of code that knows the wire contract (303
+redirects after POST, JSON job documents, blocking ``WAIT`` requests, ``Retry-After`` on
+a full queue, text/plain refusals) instead of each re-implementing it with raw HTTP.
+
+It deliberately imports nothing from the server side of ``astro_otf``: a client install
+needs only httpx, and the server is free to change its internals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import ssl
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+from urllib.parse import quote, unquote, urljoin, urlsplit
+
+import httpx
+
+from astro_otf import __version__
+
+#: Where the client looks when neither an argument nor ``OTF_URL`` names the service.
+DEFAULT_URL = "http://127.0.0.1:8000"
+#: Environment variable holding the service base URL.
+URL_ENV = "OTF_URL"
+#: Environment variable holding the bearer token.
+TOKEN_ENV = "OTF_TOKEN"
+
+#: UWS phases in which a job may still change by itself; ``WAIT`` blocks only in these.
+ACTIVE_PHASES: frozenset[str] = frozenset({"PENDING", "QUEUED", "EXECUTING"})
+#: UWS phases a job never leaves (but for destruction).
+FINAL_PHASES: frozenset[str] = frozenset({"COMPLETED", "ERROR", "ABORTED", "ARCHIVED"})
+
+_JSON = "application/json"
+#: Seconds added to a ``WAIT`` duration for the HTTP read timeout, so that the server's
+#: own answer at the end of the wait always arrives before the client gives up.
+_WAIT_SLACK = 30.0
+_CHUNK = 1 << 16
+_MAX_MESSAGE = 2000
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class OTFError(Exception):
+    """Base class of every error this client raises."""
+
+
+class OTFClientError(OTFError):
+    """The service answered with an HTTP error; ``message`` is its explanation."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        url: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.url = url
+        #: Seconds the server asked us to wait (503 only), when it said so.
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ServerUnreachable(OTFError):
+    """No HTTP answer: connection refused, DNS failure, timeout, broken connection."""
+
+
+class ProtocolError(OTFError):
+    """The service answered, but not in the shape the contract promises."""
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _parse_time(value: Any, name: str) -> datetime | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(f"{name}: expected an ISO-8601 string, got {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ProtocolError(f"{name}: {value!r} is not an ISO-8601 time") from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _opt_int(value: Any, name: str) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ProtocolError(f"{name}: expected an integer, got {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ProtocolError(f"{name}: expected an integer, got {value!r}") from None
+
+
+def _param_str(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _require(doc: Mapping[str, Any], key: str, what: str) -> Any:
+    if key not in doc or doc[key] is None:
+        raise ProtocolError(f"{what} without {key!r}: {doc!r}"[:_MAX_MESSAGE])
+    return doc[key]
+
+
+def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ProtocolError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRef:
+    """One result a job produced: ``href`` is where to fetch it."""
+
+    id: str
+    href: str
+    mime_type: str | None = None
+    size: int | None = None
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> ResultRef:
+        doc = _mapping(doc, "result")
+        return cls(
+            id=str(_require(doc, "id", "result")),
+            href=str(doc.get("href") or ""),
+            mime_type=_opt_str(doc.get("mimeType")),
+            size=_opt_int(doc.get("size"), "result size"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSummary:
+    """Why a job ended in ERROR (UWS ``errorSummary``)."""
+
+    type: str
+    message: str
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> ErrorSummary:
+        doc = _mapping(doc, "errorSummary")
+        return cls(type=str(doc.get("type") or "fatal"), message=str(doc.get("message") or ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as the service describes it at one moment.
+
+    ``parameters`` maps names to their string values (JSON numbers and booleans are
+    rendered as text, nulls are left out). ``raw`` is the document as received, for
+    fields this class does not model.
+    """
+
+    job_id: str
+    phase: str
+    run_id: str | None = None
+    owner_id: str | None = None
+    quote: str | None = None
+    creation_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    execution_duration: int | None = None
+    destruction: datetime | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
+    results: list[ResultRef] = field(default_factory=list)
+    error_summary: ErrorSummary | None = None
+    job_info: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_active(self) -> bool:
+        """True while the job may still change phase by itself."""
+        return self.phase in ACTIVE_PHASES
+
+    @property
+    def is_final(self) -> bool:
+        """True once the job can no longer run."""
+        return self.phase in FINAL_PHASES
+
+    def result(self, result_id: str = "result") -> ResultRef | None:
+        """The result named ``result_id``, or None when the job has no such result."""
+        return next((r for r in self.results if r.id == result_id), None)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Job:
+        doc = _mapping(doc, "job")
+        params = _mapping(doc.get("parameters") or {}, "parameters")
+        results = doc.get("results") or []
+        if not isinstance(results, list):
+            raise ProtocolError(f"results: expected a JSON array, got {type(results).__name__}")
+        summary = doc.get("errorSummary")
+        info = doc.get("jobInfo") or {}
+        return cls(
+            job_id=str(_require(doc, "jobId", "job")),
+            phase=str(_require(doc, "phase", "job")).upper(),
+            run_id=_opt_str(doc.get("runId")),
+            owner_id=_opt_str(doc.get("ownerId")),
+            quote=_opt_str(doc.get("quote")),
+            creation_time=_parse_time(doc.get("creationTime"), "creationTime"),
+            start_time=_parse_time(doc.get("startTime"), "startTime"),
+            end_time=_parse_time(doc.get("endTime"), "endTime"),
+            execution_duration=_opt_int(doc.get("executionDuration"), "executionDuration"),
+            destruction=_parse_time(doc.get("destruction"), "destruction"),
+            parameters={str(k): _param_str(v) for k, v in params.items() if v is not None},
+            results=[ResultRef.from_json(r) for r in results],
+            error_summary=None if summary is None else ErrorSummary.from_json(summary),
+            job_info=dict(_mapping(info, "jobInfo")),
+            raw=dict(doc),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """One line of the job list (``GET /jobs``)."""
+
+    job_id: str
+    phase: str
+    run_id: str | None = None
+    owner_id: str | None = None
+    creation_time: datetime | None = None
+    href: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> JobSummary:
+        doc = _mapping(doc, "job summary")
+        return cls(
+            job_id=str(_require(doc, "jobId", "job summary")),
+            phase=str(_require(doc, "phase", "job summary")).upper(),
+            run_id=_opt_str(doc.get("runId")),
+            owner_id=_opt_str(doc.get("ownerId")),
+            creation_time=_parse_time(doc.get("creationTime"), "creationTime"),
+            href=_opt_str(doc.get("href")),
+            raw=dict(doc),
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _server_message(response: httpx.Response) -> str:
+    """The server's explanation of a refusal, as one string."""
+    text = response.text.strip()
+    if "json" in response.headers.get("content-type", ""):
+        with contextlib.suppress(ValueError):
+            doc = json.loads(text)
+            detail = doc.get("detail", doc.get("message")) if isinstance(doc, dict) else None
+            if isinstance(detail, str):
+                text = detail
+            elif isinstance(detail, list):  # FastAPI validation errors
+                text = "; ".join(
+                    str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail
+                )
+    if not text:
+        text = f"HTTP {response.status_code} {response.reason_phrase}".strip()
+    return text[:_MAX_MESSAGE]
+
+
+def _job_id_from_location(location: str, request_url: str) -> str:
+    """The job id in a ``Location`` that points at ``.../jobs/{job_id}``."""
+    path = urlsplit(urljoin(request_url, location)).path
+    parts = [p for p in path.split("/") if p]
+    if len(parts) < 2 or parts[-2] != "jobs":
+        raise ProtocolError(f"Location {location!r} does not point at a job")
+    return unquote(parts[-1])
+
+
+def _format_time(value: datetime | str) -> str:
+    if isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _check_base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"service URL must be http:// or https:// with a host, got {url!r}")
+    return url.rstrip("/")
+
+
+# --------------------------------------------------------------------------- client
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying TLS context for every client: building one costs ~50 ms."""
+    return httpx.create_ssl_context()
+
+
+FilesOpener = Callable[[contextlib.ExitStack], Mapping[str, Any]]
+
+
+class OTFClient:
+    """A synchronous client for one astro-otf service.
+
+    Use it as a context manager (or call :meth:`close`). ``url`` and ``token`` default to
+    the ``OTF_URL`` and ``OTF_TOKEN`` environment variables. Answers ``503`` are retried
+    up to ``max_retries`` times, waiting as long as ``Retry-After`` says (1, 2, 4 ... s
+    when it says nothing) unless that is more than ``max_retry_delay``. ``http_client``
+    lets a caller supply its own :class:`httpx.Client` (e.g. a test client); it is then
+    not closed by this object and its base URL is used when ``url`` is not given.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        max_retry_delay: float = 60.0,
+        http_client: httpx.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if url is None and http_client is not None and str(http_client.base_url):
+            url = str(http_client.base_url)
+        self.url = _check_base_url(url or os.environ.get(URL_ENV) or DEFAULT_URL)
+        self._token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+        self.max_retries = max(0, max_retries)
+        self.max_retry_delay = max_retry_delay
+        self._timeout = timeout
+        self._sleep = sleep
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            follow_redirects=False,
+            verify=_ssl_context(),
+        )
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Release the connection pool (only when this object created it)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"OTFClient(url={self.url!r}, token={'***' if self._token else None})"
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _endpoint(self, *parts: str) -> str:
+        return "/".join([self.url, *(quote(p, safe="") for p in parts)])
+
+    def _headers(self, accept: str | None) -> dict[str, str]:
+        headers = {"User-Agent": f"astro-otf-client/{__version__}"}
+        if accept:
+            headers["Accept"] = accept
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return headers
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        accept: str | None = None,
+        params: Sequence[tuple[str, str]] | None = None,
+        data: Mapping[str, str] | None = None,
+        files: FilesOpener | None = None,
+        timeout: httpx.Timeout | None = None,
+        stream: bool = False,
+        follow_redirects: bool = False,
+        retry: bool = True,
+        allow_status: Collection[int] = (),
+    ) -> httpx.Response:
+        """Send one request, retrying on 503, and raise for any error status.
+
+        ``files`` is called afresh for every attempt so an upload can be re-sent from
+        the start of the file; whatever it opens is closed once the request is sent.
+        """
+        attempt = 0
+        while True:
+            with contextlib.ExitStack() as stack:
+                request = self._http.build_request(
+                    method,
+                    url,
+                    params=list(params) if params else None,
+                    data=dict(data) if data is not None else None,
+                    files=files(stack) if files is not None else None,
+                    headers=self._headers(accept),
+                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+                try:
+                    response = self._http.send(
+                        request, stream=stream, follow_redirects=follow_redirects
+                    )
+                except httpx.TransportError as exc:
+                    raise ServerUnreachable(
+                        f"cannot reach the service at {self.url}: {exc or type(exc).__name__}"
+                    ) from exc
+            status = response.status_code
+            if status in allow_status or status < 400:
+                return response
+            if status == 503 and retry and attempt < self.max_retries:
+                delay = _retry_after(response.headers.get("Retry-After"))
+                if delay is None:
+                    delay = float(2**attempt)
+                if delay <= self.max_retry_delay:
+                    response.close()
+                    attempt += 1
+                    self._sleep(delay)
+                    continue
+            raise self._error(response)
+
+    @staticmethod
+    def _error(response: httpx.Response) -> OTFClientError:
+        try:
+            response.read()
+            message = _server_message(response)
+        except httpx.HTTPError:
+            message = f"HTTP {response.status_code} {response.reason_phrase}".strip()
+        finally:
+            response.close()
+        return OTFClientError(
+            response.status_code,
+            message,
+            url=str(response.request.url),
+            retry_after=_retry_after(response.headers.get("Retry-After")),
+        )
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise ProtocolError(
+                f"expected JSON from {response.request.url}, got "
+                f"{response.headers.get('content-type', 'no content type')}"
+            ) from None
+
+    def _wait_timeout(self, wait: int) -> httpx.Timeout:
+        read = None if wait < 0 else wait + _WAIT_SLACK
+        return httpx.Timeout(self._timeout, connect=min(self._timeout, 10.0), read=read)
+
+    def _fetch_job(self, job_id: str, wait: int | None = None) -> Job:
+        params = [("WAIT", str(wait))] if wait is not None else None
+        response = self._request(
+            "GET",
+            self._endpoint("jobs", job_id),
+            accept=_JSON,
+            params=params,
+            timeout=self._wait_timeout(wait) if wait is not None else None,
+        )
+        return Job.from_json(self._json(response))
+
+    def _redirected_job_id(self, response: httpx.Response) -> str:
+        location = response.headers.get("Location")
+        if not location:
+            raise ProtocolError(
+                f"{response.request.method} {response.request.url} answered "
+                f"{response.status_code} without a Location"
+            )
+        return _job_id_from_location(location, str(response.request.url))
+
+    # ----------------------------------------------------------------- jobs
+
+    def submit(
+        self,
+        image: Path,
+        params: Mapping[str, str] | None = None,
+        run: bool = True,
+        run_id: str | None = None,
+    ) -> str:
+        """Create a job for the FITS file ``image``; return its id.
+
+        ``params`` are sent as form fields (``MODEL``, ``PRECISION``, ``thresh`` ...).
+        With ``run`` the job is queued at once (``PHASE=RUN``); otherwise it stays
+        PENDING until :meth:`run`. The file is streamed, never read into memory.
+        """
+        image = Path(image)
+        if not image.is_file():
+            raise FileNotFoundError(f"no such file: {image}")
+        form = {str(k): str(v) for k, v in (params or {}).items()}
+        if run:
+            form = {k: v for k, v in form.items() if k.upper() != "PHASE"}
+            form["PHASE"] = "RUN"
+        if run_id is not None:
+            form = {k: v for k, v in form.items() if k.upper() != "RUNID"}
+            form["RUNID"] = run_id
+
+        def open_image(stack: contextlib.ExitStack) -> Mapping[str, Any]:
+            handle: IO[bytes] = stack.enter_context(image.open("rb"))
+            return {"IMAGE": (image.name, handle, "application/fits")}
+
+        response = self._request("POST", self._endpoint("jobs"), data=form, files=open_image)
+        response.close()
+        if not response.is_redirect and response.status_code != 201:
+            raise ProtocolError(
+                f"POST /jobs answered {response.status_code}, expected 303 with a Location"
+            )
+        return self._redirected_job_id(response)
+
+    def job(self, job_id: str) -> Job:
+        """The job's current description."""
+        return self._fetch_job(job_id)
+
+    def jobs(
+        self,
+        phases: Sequence[str] | None = None,
+        after: datetime | str | None = None,
+        last: int | None = None,
+    ) -> list[JobSummary]:
+        """The caller's jobs, optionally only in ``phases``, created after ``after``,
+        or only the ``last`` most recent ones."""
+        params: list[tuple[str, str]] = [("PHASE", p.upper()) for p in phases or ()]
+        if after is not None:
+            params.append(("AFTER", _format_time(after)))
+        if last is not None:
+            params.append(("LAST", str(last)))
+        response = self._request("GET", self._endpoint("jobs"), accept=_JSON, params=params)
+        doc = _mapping(self._json(response), "job list")
+        items = doc.get("jobs")
+        if not isinstance(items, list):
+            raise ProtocolError("job list without a 'jobs' array")
+        return [JobSummary.from_json(item) for item in items]
+
+    def wait(self, job_id: str, timeout: float | None = None, poll_wait: int = 60) -> Job:
+        """Block until the job leaves the active phases (or ``timeout`` seconds pass).
+
+        Uses the UWS blocking ``WAIT`` request, at most ``poll_wait`` seconds per request
+        (``-1`` lets the server pick its maximum). Returns the last job seen: check
+        :attr:`Job.is_active` to tell a timeout from an ending. A PENDING job that nobody
+        runs stays PENDING, so without ``timeout`` this then waits forever.
+        """
+        if poll_wait == 0 or poll_wait < -1:
+            raise ValueError(f"poll_wait must be a positive number of seconds or -1: {poll_wait}")
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        job = self._fetch_job(job_id)
+        while job.is_active:
+            wait = poll_wait
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                cap = max(1, math.ceil(remaining))
+                wait = cap if poll_wait < 0 else min(poll_wait, cap)
+            started = time.monotonic()
+            previous = job.phase
+            job = self._fetch_job(job_id, wait=wait)
+            quick = time.monotonic() - started < 0.5
+            if job.phase == previous and quick:
+                # A server that ignores WAIT would otherwise make this a busy loop.
+                self._sleep(1.0)
+        return job
+
+    def run(self, job_id: str) -> Job:
+        """Start a PENDING job (``PHASE=RUN``); return it as it is afterwards."""
+        return self._set_phase(job_id, "RUN")
+
+    def abort(self, job_id: str) -> Job:
+        """Abort a job (``PHASE=ABORT``); return it as it is afterwards."""
+        return self._set_phase(job_id, "ABORT")
+
+    def _set_phase(self, job_id: str, phase: str) -> Job:
+        response = self._request(
+            "POST", self._endpoint("jobs", job_id, "phase"), data={"PHASE": phase}
+        )
+        response.close()
+        return self._fetch_job(job_id)
+
+    def delete(self, job_id: str) -> None:
+        """Destroy a job and its results."""
+        self._request("DELETE", self._endpoint("jobs", job_id)).close()
+
+    # ----------------------------------------------------------------- results
+
+    def result(self, job_id: str, result_id: str = "result") -> bytes:
+        """The bytes of one result (``result`` is the VOTable catalogue)."""
+        response = self._request(
+            "GET", self._endpoint("jobs", job_id, "results", result_id), follow_redirects=True
+        )
+        return response.content
+
+    def copy_result(self, job_id: str, sink: IO[bytes], result_id: str = "result") -> int:
+        """Stream one result into the binary file object ``sink``; return the byte count."""
+        response = self._request(
+            "GET",
+            self._endpoint("jobs", job_id, "results", result_id),
+            stream=True,
+            follow_redirects=True,
+        )
+        written = 0
+        try:
+            for chunk in response.iter_bytes(_CHUNK):
+                sink.write(chunk)
+                written += len(chunk)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(f"download from {self.url} broke off: {exc}") from exc
+        finally:
+            response.close()
+        return written
+
+    def download_result(self, job_id: str, result_id: str, dest: Path) -> int:
+        """Stream one result to the file ``dest``; return the byte count.
+
+        The data go to a temporary file beside ``dest`` that replaces it only once the
+        download is complete, so ``dest`` never holds a partial result.
+        """
+        dest = Path(dest)
+        part = dest.with_name(f".{dest.name}.part")
+        try:
+            with part.open("wb") as sink:
+                written = self.copy_result(job_id, sink, result_id)
+            os.replace(part, dest)
+        finally:
+            part.unlink(missing_ok=True)
+        return written
+
+    def error(self, job_id: str) -> str:
+        """The error message of a job that ended in ERROR."""
+        response = self._request("GET", self._endpoint("jobs", job_id, "error"))
+        return response.text
+
+    # ----------------------------------------------------------------- service
+
+    def health(self) -> dict[str, Any]:
+        """Liveness: ``{"status": "ok", "version": ...}``."""
+        response = self._request("GET", self._endpoint("health"), accept=_JSON)
+        return dict(_mapping(self._json(response), "health"))
+
+    def ready(self) -> dict[str, Any]:
+        """Readiness: the server's ``{"status", "checks"}`` plus ``"ready"`` (a bool).
+
+        A 503 answer (not ready) is returned with ``ready`` False, not raised or retried.
+        """
+        response = self._request(
+            "GET",
+            self._endpoint("health", "ready"),
+            accept=_JSON,
+            retry=False,
+            allow_status=(503,),
+        )
+        doc = dict(_mapping(self._json(response), "readiness"))
+        doc.setdefault("ready", response.status_code < 400)
+        return doc

@@ -1,0 +1,126 @@
+"""One Settings object for the whole service.
+
+Values come from a TOML file (its path in ``OTF_CONFIG``) and are overridden by ``OTF_*``
+environment variables, so that operators can keep a file and scripts can change one value
+without editing it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    """Everything an operator may set. Field names are the TOML keys; ``OTF_`` + name is the
+    environment variable (``OTF_DATA_DIR``, ``OTF_DATABASE_URL``, ``OTF_EXECUTOR``, ...)."""
+
+    model_config = SettingsConfigDict(env_prefix="OTF_", extra="forbid", validate_default=True)
+
+    data_dir: Path = Field(default=Path("data"), description="Job folders and the SQLite file.")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL. Default: SQLite file otf.sqlite3 in data_dir.",
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="Public URL of the service, used in Location headers and result links. "
+        "Default: taken from each request.",
+    )
+    executor: Literal["local"] = Field(default="local", description="Where jobs run.")
+    workers: int = Field(default=2, ge=1, le=256, description="Worker processes of the executor.")
+    max_upload_bytes: int = Field(default=2 * 1024**3, ge=1024, description="Largest upload.")
+    default_execution_duration: int = Field(default=3600, ge=1, description="Seconds.")
+    max_execution_duration: int = Field(default=86400, ge=1, description="Seconds; a cap.")
+    default_destruction_days: float = Field(default=7.0, gt=0)
+    max_destruction_days: float = Field(default=30.0, gt=0)
+    max_wait: int = Field(default=600, ge=1, description="Cap on a blocking WAIT, seconds.")
+    max_queued_jobs: int = Field(default=10000, ge=1, description="QUEUED jobs before 503.")
+    auth_mode: Literal["anonymous", "token"] = "anonymous"
+    tokens: dict[str, str] = Field(
+        default_factory=dict, description="Bearer token -> owner, used in token mode."
+    )
+    models_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Folders of model manifests (<id>/<version>/manifest.toml) served besides "
+        "the models shipped with the package.",
+    )
+    inference_providers: list[str] = Field(
+        default_factory=lambda: ["cpu"],
+        description='ONNX Runtime providers in order of preference: "cuda", "tensorrt", "cpu". '
+        "A provider that is not available is skipped with a warning.",
+    )
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime threads per worker; 0: cores / workers."
+    )
+    session_memory_mb: int = Field(
+        default=2048, ge=16, description="Memory budget of the warm model sessions per worker."
+    )
+    max_batch_tiles: int = Field(
+        default=32, ge=1, le=4096, description="Most tiles in one forward pass."
+    )
+    batch_max_jobs: int = Field(default=64, ge=1, description="Most jobs in one batch.")
+    batch_max_tiles: int = Field(
+        default=512, ge=1, description="Most tiles in one batch (of all its jobs)."
+    )
+    batch_max_wait: float = Field(
+        default=0.2, ge=0, description="Seconds a job may wait for others to share its batch."
+    )
+    diagnostic_apps: bool = Field(
+        default=False,
+        description="Also register the 'sleep' app, which does no science: it lets an operator "
+        "check queueing, abort and time limits end to end.",
+    )
+    log_level: str = "info"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_path()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'otf.sqlite3'}"
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings without secrets, for logs and /health."""
+        out = self.model_dump(mode="json")
+        out["tokens"] = f"<{len(self.tokens)} tokens>"
+        return out
+
+
+def config_path() -> Path | None:
+    """The TOML file in force: the one ``OTF_CONFIG`` names (it must exist), else none."""
+    env = os.environ.get("OTF_CONFIG")
+    if not env:
+        return None
+    path = Path(env).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"OTF_CONFIG names {path}, which is not a file")
+    return path

@@ -1,0 +1,66 @@
+"""What the service knows about a job, as plain data (read from the store, rendered by uws/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from astro_otf.domain.phases import Phase
+
+
+@dataclass(frozen=True)
+class JobParameter:
+    name: str
+    value: str
+    is_file: bool = False  # an uploaded file: value is the file name in the job's inputs/
+
+
+@dataclass(frozen=True)
+class JobResult:
+    result_id: str
+    filename: str
+    mime_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ErrorSummary:
+    error_type: str  # "fatal" or "transient", as UWS says
+    message: str
+
+
+@dataclass
+class Job:
+    job_id: str
+    owner: str | None
+    run_id: str | None
+    phase: Phase
+    model_id: str
+    priority: int
+    creation_time: datetime
+    start_time: datetime | None
+    end_time: datetime | None
+    execution_duration: int  # seconds; 0 means unlimited
+    destruction_time: datetime | None
+    quote: datetime | None = None
+    queue_time: datetime | None = None  # when it last entered QUEUED
+    error: ErrorSummary | None = None
+    parameters: list[JobParameter] = field(default_factory=list)
+    results: list[JobResult] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def parameter_values(self) -> dict[str, str]:
+        """The stored non-file parameter strings, by canonical name."""
+        return {p.name: p.value for p in self.parameters if not p.is_file}
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """One line of a job list (UWS ``jobref``)."""
+
+    job_id: str
+    phase: Phase
+    run_id: str | None
+    owner: str | None
+    creation_time: datetime

@@ -1,0 +1,45 @@
+"""The UWS 1.1 execution phases and which moves between them the service allows."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    PENDING = "PENDING"
+    QUEUED = "QUEUED"
+    EXECUTING = "EXECUTING"
+    COMPLETED = "COMPLETED"
+    ERROR = "ERROR"
+    ABORTED = "ABORTED"
+    UNKNOWN = "UNKNOWN"
+    HELD = "HELD"
+    SUSPENDED = "SUSPENDED"
+    ARCHIVED = "ARCHIVED"
+
+
+#: Phases in which a job may still change by itself (UWS calls them active: WAIT blocks here).
+ACTIVE_PHASES = frozenset({Phase.PENDING, Phase.QUEUED, Phase.EXECUTING})
+#: Phases a job never leaves (but for destruction).
+FINAL_PHASES = frozenset({Phase.COMPLETED, Phase.ERROR, Phase.ABORTED, Phase.ARCHIVED})
+
+#: Every move the service makes. A move not listed here is refused.
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.PENDING: frozenset({Phase.QUEUED, Phase.ABORTED, Phase.ERROR}),
+    Phase.QUEUED: frozenset({Phase.EXECUTING, Phase.ABORTED, Phase.ERROR}),
+    Phase.EXECUTING: frozenset(
+        {Phase.COMPLETED, Phase.ERROR, Phase.ABORTED, Phase.QUEUED}  # QUEUED: requeue on restart
+    ),
+    Phase.COMPLETED: frozenset({Phase.ARCHIVED}),
+    Phase.ERROR: frozenset({Phase.ARCHIVED}),
+    Phase.ABORTED: frozenset({Phase.ARCHIVED}),
+}
+
+
+def can_move(src: Phase, dst: Phase) -> bool:
+    return dst in TRANSITIONS.get(src, frozenset())
+
+
+def sources_of(dst: Phase) -> frozenset[Phase]:
+    """The phases from which ``dst`` can be reached."""
+    return frozenset(src for src, dsts in TRANSITIONS.items() if dst in dsts)

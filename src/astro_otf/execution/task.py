@@ -1,0 +1,47 @@
+"""What travels between the service and a worker: plain, picklable data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from astro_otf.models.registry import RegistryConfig
+
+
+@dataclass(frozen=True)
+class JobTask:
+    job_id: str
+    model_id: str
+    parameters: dict[str, str]  # stored (validated) strings, canonical names
+    image_path: str | None
+    job_dir: str
+    owner: str | None
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+
+
+@dataclass(frozen=True)
+class BatchTask:
+    """Jobs of one model (and precision and tile shape) run together in one worker."""
+
+    batch_id: str
+    model_id: str
+    tasks: tuple[JobTask, ...]
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+
+
+@dataclass(frozen=True)
+class ProducedResult:
+    result_id: str
+    filename: str
+    mime_type: str
+    size: int
+
+
+@dataclass
+class TaskOutcome:
+    job_id: str
+    ok: bool
+    results: list[ProducedResult] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    error_message: str | None = None
+    error_type: str = "fatal"

@@ -1,0 +1,193 @@
+"""The code that runs inside a worker process: a batch of jobs, from stored parameters to
+result files.
+
+A batch holds jobs of one model that can share forward passes (one job for a classical
+finder). The worker never raises for a job's own failure: each job gets a TaskOutcome, with
+an error message when it failed, and its details (traceback included) in the job's
+``logs/job.log``. One job's bad input fails that job only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from astro_otf.domain.errors import JobFailure, OTFError
+from astro_otf.domain.parameters import roi_from, validate
+from astro_otf.execution.task import BatchTask, JobTask, ProducedResult, TaskOutcome
+from astro_otf.models.base import App, AppOutput, AppRequest, BatchableApp
+from astro_otf.models.registry import Registry, RegistryConfig, build_registry
+
+_registries: dict[RegistryConfig, Registry] = {}
+
+
+def warm_up(config: RegistryConfig) -> None:
+    """At worker start: import the apps and read the manifests once, before any job."""
+    _registry(config)
+
+
+def _registry(config: RegistryConfig) -> Registry:
+    if config not in _registries:
+        _registries[config] = build_registry(config)
+    return _registries[config]
+
+
+def _where() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+@dataclass
+class _Job:
+    """One job of a batch while it runs: its request, log and clock."""
+
+    task: JobTask
+    log: logging.Logger
+    handler: logging.Handler
+    started: float
+    request: AppRequest | None = None
+
+    @property
+    def job_dir(self) -> Path:
+        return Path(self.task.job_dir)
+
+    def close(self) -> None:
+        shutil.rmtree(self.job_dir / "staging", ignore_errors=True)
+        self.log.removeHandler(self.handler)
+        self.handler.close()
+
+
+def _open(task: JobTask, batch: BatchTask) -> _Job:
+    job_dir = Path(task.job_dir)
+    logs = job_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    staging = job_dir / "staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    log = logging.getLogger(f"astro_otf.job.{task.job_id}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    handler = logging.FileHandler(logs / "job.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    where = _where()
+    log.info(
+        "job %s: model %s on host %s, pid %d, batch %s of %d job(s)",
+        task.job_id,
+        task.model_id,
+        where["host"],
+        where["pid"],
+        batch.batch_id,
+        len(batch.tasks),
+    )
+    return _Job(task, log, handler, time.monotonic())
+
+
+def _request(app: App, job: _Job) -> AppRequest:
+    task = job.task
+    files = ["image"] if task.image_path else []
+    checked = validate(
+        task.parameters,
+        files,
+        app.parameters,
+        precisions=app.precisions,
+        model_id=app.model_id,
+        image_required=app.needs_image,
+    )
+    return AppRequest(
+        job_id=task.job_id,
+        image_path=Path(task.image_path) if task.image_path else None,
+        values=checked.values,
+        roi=roi_from(checked.values),
+        staging_dir=job.job_dir / "staging",
+        log=job.log,
+        owner=task.owner,
+    )
+
+
+def _success(app: App, job: _Job, output: AppOutput, batch: BatchTask) -> TaskOutcome:
+    staging, final = job.job_dir / "staging", job.job_dir / "results"
+    final.mkdir(exist_ok=True)
+    results = []
+    for r in output.results:
+        src = staging / r.filename
+        if not src.is_file():
+            raise RuntimeError(f"app {app.model_id} listed {r.filename} but did not write it")
+        dst = final / r.filename
+        os.replace(src, dst)
+        results.append(ProducedResult(r.result_id, r.filename, r.mime_type, dst.stat().st_size))
+    elapsed = time.monotonic() - job.started
+    job.log.info("job %s: done in %.3f s with %d result(s)", job.task.job_id, elapsed, len(results))
+    info = {
+        **output.info,
+        "worker": _where(),
+        "run_seconds": round(elapsed, 4),
+        "model_version": app.version,
+        "batch_id": batch.batch_id,
+        "batch_jobs": len(batch.tasks),
+    }
+    return TaskOutcome(job.task.job_id, True, results, info)
+
+
+def _failure(job: _Job, exc: BaseException, batch: BatchTask) -> TaskOutcome:
+    info = {"worker": _where(), "batch_id": batch.batch_id, "batch_jobs": len(batch.tasks)}
+    if isinstance(exc, JobFailure | OTFError):
+        job.log.error("job %s failed: %s", job.task.job_id, exc.message)
+        kind = exc.error_type if isinstance(exc, JobFailure) else "fatal"
+        return TaskOutcome(
+            job.task.job_id, False, info=info, error_message=exc.message, error_type=kind
+        )
+    job.log.error("job %s crashed:\n%s", job.task.job_id, "".join(traceback.format_exception(exc)))
+    return TaskOutcome(
+        job.task.job_id,
+        False,
+        info=info,
+        error_message=(
+            f"internal error in model {job.task.model_id}: {type(exc).__name__}: {exc}. "
+            "The job log has the details; please report it to the service operators."
+        ),
+    )
+
+
+def run_batch(batch: BatchTask) -> list[TaskOutcome]:
+    """Run every job of ``batch``; apps that can share forward passes get them together."""
+    jobs = [_open(task, batch) for task in batch.tasks]
+    outcomes: dict[str, TaskOutcome] = {}
+    try:
+        app = _registry(batch.registry).get(batch.model_id)
+        ready: list[_Job] = []
+        for job in jobs:
+            try:
+                job.request = _request(app, job)
+                ready.append(job)
+            except Exception as exc:
+                outcomes[job.task.job_id] = _failure(job, exc, batch)
+        if isinstance(app, BatchableApp) and ready:  # shared forward passes
+            results = app.run_batch([j.request for j in ready])  # type: ignore[misc]
+        else:
+            results = []
+            for job in ready:
+                try:
+                    results.append(app.run(job.request))  # type: ignore[arg-type]
+                except Exception as exc:
+                    results.append(exc)
+        for job, result in zip(ready, results, strict=True):
+            try:
+                if isinstance(result, BaseException):
+                    raise result
+                outcomes[job.task.job_id] = _success(app, job, result, batch)
+            except Exception as exc:
+                outcomes[job.task.job_id] = _failure(job, exc, batch)
+    except Exception as exc:  # the model itself could not run: every job of the batch fails
+        for job in jobs:
+            outcomes.setdefault(job.task.job_id, _failure(job, exc, batch))
+    finally:
+        for job in jobs:
+            job.close()
+    return [outcomes[t.job_id] for t in batch.tasks]

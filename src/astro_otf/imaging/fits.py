@@ -1,0 +1,390 @@
+"""FITS image loading and cut-outs for the apps.
+
+Every app needs the same thing from an upload: one 2-D plane of pixels, its celestial WCS, the
+beam and the brightness unit. Radio images arrive in many shapes (primary or extension HDU,
+4-D cubes with degenerate FREQ/STOKES axes, scaled integers with BLANK pixels, Galactic
+frames), and a bad upload must fail with a message a scientist can act on rather than a
+traceback. This module is the one place that turns a FITS file into a :class:`SkyImage` and
+that cuts a region of interest out of it; pixel data stay memory-mapped wherever astropy
+allows, so a large image is not read whole before it is needed.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+from astropy.coordinates import BaseCoordinateFrame, SkyCoord
+from astropy.io import fits
+from astropy.nddata import Cutout2D
+from astropy.nddata.utils import NoOverlapError
+from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs.utils import proj_plane_pixel_scales, wcs_to_celestial_frame
+
+from astro_otf.domain.errors import JobFailure
+from astro_otf.domain.parameters import Extent, Roi
+
+__all__ = ["Beam", "SkyImage", "cutout", "load_image"]
+
+#: FWHM of a Gaussian in units of its standard deviation, 2 sqrt(2 ln 2).
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+
+_IMAGE_HDUS = (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)
+
+
+@dataclass(frozen=True)
+class Beam:
+    """The restoring beam from BMAJ/BMIN/BPA: FWHM axes and position angle, in degrees."""
+
+    major_deg: float
+    minor_deg: float
+    pa_deg: float
+
+
+@dataclass(frozen=True)
+class SkyImage:
+    """One 2-D image plane with its celestial WCS.
+
+    ``data`` is indexed ``[y, x]`` and is a memory-mapped view of the file when the pixels
+    are stored as unscaled floats. ``header`` is the header of the HDU that was read, as
+    read: for a squeezed cube or a cut-out its WCS keywords describe the file's full image, so
+    use ``wcs`` for coordinates. ``origin`` is the (x, y) pixel of this image's ``[0, 0]`` in
+    the image that was loaded (non-zero for a cut-out).
+    """
+
+    data: np.ndarray
+    wcs: WCS
+    header: fits.Header
+    hdu_index: int
+    origin: tuple[int, int] = (0, 0)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        ny, nx = self.data.shape
+        return int(ny), int(nx)
+
+    @property
+    def frame(self) -> BaseCoordinateFrame:
+        """The celestial frame of the WCS (ICRS, FK5, Galactic, ...)."""
+        return wcs_to_celestial_frame(self.wcs)
+
+    @property
+    def pixel_scales_arcsec(self) -> tuple[float, float]:
+        """Pixel size along x and y on the sky, in arcsec."""
+        sx, sy = proj_plane_pixel_scales(self.wcs)
+        return float(abs(sx)) * 3600.0, float(abs(sy)) * 3600.0
+
+    @property
+    def pixel_scale_arcsec(self) -> float:
+        """Geometric mean pixel size on the sky, in arcsec."""
+        sx, sy = self.pixel_scales_arcsec
+        return math.sqrt(sx * sy)
+
+    @property
+    def beam(self) -> Beam | None:
+        """The beam from BMAJ/BMIN (degrees; BPA 0 when absent), or None when not given."""
+        try:
+            bmaj = float(self.header["BMAJ"])
+            bmin = float(self.header["BMIN"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not (math.isfinite(bmaj) and math.isfinite(bmin)) or bmaj <= 0 or bmin <= 0:
+            return None
+        try:
+            bpa = float(self.header.get("BPA", 0.0))
+        except (TypeError, ValueError):
+            bpa = 0.0
+        return Beam(bmaj, bmin, bpa if math.isfinite(bpa) else 0.0)
+
+    @property
+    def bmaj_deg(self) -> float | None:
+        beam = self.beam
+        return beam.major_deg if beam else None
+
+    @property
+    def bmin_deg(self) -> float | None:
+        beam = self.beam
+        return beam.minor_deg if beam else None
+
+    @property
+    def bpa_deg(self) -> float | None:
+        beam = self.beam
+        return beam.pa_deg if beam else None
+
+    @property
+    def beam_area_pix(self) -> float | None:
+        """Area of the Gaussian beam in pixels, pi/(4 ln 2) BMAJ BMIN / pixel area: the factor
+        from a sum of Jy/beam pixels to Jy. None without a beam."""
+        beam = self.beam
+        if beam is None:
+            return None
+        sx, sy = self.pixel_scales_arcsec
+        area_arcsec2 = math.pi / (4.0 * math.log(2.0)) * beam.major_deg * beam.minor_deg * 3600.0**2
+        return area_arcsec2 / (sx * sy)
+
+    @property
+    def bunit(self) -> str | None:
+        """BUNIT as written in the header, or None when absent or blank."""
+        value = self.header.get("BUNIT")
+        if value is None:
+            return None
+        text = str(value).strip()
+        return text or None
+
+
+def load_image(path: Path) -> SkyImage:
+    """Read the image plane of a FITS file, or raise :class:`JobFailure` saying why it cannot.
+
+    The primary HDU is used when it holds an image, otherwise the first image extension
+    (``ImageHDU`` or ``CompImageHDU``). Axes other than the two celestial ones must have
+    length 1 (radio cubes with one frequency and one Stokes plane) and are dropped, with the
+    WCS reduced to its celestial part. Scaled integer images become floats with BLANK pixels
+    as NaN; float images keep their NaNs.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise JobFailure(f"the image file cannot be read: {exc.strerror or exc}") from None
+    if size == 0:
+        raise JobFailure("the upload is empty (0 bytes): send a FITS image")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            # memmap=None: memory-map where the pixels allow it; astropy reads scaled
+            # integers (BSCALE/BZERO/BLANK) into floats, which memmap=True would refuse.
+            hdul = fits.open(path, memmap=None, uint=False, lazy_load_hdus=True)
+        except Exception as exc:  # astropy raises OSError, ValueError, ... on non-FITS bytes
+            raise JobFailure(f"the upload is not a FITS file: {_first_line(exc)}") from None
+        try:
+            image = _read_image(hdul)
+        except (JobFailure, MemoryError):
+            raise
+        except Exception as exc:  # a damaged header or extension further into the file
+            raise JobFailure(
+                f"the FITS file cannot be read: {_first_line(exc)}; check the file is complete "
+                "and valid (e.g. with fitsverify)"
+            ) from None
+        finally:
+            hdul.close()
+        for warning in caught:
+            text = str(warning.message)
+            if "truncated" in text.lower():
+                raise JobFailure(
+                    f"the FITS file is truncated ({text.rstrip('.')}); upload the complete file"
+                )
+    return image
+
+
+def _read_image(hdul: fits.HDUList) -> SkyImage:
+    index = _select_image_hdu(hdul)
+    hdu = hdul[index]
+    header = hdu.header.copy()
+    shape = tuple(int(n) for n in hdu.shape)  # numpy order, from the header: no data read
+    ndim = len(shape)
+
+    wcs = _full_wcs(header, hdul)
+    if not wcs.has_celestial:
+        ctypes = " / ".join(repr(str(header.get(f"CTYPE{k}", ""))) for k in (1, 2))
+        raise JobFailure(
+            f"the image header has no celestial WCS: CTYPE1/CTYPE2 are {ctypes}; source "
+            "positions cannot be given on the sky. Add RA/Dec (or GLON/GLAT) CTYPE, CRVAL, "
+            "CRPIX and CDELT (or CD) keywords"
+        )
+    lng, lat = int(wcs.wcs.lng), int(wcs.wcs.lat)  # 0-based FITS axis numbers
+    if max(lng, lat) >= ndim:
+        raise JobFailure(
+            f"the celestial axes of the WCS (FITS axes {lng + 1} and {lat + 1}) are not among "
+            f"the image's {ndim} data axes; the header does not describe this image"
+        )
+    for fits_axis in range(ndim):
+        if fits_axis in (lng, lat):
+            continue
+        length = shape[ndim - 1 - fits_axis]
+        if length != 1:
+            ctype = str(header.get(f"CTYPE{fits_axis + 1}", "")).strip() or "no CTYPE"
+            raise JobFailure(
+                f"the image is a cube: axis {fits_axis + 1} ({ctype}) has {length} planes; "
+                "send one plane (a 2-D image, or a cube whose other axes all have length 1)"
+            )
+    nx, ny = shape[ndim - 1 - min(lng, lat)], shape[ndim - 1 - max(lng, lat)]
+    if nx < 2 or ny < 2:
+        raise JobFailure(f"the image is {nx} x {ny} pixels; a 2-D image is needed")
+
+    try:
+        raw = hdu.data
+    except Exception as exc:
+        raise JobFailure(
+            f"the image data cannot be read (is the file truncated?): {_first_line(exc)}"
+        ) from None
+    if raw is None or tuple(raw.shape) != shape:
+        raise JobFailure(
+            "the image data cannot be read: the file holds fewer pixels than its "
+            "header declares (is it truncated?)"
+        )
+    # Keep the two celestial axes, take plane 0 of the others: a view, still memory-mapped.
+    keep = {ndim - 1 - lng, ndim - 1 - lat}
+    plane = raw[tuple(slice(None) if axis in keep else 0 for axis in range(ndim))]
+    plane = _as_float(plane, header)
+
+    # A sub-WCS of the celestial axes in file order keeps pixel axis 0 on the last numpy axis.
+    celestial = wcs.sub(sorted([lng + 1, lat + 1]))
+    image = SkyImage(data=plane, wcs=celestial, header=header, hdu_index=index)
+    _check_wcs(image)
+    return image
+
+
+def _select_image_hdu(hdul: fits.HDUList) -> int:
+    seen: list[str] = []
+    for index, hdu in enumerate(hdul):
+        is_image = isinstance(hdu, _IMAGE_HDUS) and not isinstance(hdu, fits.GroupsHDU)
+        if is_image and _has_pixels(hdu):
+            return index
+        seen.append(_describe_hdu(hdu))
+    listing = ", ".join(seen) or "none"
+    advice = (
+        "the file looks damaged or non-standard: check it (e.g. with fitsverify) and upload "
+        "it again"
+        if any(text.startswith("unreadable") for text in seen)
+        else "send a FITS image, not a table"
+    )
+    raise JobFailure(f"the FITS file has no image HDU (HDUs: {listing}); {advice}")
+
+
+def _has_pixels(hdu: fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU) -> bool:
+    return int(hdu.header.get("NAXIS", 0)) > 0 and all(int(n) > 0 for n in hdu.shape)
+
+
+def _describe_hdu(hdu: fits.hdu.base._BaseHDU) -> str:
+    kind = type(hdu).__name__
+    if kind.startswith("_"):  # astropy's stand-ins (_CorruptedHDU, _ValidHDU) for an HDU
+        # whose header is unreadable or of no known type
+        return f"unreadable HDU {hdu.name!r}" if hdu.name else "unreadable HDU"
+    if isinstance(hdu, fits.GroupsHDU):
+        return f"{kind} (random groups, not an image)"
+    if isinstance(hdu, _IMAGE_HDUS):
+        label = hdu.name or kind
+        return f"{label} (no data)"
+    return f"{kind} {hdu.name!r}" if hdu.name else kind
+
+
+def _full_wcs(header: fits.Header, hdul: fits.HDUList) -> WCS:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            return WCS(header, fobj=hdul)
+        except Exception as exc:  # wcslib reports inconsistent keywords in many ways
+            raise JobFailure(
+                f"the image WCS cannot be read: {_first_line(exc)}; fix the WCS keywords"
+            ) from None
+
+
+def _as_float(plane: np.ndarray, header: fits.Header) -> np.ndarray:
+    """Integers that astropy did not scale (no BSCALE/BZERO) become floats, BLANK as NaN.
+    Scaled integers were already turned into floats by astropy, BLANK included."""
+    if plane.dtype.kind not in "iub":
+        return plane
+    dtype = np.float32 if plane.dtype.itemsize <= 2 else np.float64
+    out = plane.astype(dtype)
+    blank = header.get("BLANK")
+    if isinstance(blank, int):
+        out[plane == blank] = np.nan
+    return out
+
+
+def _check_wcs(image: SkyImage) -> None:
+    try:
+        frame = image.frame
+    except ValueError as exc:
+        raise JobFailure(
+            f"the celestial frame of the image is not recognised: {_first_line(exc)}"
+        ) from None
+    ny, nx = image.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        centre = image.wcs.pixel_to_world((nx - 1) / 2.0, (ny - 1) / 2.0)
+    lon = centre.spherical.lon.deg
+    lat = centre.spherical.lat.deg
+    if not (np.isfinite(lon) and np.isfinite(lat)):
+        raise JobFailure(
+            f"the image WCS ({frame.name}) gives no sky position at the image centre; check "
+            "CRVAL, CRPIX and the projection in the header"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+# --------------------------------------------------------------------------- cut-outs
+
+
+def cutout(image: SkyImage, roi: Roi) -> SkyImage:
+    """The part of ``image`` inside ``roi``, trimmed at the image edges, with its own WCS.
+
+    The centre is ICRS degrees and is transformed into the image's frame (FK5, Galactic,
+    ...). A missing width or height means the image's full extent in that direction. The
+    result's ``origin`` is in the pixels of the image originally loaded.
+    """
+    ny, nx = image.shape
+    centre = SkyCoord(roi.ra * u.deg, roi.dec * u.deg, frame="icrs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x, y = (float(v) for v in image.wcs.world_to_pixel(centre))
+    inside = math.isfinite(x) and math.isfinite(y) and -0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5
+    if not inside:
+        raise JobFailure(
+            f"the region of interest centred on RA={roi.ra:.6g}, Dec={roi.dec:.6g} (ICRS deg) "
+            f"lies outside the image, which covers {_coverage(image)}; give a centre inside it"
+        )
+    size = (_size_pixels(roi.height, ny), _size_pixels(roi.width, nx))
+    try:
+        cut = Cutout2D(
+            image.data, position=(x, y), size=size, wcs=image.wcs, mode="trim", copy=False
+        )
+    except (NoOverlapError, ValueError) as exc:
+        raise JobFailure(f"the region of interest cannot be cut out: {_first_line(exc)}") from None
+    x0, y0 = (int(v) for v in cut.origin_original)
+    assert cut.wcs is not None
+    return SkyImage(
+        data=cut.data,
+        wcs=cut.wcs,
+        header=image.header,
+        hdu_index=image.hdu_index,
+        origin=(image.origin[0] + x0, image.origin[1] + y0),
+    )
+
+
+def _size_pixels(extent: Extent | None, full: int) -> int | u.Quantity:
+    if extent is None:
+        return 2 * full + 1  # covers the whole axis from any centre inside; trimmed
+    if extent.is_pixels:
+        return max(1, int(extent.value))
+    return extent.arcsec * u.arcsec
+
+
+def _coverage(image: SkyImage) -> str:
+    """RA and Dec ranges (ICRS) of the image's edges, for error messages."""
+    ny, nx = image.shape
+    xs = np.array([-0.5, (nx - 1) / 2.0, nx - 0.5])
+    gx, gy = np.meshgrid(xs, np.array([-0.5, (ny - 1) / 2.0, ny - 0.5]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        world = image.wcs.pixel_to_world(gx.ravel(), gy.ravel()).icrs
+    ra = np.asarray(world.ra.deg)
+    dec = np.asarray(world.dec.deg)
+    good = np.isfinite(ra) & np.isfinite(dec)
+    ra, dec = ra[good], dec[good]
+    if ra.size == 0:
+        return "no position on the sky that its WCS can give"
+    if ra.max() - ra.min() > 180.0:  # the image straddles RA 0
+        ra = np.where(ra > 180.0, ra - 360.0, ra)
+    return (
+        f"RA {ra.min() % 360.0:.4f} to {ra.max() % 360.0:.4f} deg, "
+        f"Dec {dec.min():.4f} to {dec.max():.4f} deg"
+    )

@@ -1,0 +1,173 @@
+"""Cutting an image into overlapping square tiles of the size a detector takes.
+
+A network is trained and exported for one input size, so an image (or a cut-out of one) of
+any shape is cut into ``tile x tile`` tiles, and the tiles of many jobs go through one forward
+pass. Tiles overlap so that a source cut by one tile's edge lies whole in a neighbour.
+
+The grid, along each axis of ``n`` pixels:
+
+* tiles start every ``stride = tile - overlap`` pixels from 0, and the last tile is moved
+  back to end on the image's last pixel, so every tile is full of image data and
+  neighbouring tiles overlap by at least ``overlap`` pixels (more for the last pair);
+* an image axis shorter than ``tile`` gets one tile, padded past the image edge with
+  ``fill`` (pass ``fill=np.nan`` to have the normalisation's ``nan`` step treat the padding
+  like blank pixels);
+* every pixel lies in at least one tile, and in exactly one tile's **core**: the overlap
+  between two neighbours is split at its middle. The core is what :mod:`.stitch` uses for
+  ownership: a detection is kept from the tile whose core holds its centre, the tile where
+  it lies farthest from an edge.
+
+:func:`iter_tiles` is lazy and reads only each tile's slice of the array, so a memory-mapped
+image is never loaded whole.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = ["Tile", "TileSpec", "iter_tiles", "read_tile", "tile_grid"]
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """Where one tile lies in the image. All coordinates are 0-based image pixels, ``y`` the
+    row and ``x`` the column; ranges are half-open.
+
+    ``index`` is the tile's position in :func:`tile_grid`'s list (row-major; ``row`` and
+    ``col`` are its grid position). The tile's pixel ``[0, 0]`` is image pixel ``[y0, x0]``;
+    its first ``height`` rows and ``width`` columns are image data, the rest is padding.
+    ``core_y0:core_y1, core_x0:core_x1`` is the region this tile owns: the cores of a grid
+    partition the image.
+    """
+
+    index: int
+    row: int
+    col: int
+    y0: int
+    x0: int
+    size: int
+    height: int
+    width: int
+    core_y0: int
+    core_y1: int
+    core_x0: int
+    core_x1: int
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """The image region inside the tile, as ``image[slices]``."""
+        return slice(self.y0, self.y0 + self.height), slice(self.x0, self.x0 + self.width)
+
+    @property
+    def core_slices(self) -> tuple[slice, slice]:
+        """The region this tile owns, as ``image[core_slices]``."""
+        return slice(self.core_y0, self.core_y1), slice(self.core_x0, self.core_x1)
+
+    def contains(self, x: ArrayLike, y: ArrayLike) -> np.ndarray:
+        """Whether image positions (pixel centres at integers) lie on this tile's image data:
+        pixel ``i`` spans ``[i - 0.5, i + 0.5)``."""
+        xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        return (
+            (xs >= self.x0 - 0.5)
+            & (xs < self.x0 + self.width - 0.5)
+            & (ys >= self.y0 - 0.5)
+            & (ys < self.y0 + self.height - 0.5)
+        )
+
+    def owns(self, x: ArrayLike, y: ArrayLike) -> np.ndarray:
+        """Whether image positions lie in this tile's core (same pixel convention as
+        :meth:`contains`). Every position on the image is owned by exactly one tile."""
+        xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        return (
+            (xs >= self.core_x0 - 0.5)
+            & (xs < self.core_x1 - 0.5)
+            & (ys >= self.core_y0 - 0.5)
+            & (ys < self.core_y1 - 0.5)
+        )
+
+
+class Tile(NamedTuple):
+    """A tile's place in the image and its ``size x size`` pixels."""
+
+    spec: TileSpec
+    data: np.ndarray
+
+
+def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[TileSpec]:
+    """The tiles covering an image of ``shape`` (rows, columns), row-major.
+
+    Raises :class:`ValueError` unless ``tile > 0``, ``0 <= overlap < tile`` and both sides of
+    ``shape`` are positive.
+    """
+    _check(tile, overlap)
+    if len(shape) != 2 or any(int(n) != n or n < 1 for n in shape):
+        raise ValueError(f"shape must be two positive integers (rows, columns), got {shape!r}")
+    ny, nx = int(shape[0]), int(shape[1])
+    ys, ycore = _axis(ny, tile, tile - overlap)
+    xs, xcore = _axis(nx, tile, tile - overlap)
+    specs: list[TileSpec] = []
+    for row, (y0, (cy0, cy1)) in enumerate(zip(ys, ycore, strict=True)):
+        for col, (x0, (cx0, cx1)) in enumerate(zip(xs, xcore, strict=True)):
+            specs.append(
+                TileSpec(
+                    index=len(specs),
+                    row=row,
+                    col=col,
+                    y0=y0,
+                    x0=x0,
+                    size=tile,
+                    height=min(tile, ny - y0),
+                    width=min(tile, nx - x0),
+                    core_y0=cy0,
+                    core_y1=cy1,
+                    core_x0=cx0,
+                    core_x1=cx1,
+                )
+            )
+    return specs
+
+
+def read_tile(array: np.ndarray, spec: TileSpec, *, fill: float = 0.0) -> np.ndarray:
+    """The ``size x size`` pixels of one tile as a new array, padded with ``fill``; reads only
+    the tile's slice of ``array``. Floating arrays keep their precision (native byte order);
+    integer arrays become float32 (float64 above 16 bits)."""
+    dtype = np.result_type(array.dtype, np.float32).newbyteorder("=")
+    out = np.full((spec.size, spec.size), fill, dtype=dtype)
+    out[: spec.height, : spec.width] = array[spec.slices]
+    return out
+
+
+def iter_tiles(array: np.ndarray, tile: int, overlap: int, *, fill: float = 0.0) -> Iterator[Tile]:
+    """Yield the tiles of a 2-D ``array`` (see :func:`tile_grid`), lazily, one slice read at a
+    time; each tile's data is a new ``tile x tile`` array (see :func:`read_tile`)."""
+    if array.ndim != 2:
+        raise ValueError(f"the image must be 2-D, got an array of shape {array.shape}")
+    for spec in tile_grid((array.shape[0], array.shape[1]), tile, overlap):
+        yield Tile(spec, read_tile(array, spec, fill=fill))
+
+
+def _check(tile: int, overlap: int) -> None:
+    if isinstance(tile, bool) or int(tile) != tile or tile < 1:
+        raise ValueError(f"tile must be a positive integer, got {tile!r}")
+    if isinstance(overlap, bool) or int(overlap) != overlap or not 0 <= overlap < tile:
+        raise ValueError(
+            f"overlap must be an integer with 0 <= overlap < tile ({tile}), got {overlap!r}"
+        )
+
+
+def _axis(n: int, tile: int, stride: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """Tile origins along one axis and each tile's core range ``(start, stop)``."""
+    if n <= tile:
+        return [0], [(0, n)]
+    count = math.ceil((n - tile) / stride) + 1
+    origins = [k * stride for k in range(count - 1)] + [n - tile]
+    # Split each overlap at its middle: tile k owns up to the middle of its overlap with k+1.
+    cuts = [(origins[k + 1] + origins[k] + tile) // 2 for k in range(count - 1)]
+    bounds = [0, *cuts, n]
+    return origins, [(bounds[k], bounds[k + 1]) for k in range(count)]

@@ -1,0 +1,1 @@
+"""Models and apps: what a job can run, each with its declared parameter schema."""

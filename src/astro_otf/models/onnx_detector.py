@@ -1,0 +1,376 @@
+"""An app for every ONNX model in the registry: image -> tiles -> forward -> catalogue.
+
+The model is data (its manifest says how to normalise, tile and decode), so this one class
+serves every manifest. Each worker process keeps its sessions warm in one SessionCache.
+The run is split in the stages the batch runner will share across jobs: prepare the tiles,
+run them through the session in chunks of ``max_batch_tiles``, decode and stitch.
+
+Decoding (``output.kind = "heatmap"``): a detection is a pixel flagged by the ``peak``
+output whose score reaches THRESHOLD. With ``score_normalisation = "median_mad"`` the score
+is first put in S/N units with the median and 1.4826 x MAD of the job's score map, measured
+on up to ``STAT_TILES`` tiles spread over the image (valid pixels of the tile cores).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.io import fits
+
+from astro_otf.batching.former import BatchKey
+from astro_otf.domain.errors import JobFailure
+from astro_otf.domain.job import Job
+from astro_otf.domain.parameters import ParamSpec
+from astro_otf.imaging.fits import SkyImage, cutout, load_image
+from astro_otf.imaging.normalise import FittedChain, parse_chain
+from astro_otf.imaging.stitch import ColumnMeta, Detection, stitch, to_sky
+from astro_otf.imaging.tiling import TileSpec, read_tile, tile_grid
+from astro_otf.models.base import AppOutput, AppRequest, ResultFile
+from astro_otf.models.manifest import LoadedModel
+from astro_otf.models.onnx_runtime import SessionCache, run
+from astro_otf.results.votable import write_catalogue
+
+CATALOGUE = "catalogue.vot"
+STAT_TILES = 16
+MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How a worker runs ONNX models (from Settings)."""
+
+    providers: tuple[str, ...] = ("cpu",)
+    intra_op_threads: int = 0  # 0: cores / workers
+    session_memory_mb: int = 2048
+    max_batch_tiles: int = 32
+    workers: int = 1
+
+    def threads(self) -> int:
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
+
+
+_caches: dict[RuntimeConfig, SessionCache] = {}
+
+
+def session_cache(config: RuntimeConfig) -> SessionCache:
+    """This process's cache for ``config`` (one per worker: sessions stay warm)."""
+    if config not in _caches:
+        _caches[config] = SessionCache(
+            config.session_memory_mb, list(config.providers), config.threads()
+        )
+    return _caches[config]
+
+
+class OnnxDetector:
+    """The App for one ONNX model version."""
+
+    needs_image = True
+
+    def __init__(self, model: LoadedModel, runtime: RuntimeConfig) -> None:
+        manifest = model.manifest
+        if manifest.output.kind != "heatmap" or manifest.output.peak is None:
+            raise ValueError(f"{model.path}: only heatmap outputs with a peak mask are decoded")
+        self.model = model
+        self.runtime = runtime
+        self.model_id = model.model_id
+        self.version = model.version
+        self.description = manifest.description
+        self.precisions: tuple[str, ...] = tuple(manifest.precisions)
+        self.parameters: tuple[ParamSpec, ...] = manifest.parameter_specs()
+        self._chain = parse_chain(manifest.normalisation)
+
+    # -- what the scheduler asks before a job runs --------------------------------------
+
+    def batch_key(self, precision: str | None) -> BatchKey:
+        tile = self.model.manifest.tiling.tile
+        return BatchKey(self.model_id, self.version, self.model.precision(precision), (tile, tile))
+
+    def count_tiles(self, image_path: str | None, job: Job) -> int:
+        """Tiles the job's image (or region) makes, from its header alone; 1 when the header
+        can't tell (the job then fails in its worker with the reason)."""
+        tiling = self.model.manifest.tiling
+        try:
+            with fits.open(image_path or "", memmap=True, lazy_load_hdus=True) as hdul:
+                hdu = next(h for h in hdul if h.is_image and h.header.get("NAXIS", 0) >= 2)
+                height, width = int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"])
+        except Exception:
+            return 1
+        values = job.parameter_values()
+        for name, full in (("width", width), ("height", height)):
+            text = values.get(name, "")
+            if text.isdigit():
+                if name == "width":
+                    width = min(full, int(text))
+                else:
+                    height = min(full, int(text))
+        return len(tile_grid((height, width), tiling.tile, tiling.overlap))
+
+    # -- the stages a batch shares ------------------------------------------------------
+
+    def prepare(self, request: AppRequest) -> _Prepared:
+        """Load, cut out, fit the normalisation and plan the tiles of one job."""
+        if request.image_path is None:
+            raise JobFailure("IMAGE is required")
+        manifest = self.model.manifest
+        image = load_image(request.image_path)
+        if request.roi is not None:
+            image = cutout(image, request.roi)
+        if not _any_finite(image.data):
+            raise JobFailure("the image (or region) has no valid pixels: all are NaN or BLANK")
+        specs = tile_grid(image.shape, manifest.tiling.tile, manifest.tiling.overlap)
+        threshold = float(request.values.get("threshold", manifest.postprocess.score_threshold))
+        return _Prepared(request, image, self._chain.fit(image.data), specs, threshold)
+
+    def forward(
+        self, items: list[tuple[_Prepared, TileSpec]], precision: str
+    ) -> Iterator[tuple[_Prepared, TileSpec, np.ndarray, np.ndarray, np.ndarray]]:
+        """(job, tile, tile input, score, peak) for every item: tiles of many jobs go through
+        one forward pass, at most ``max_batch_tiles`` at a time; a pass that runs out of
+        memory is split in halves and retried."""
+        manifest = self.model.manifest
+        session = session_cache(self.runtime).get(self.model, precision)
+        step = self.runtime.max_batch_tiles
+        start = 0
+        while start < len(items):
+            chunk = items[start : start + step]
+            raw = [read_tile(p.image.data, spec, fill=np.nan) for p, spec in chunk]
+            batch = np.stack([p.chain.apply(t) for (p, _), t in zip(chunk, raw, strict=True)])
+            try:
+                out = run(session, batch[:, None, :, :], input_name=manifest.input.name)
+            except (MemoryError, ort_errors()) as exc:
+                if step == 1 or not _out_of_memory(exc):
+                    raise
+                step = max(1, step // 2)
+                for p, _ in chunk:
+                    p.request.log.warning(
+                        "forward of %d tiles ran out of memory; retrying with %d", len(chunk), step
+                    )
+                continue
+            score = out[manifest.output.score][:, 0]
+            peak = out[manifest.output.peak][:, 0]  # type: ignore[index]
+            for i, (p, spec) in enumerate(chunk):
+                yield p, spec, raw[i], score[i], peak[i]
+            start += len(chunk)
+
+    def run(self, request: AppRequest) -> AppOutput:
+        result = self.run_batch([request])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def run_batch(self, requests: list[AppRequest]) -> list[AppOutput | BaseException]:
+        """Run several jobs of this model together. A job's own failure (bad input) is
+        returned in its place; the others go on."""
+        manifest = self.model.manifest
+        results: dict[int, AppOutput | BaseException] = {}
+        jobs: dict[int, _Prepared] = {}
+        precisions = {self.model.precision(r.values.get("precision")) for r in requests}
+        if len(precisions) != 1:
+            raise ValueError(f"one batch runs one precision, not {sorted(precisions)}")
+        precision = precisions.pop()
+        for n, request in enumerate(requests):
+            try:
+                jobs[n] = self.prepare(request)
+                request.log.info(
+                    "%s %s (%s): %d tile(s) of %d px over %s px, batch of %d job(s)",
+                    self.model_id,
+                    self.version,
+                    precision,
+                    len(jobs[n].specs),
+                    manifest.tiling.tile,
+                    jobs[n].image.shape,
+                    len(requests),
+                )
+            except Exception as exc:
+                results[n] = exc
+        if manifest.output.score_normalisation == "median_mad":
+            # Small images measure their score map in the detection pass itself (candidates
+            # are kept until the rms is known); big ones first sample STAT_TILES tiles.
+            big = {n: p for n, p in jobs.items() if len(p.specs) > STAT_TILES}
+            self._score_stats(big, results, precision)
+            for n, p in jobs.items():
+                p.deferred = n not in big
+            for n in [n for n in jobs if n in results]:
+                del jobs[n]
+        items = [(p, spec) for p in jobs.values() for spec in p.specs]
+        for p, spec, raw, score, peak in self.forward(items, precision):
+            if p.deferred:
+                p.pool.append(_core_values(spec, raw, score))
+                ys, xs = np.nonzero((peak > 0.5) & np.isfinite(raw))
+                p.candidates.append((spec, ys, xs, score[ys, xs], raw[ys, xs]))
+            else:
+                snr = (score - p.median) / p.rms
+                ys, xs = np.nonzero((peak > 0.5) & (snr >= p.threshold) & np.isfinite(raw))
+                p.per_tile.append((spec, self._detections(xs, ys, snr[ys, xs], raw[ys, xs])))
+        for n, p in list(jobs.items()):
+            if not p.deferred:
+                continue
+            try:
+                p.median, p.rms = _robust_stats(p.pool)
+            except JobFailure as exc:
+                results[n] = exc
+                del jobs[n]
+                continue
+            p.request.log.info("score map: median %.4g, rms %.4g (MAD)", p.median, p.rms)
+            for spec, ys, xs, values, peaks in p.candidates:
+                snr = (values - p.median) / p.rms
+                keep = snr >= p.threshold
+                p.per_tile.append(
+                    (spec, self._detections(xs[keep], ys[keep], snr[keep], peaks[keep]))
+                )
+        for n, p in jobs.items():
+            try:
+                results[n] = self._write(p, precision)
+            except Exception as exc:
+                results[n] = exc
+        return [results[n] for n in range(len(requests))]
+
+    @property
+    def _beam(self) -> float:
+        return self.model.manifest.input.beam_fwhm_pix or 3.0
+
+    def _write(self, p: _Prepared, precision: str) -> AppOutput:
+        request = p.request
+        detections = stitch(p.per_tile)
+        table = to_sky(
+            detections,
+            p.image.wcs,
+            p.image.origin,
+            extra_columns={
+                "peak_flux": ColumnMeta(
+                    _flux_unit(p.image),
+                    "phot.flux.density;stat.max",
+                    "Pixel value at the detected peak.",
+                ),
+            },
+        )
+        table["score"].description = "S/N of the detection (score over the map rms)."
+        table["score"].meta["ucd"] = "stat.snr"
+        table.add_column(np.arange(1, len(table) + 1), name="id", index=0)
+        table["id"].meta["ucd"] = "meta.id;meta.main"
+        table["id"].unit = ""
+        table["id"].description = "Source number in this catalogue."
+        write_catalogue(
+            table,
+            request.staging_dir / CATALOGUE,
+            infos={
+                "job_id": request.job_id,
+                "model_id": self.model_id,
+                "model_version": self.version,
+                "precision": precision,
+                "model_sha256": self.model.sha256(precision),
+                "score_median": f"{p.median:.6g}",
+                "score_rms": f"{p.rms:.6g}",
+            },
+            params={k: v for k, v in request.values.items() if v is not None},
+            description=f"Sources found by {self.model_id} {self.version} in job {request.job_id}.",
+        )
+        request.log.info("%d source(s) above %.3g sigma", len(table), p.threshold)
+        return AppOutput(
+            [ResultFile("result", CATALOGUE, "application/x-votable+xml")],
+            info={
+                "n_sources": len(table),
+                "tiles": len(p.specs),
+                "precision": precision,
+                "score_rms": p.rms,
+            },
+        )
+
+    def _detections(
+        self, xs: np.ndarray, ys: np.ndarray, snr: np.ndarray, peak: np.ndarray
+    ) -> list[Detection]:
+        beam = self._beam
+        return [
+            Detection(float(x), float(y), beam, beam, float(v), {"peak_flux": float(f)})
+            for x, y, v, f in zip(xs, ys, snr, peak, strict=True)
+        ]
+
+    def _score_stats(
+        self,
+        jobs: dict[int, _Prepared],
+        results: dict[int, AppOutput | BaseException],
+        precision: str,
+    ) -> None:
+        """Median and MAD rms of each job's score map, from up to STAT_TILES of its tiles;
+        the tiles of all the batch's jobs share forward passes here too."""
+        items = []
+        for p in jobs.values():
+            every = max(1, math.ceil(len(p.specs) / STAT_TILES))
+            items += [(p, spec) for spec in p.specs[::every]]
+        for p, spec, raw, score, _ in self.forward(items, precision):
+            p.pool.append(_core_values(spec, raw, score))
+        for n, p in jobs.items():
+            try:
+                p.median, p.rms = _robust_stats(p.pool)
+                p.request.log.info("score map: median %.4g, rms %.4g (MAD)", p.median, p.rms)
+            except JobFailure as exc:
+                results[n] = exc
+            p.pool.clear()
+
+
+def _any_finite(data: np.ndarray, rows: int = 256) -> bool:
+    """Whether any pixel is valid, reading a band of rows at a time (no whole-image copy)."""
+    return any(np.isfinite(data[y : y + rows]).any() for y in range(0, data.shape[0], rows))
+
+
+def _core_values(spec: TileSpec, raw: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """The scores of the tile's core (the pixels it owns) where the input was valid."""
+    rows = slice(spec.core_y0 - spec.y0, spec.core_y1 - spec.y0)
+    cols = slice(spec.core_x0 - spec.x0, spec.core_x1 - spec.x0)
+    return score[rows, cols][np.isfinite(raw[rows, cols])]
+
+
+def _robust_stats(pool: list[np.ndarray]) -> tuple[float, float]:
+    values = np.concatenate(pool) if pool else np.array([])
+    if values.size < 16:
+        raise JobFailure("too few valid pixels to estimate the noise of the image")
+    median = float(np.median(values))
+    rms = float(MAD_TO_SIGMA * np.median(np.abs(values - median)))
+    if not rms > 0:
+        raise JobFailure(
+            "the image has no noise to measure (constant pixel values); a matched filter "
+            "cannot set a threshold on it"
+        )
+    return median, rms
+
+
+@dataclass
+class _Prepared:
+    """One job of a batch between its stages."""
+
+    request: AppRequest
+    image: SkyImage
+    chain: FittedChain
+    specs: list[TileSpec]
+    threshold: float
+    median: float = 0.0
+    rms: float = 1.0
+    per_tile: list[tuple[TileSpec, list[Detection]]] = field(default_factory=list)
+    #: stats measured in the detection pass itself: candidates wait for the rms
+    deferred: bool = False
+    pool: list[np.ndarray] = field(default_factory=list)
+    candidates: list[tuple[TileSpec, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(
+        default_factory=list
+    )
+
+
+def ort_errors() -> type[Exception]:
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+    return RuntimeException
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "allocate" in text or "out of memory" in text
+
+
+def _flux_unit(image: SkyImage) -> str:
+    unit = (image.bunit or "").strip()
+    return "Jy/beam" if not unit or unit.upper() == "JY/BEAM" else unit

@@ -1,0 +1,560 @@
+"""``sep``: a classical source finder (SExtractor's algorithm, via the ``sep`` library).
+
+It is the service's reference app: it needs no trained model, runs in well under a second on
+the test images, and gives the catalogue that learned detectors are compared against. The
+recipe is the usual radio one (as in PyBDSF and Aegean): a box background and rms map, an
+island (flood) threshold in units of the local rms, deblending of islands into components,
+and a seed threshold that the peak of each kept source must reach. Positions, fluxes and
+shapes are converted to sky quantities with the image's WCS and beam, and written as a
+VOTable with units and UCDs on every column.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import astropy.units as u
+import numpy as np
+import sep
+from astropy.table import Column, Table
+
+from astro_otf.domain.errors import JobFailure
+from astro_otf.domain.parameters import Extent, ParamSpec
+from astro_otf.imaging.fits import FWHM_PER_SIGMA, SkyImage, cutout, load_image
+from astro_otf.models.base import AppOutput, AppRequest, ResultFile
+from astro_otf.results.votable import write_catalogue
+
+__all__ = ["SepFinder"]
+
+CATALOGUE_NAME = "catalogue.vot"
+VOTABLE_MIME = "application/x-votable+xml"
+#: Smallest image (or region) side, in pixels, that a background can be measured on.
+MIN_SIDE = 8
+#: Fewest valid (not NaN/BLANK) pixels worth searching.
+MIN_VALID_PIXELS = 64
+#: Background box in beams (major axis) when BACK_SIZE is not given.
+BACK_SIZE_BEAMS = 10
+#: sep's pixel buffer: at least its default, at most this many pixels (~32 bytes each).
+PIXSTACK_MAX = 10_000_000
+SUB_OBJECT_LIMIT = 4096
+_DTYPES = {"fp64": np.float64, "fp32": np.float32}
+_JY_PER_BEAM = u.Jy / u.beam
+
+
+@dataclass(frozen=True)
+class _FluxScale:
+    """How image pixel values become the catalogue's peak and integrated fluxes."""
+
+    peak_unit: str
+    peak_factor: float  # multiplies pixel values
+    int_unit: str
+    int_factor: float  # multiplies a sum of pixel values
+    int_description: str
+    note: str  # for the log and jobInfo
+
+
+class SepFinder:
+    """The App for ``model=sep``."""
+
+    model_id = "sep"
+    version = f"1.0 (sep {sep.__version__})"
+    description = (
+        "Classical source finder (SExtractor algorithm, sep library): background and rms "
+        "maps, islands above THRESH x rms, deblending, sources kept when their peak reaches "
+        "SEED x rms. Sizes are second-moment FWHM, not fitted Gaussians."
+    )
+    precisions: tuple[str, ...] = ("fp64", "fp32")
+    needs_image = True
+    parameters: tuple[ParamSpec, ...] = (
+        ParamSpec(
+            "thresh",
+            "float",
+            "Island (flood) threshold in units of the local background rms: connected "
+            "pixels above it form a source's island.",
+            default=3.0,
+            minimum=0.5,
+            maximum=1000.0,
+        ),
+        ParamSpec(
+            "seed",
+            "float",
+            "Seed threshold in units of the local background rms: a source is kept only if "
+            "its peak reaches it.",
+            default=5.0,
+            minimum=0.5,
+            maximum=1000.0,
+        ),
+        ParamSpec(
+            "minarea",
+            "int",
+            "Smallest island kept, in pixels. Default: half the beam area (at least 3 "
+            "pixels), or 5 pixels when the header has no beam.",
+            minimum=1,
+            maximum=1_000_000,
+            unit="pix",
+        ),
+        ParamSpec(
+            "back_size",
+            "angle-or-pixels",
+            "Side of the boxes in which background and rms are measured: pixels (64) or an "
+            f"angle (5 arcmin). Default: {BACK_SIZE_BEAMS} beams (64 pixels without a beam), "
+            "at most a quarter of the image side and at least 8 pixels.",
+        ),
+        ParamSpec(
+            "deblend_cont",
+            "float",
+            "Deblending contrast: a branch of an island becomes a separate source when it "
+            "holds at least this fraction of the island's flux. 1 turns deblending off.",
+            default=0.005,
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        ParamSpec(
+            "filter",
+            "bool",
+            "Smooth with a Gaussian of the beam's size before detection (a matched filter): "
+            "finds fainter extended emission but merges close pairs. Radio images are "
+            "already convolved with the beam, so it is off by default. Without a beam in the "
+            "header, a 3 x 3 pixel kernel is used.",
+            default=False,
+        ),
+    )
+
+    def run(self, request: AppRequest) -> AppOutput:
+        log = request.log
+        values = request.values
+        started = time.perf_counter()
+        thresh = float(values.get("thresh", 3.0))
+        seed = float(values.get("seed", 5.0))
+        deblend_cont = float(values.get("deblend_cont", 0.005))
+        use_filter = bool(values.get("filter", False))
+        precision = str(values.get("precision", self.precisions[0]))
+        if precision not in _DTYPES:
+            raise JobFailure(f"precision {precision!r} is not offered by sep; use fp64 or fp32")
+
+        if request.image_path is None:
+            raise JobFailure("no image was given: upload the FITS image as the IMAGE file part")
+        image = load_image(request.image_path)
+        beam = image.beam
+        ny, nx = image.shape
+        log.info(
+            "read HDU %d: %d x %d pixels, pixel %.4g arcsec, beam %s, BUNIT %s, frame %s",
+            image.hdu_index,
+            nx,
+            ny,
+            image.pixel_scale_arcsec,
+            f"{beam.major_deg * 3600:.3g} x {beam.minor_deg * 3600:.3g} arcsec" if beam else "none",
+            image.bunit or "none",
+            image.frame.name,
+        )
+        where = "image"
+        if request.roi is not None:
+            image = cutout(image, request.roi)
+            ny, nx = image.shape
+            where = "region of interest"
+            log.info(
+                "region of interest: %d x %d pixels from pixel x=%d, y=%d", nx, ny, *image.origin
+            )
+        flux = _flux_scale(image)
+        if flux.note:
+            log.warning("%s", flux.note)
+
+        if nx < MIN_SIDE or ny < MIN_SIDE:
+            raise JobFailure(
+                f"the {where} is only {nx} x {ny} pixels; sep needs at least "
+                f"{MIN_SIDE} x {MIN_SIDE} to measure a background: give a larger WIDTH/HEIGHT"
+            )
+        data = np.array(image.data, dtype=_DTYPES[precision], order="C")  # native byte order
+        mask = ~np.isfinite(data)
+        n_valid = int(data.size - np.count_nonzero(mask))
+        if n_valid == 0:
+            raise JobFailure(
+                f"every pixel of the {where} is blank (NaN or BLANK): there is nothing to search"
+            )
+        if n_valid < MIN_VALID_PIXELS:
+            raise JobFailure(
+                f"only {n_valid} pixels of the {where} are valid (the rest are NaN or BLANK); "
+                f"at least {MIN_VALID_PIXELS} are needed: choose a region with data"
+            )
+        data[mask] = 0.0
+
+        box = _background_box(image, values.get("back_size"))
+        minarea = _minarea(image, values.get("minarea"))
+        log.info(
+            "background boxes of %d pixels; island %.3g sigma, seed %.3g sigma, "
+            "minarea %d pixels, deblend_cont %g, filter %s, %s",
+            box,
+            thresh,
+            seed,
+            minarea,
+            deblend_cont,
+            use_filter,
+            precision,
+        )
+        try:
+            bkg = sep.Background(data, mask=mask, bw=box, bh=box, fw=3, fh=3)
+            bkg.subfrom(data)
+            rms = bkg.rms()
+        except MemoryError:
+            raise
+        except Exception as exc:  # sep raises bare Exception with its C library's message
+            raise JobFailure(
+                f"sep could not measure the background of the {where}: {str(exc).rstrip('. ')}"
+            ) from None
+        global_rms = float(bkg.globalrms)
+        if not math.isfinite(global_rms) or global_rms <= 0.0:
+            raise JobFailure(
+                f"the {where} has no noise (background rms {global_rms:g}): thresholds in "
+                "units of the rms cannot be set. Is this a noiseless model image?"
+            )
+        data[mask] = 0.0
+        rms[~(rms > 0.0)] = global_rms  # boxes with too few valid pixels
+        log.info("background rms %.4g (global)", global_rms)
+
+        objects = _extract(
+            data,
+            rms,
+            mask,
+            thresh,
+            minarea,
+            deblend_cont,
+            _kernel(image) if use_filter else None,
+            where,
+        )
+        x_peak = np.clip(objects["xpeak"], 0, nx - 1)
+        y_peak = np.clip(objects["ypeak"], 0, ny - 1)
+        local_rms = rms[y_peak, x_peak].astype(np.float64)
+        peak = objects["peak"].astype(np.float64)
+        keep = peak >= seed * local_rms
+        objects, peak, local_rms = objects[keep], peak[keep], local_rms[keep]
+        order = np.argsort(-peak, kind="stable")
+        objects, peak, local_rms = objects[order], peak[order], local_rms[order]
+        log.info(
+            "%d islands and components above %.3g sigma, %d with a peak above %.3g sigma",
+            int(keep.size),
+            thresh,
+            len(objects),
+            seed,
+        )
+
+        table = _catalogue(image, objects, peak, local_rms, flux)
+        params = {k: v for k, v in sorted(values.items()) if v is not None}
+        infos = {
+            "job_id": request.job_id,
+            "model_id": self.model_id,
+            "model_version": self.version,
+            "image_hdu": str(image.hdu_index),
+            "image_frame": image.frame.name,
+            "region_origin_pix": f"{image.origin[0]} {image.origin[1]}",
+            "region_shape_pix": f"{nx} x {ny}",
+            "background_rms": f"{global_rms * flux.peak_factor:.6g} {flux.peak_unit}",
+            "flux_note": flux.note or "none",
+        }
+        write_catalogue(
+            table,
+            request.staging_dir / CATALOGUE_NAME,
+            infos=infos,
+            params=params,
+            description=f"Sources found by sep {sep.__version__} in job {request.job_id}.",
+        )
+        elapsed = time.perf_counter() - started
+        log.info("wrote %s with %d sources in %.2f s", CATALOGUE_NAME, len(table), elapsed)
+        return AppOutput(
+            results=[ResultFile("result", CATALOGUE_NAME, VOTABLE_MIME)],
+            info={
+                "n_sources": len(table),
+                "background_rms": global_rms * flux.peak_factor,
+                "flux_unit": flux.peak_unit,
+                "background_box_pix": box,
+                "minarea_pix": minarea,
+                "region_shape_pix": f"{nx} x {ny}",
+                "region_origin_pix": f"{image.origin[0]} {image.origin[1]}",
+                "flux_note": flux.note or "none",
+            },
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _extract(
+    data: np.ndarray,
+    rms: np.ndarray,
+    mask: np.ndarray,
+    thresh: float,
+    minarea: int,
+    deblend_cont: float,
+    kernel: np.ndarray | None,
+    where: str,
+) -> np.ndarray:
+    n_valid = int(data.size - np.count_nonzero(mask))
+    sep.set_extract_pixstack(int(min(max(300_000, n_valid), PIXSTACK_MAX)))
+    sep.set_sub_object_limit(SUB_OBJECT_LIMIT)
+    try:
+        objects: np.ndarray = sep.extract(
+            data,
+            thresh,
+            err=rms,
+            mask=mask,
+            minarea=minarea,
+            filter_kernel=kernel,
+            filter_type="matched",
+            # deblend_cont 1 keeps islands whole: then skip the 32-level deblending pass.
+            deblend_nthresh=1 if deblend_cont >= 1.0 else 32,
+            deblend_cont=deblend_cont,
+            clean=True,
+        )
+    except MemoryError:
+        raise
+    except Exception as exc:  # sep raises bare Exception with its C library's message
+        raise JobFailure(
+            f"sep could not extract sources from the {where}: {str(exc).rstrip('. ')}. Raise "
+            "THRESH, or search a smaller region (RA, DEC, WIDTH, HEIGHT)"
+        ) from None
+    return objects
+
+
+def _background_box(image: SkyImage, back_size: Extent | None) -> int:
+    ny, nx = image.shape
+    side = min(nx, ny)
+    if back_size is None:
+        beam = image.beam
+        if beam is None:
+            box = 64
+        else:
+            box = round(BACK_SIZE_BEAMS * beam.major_deg * 3600.0 / image.pixel_scale_arcsec)
+        return int(max(MIN_SIDE, min(box, max(MIN_SIDE, side // 4))))
+    if back_size.is_pixels:
+        box = round(back_size.value)
+    else:
+        box = round(back_size.arcsec / image.pixel_scale_arcsec)
+    return int(max(2, min(box, side)))
+
+
+def _minarea(image: SkyImage, minarea: Any) -> int:
+    if minarea is not None:
+        return int(minarea)
+    area = image.beam_area_pix
+    return 5 if area is None else max(3, round(0.5 * area))
+
+
+def _kernel(image: SkyImage) -> np.ndarray:
+    """A circular Gaussian with the beam's mean FWHM in pixels; sep's 3x3 without a beam."""
+    beam = image.beam
+    if beam is None:
+        return np.asarray(sep.default_kernel, dtype=np.float32)
+    fwhm_pix = math.sqrt(beam.major_deg * beam.minor_deg) * 3600.0 / image.pixel_scale_arcsec
+    sigma = max(fwhm_pix / FWHM_PER_SIGMA, 0.5)
+    half = max(1, math.ceil(3.0 * sigma))
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    kernel = np.exp(-(xx**2 + yy**2) / (2.0 * sigma**2))
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+def _parse_bunit(text: str) -> u.UnitBase | None:
+    """BUNIT as an astropy unit, accepting the usual upper-case radio spellings (JY/BEAM)."""
+    fixed = re.sub(r"(?i)jy", "Jy", text.strip())
+    fixed = re.sub(r"(?i)beam", "beam", fixed)
+    fixed = re.sub(r"(?i)pixel|pix", "pix", fixed)
+    for candidate in (text.strip(), fixed):
+        for fmt in ("fits", "vounit", "generic"):
+            try:
+                unit = u.Unit(candidate, format=fmt)
+            except (ValueError, TypeError):
+                continue
+            if isinstance(unit, u.UnitBase):
+                return unit
+    return None
+
+
+def _flux_scale(image: SkyImage) -> _FluxScale:
+    area = image.beam_area_pix
+    bunit = image.bunit
+    note = ""
+    if bunit is None:
+        unit: u.UnitBase = _JY_PER_BEAM
+        note = "the image has no BUNIT; its pixel values are taken to be Jy/beam"
+    else:
+        parsed = _parse_bunit(bunit)
+        if parsed is None:
+            raise JobFailure(
+                f"the image unit BUNIT={bunit!r} is not a unit that can be read; fix BUNIT in "
+                "the header (for example 'Jy/beam')"
+            )
+        unit = parsed
+    if unit.is_equivalent(_JY_PER_BEAM):
+        factor = float(unit.to(_JY_PER_BEAM))
+        if area is not None:
+            return _FluxScale(
+                "Jy/beam",
+                factor,
+                "Jy",
+                factor / area,
+                "Integrated flux density: sum of the background-subtracted pixels of the "
+                "source's isophotal footprint divided by the beam area in pixels.",
+                note,
+            )
+        no_beam = "the header has no beam (BMAJ/BMIN), so integrated fluxes are not in Jy"
+        return _FluxScale(
+            "Jy/beam",
+            factor,
+            "Jy/beam",
+            factor,
+            "Sum of the background-subtracted pixel values (Jy/beam) of the source's "
+            "isophotal footprint; not converted to Jy because the header has no beam.",
+            f"{note}; {no_beam}" if note else no_beam,
+        )
+    unit_text = unit.to_string("vounit")
+    int_unit = unit * u.pix
+    if int_unit.is_equivalent(u.Jy):
+        return _FluxScale(
+            unit_text,
+            1.0,
+            "Jy",
+            float(int_unit.to(u.Jy)),
+            "Integrated flux density: sum of the background-subtracted pixels of the "
+            "source's isophotal footprint.",
+            note,
+        )
+    other = f"the image unit is {bunit}, not Jy/beam: fluxes are given in that unit"
+    return _FluxScale(
+        unit_text,
+        1.0,
+        unit_text,
+        1.0,
+        f"Sum of the background-subtracted pixel values ({bunit}) of the source's isophotal "
+        "footprint, in the image unit.",
+        other,
+    )
+
+
+def _catalogue(
+    image: SkyImage,
+    objects: np.ndarray,
+    peak: np.ndarray,
+    local_rms: np.ndarray,
+    flux: _FluxScale,
+) -> Table:
+    n = len(objects)
+    x = objects["x"].astype(np.float64)
+    y = objects["y"].astype(np.float64)
+    theta = objects["theta"].astype(np.float64)
+    ra = np.empty(n)
+    dec = np.empty(n)
+    pa = np.empty(n)
+    if n:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            centre = image.wcs.pixel_to_world(x, y).icrs
+            # A point one pixel along the major axis gives the axis's direction on the sky.
+            along = image.wcs.pixel_to_world(x + np.cos(theta), y + np.sin(theta)).icrs
+        ra = np.asarray(centre.ra.deg, dtype=np.float64)
+        dec = np.asarray(centre.dec.deg, dtype=np.float64)
+        pa = np.mod(np.asarray(centre.position_angle(along).deg, dtype=np.float64), 180.0)
+    scale = image.pixel_scale_arcsec
+    x0, y0 = image.origin
+
+    def col(name: str, values: np.ndarray, unit: str, ucd: str, description: str) -> Column:
+        return Column(values, name=name, unit=unit, description=description, meta={"ucd": ucd})
+
+    return Table(
+        [
+            col(
+                "id",
+                np.arange(1, n + 1, dtype=np.int32),
+                "",
+                "meta.id;meta.main",
+                "Source number, in order of decreasing peak flux.",
+            ),
+            col(
+                "ra",
+                ra,
+                "deg",
+                "pos.eq.ra;meta.main",
+                "Right ascension (ICRS) of the flux-weighted centroid.",
+            ),
+            col(
+                "dec",
+                dec,
+                "deg",
+                "pos.eq.dec;meta.main",
+                "Declination (ICRS) of the flux-weighted centroid.",
+            ),
+            col(
+                "x",
+                x + x0,
+                "pix",
+                "pos.cartesian.x",
+                "0-based pixel column of the centroid in the uploaded image (FITS pixel = x + 1).",
+            ),
+            col(
+                "y",
+                y + y0,
+                "pix",
+                "pos.cartesian.y",
+                "0-based pixel row of the centroid in the uploaded image (FITS pixel = y + 1).",
+            ),
+            col(
+                "peak_flux",
+                peak * flux.peak_factor,
+                flux.peak_unit,
+                "phot.flux.density;stat.max",
+                "Peak pixel value above the local background.",
+            ),
+            col(
+                "int_flux",
+                objects["flux"].astype(np.float64) * flux.int_factor,
+                flux.int_unit,
+                "phot.flux.density",
+                flux.int_description,
+            ),
+            col(
+                "local_rms",
+                local_rms * flux.peak_factor,
+                flux.peak_unit,
+                "stat.stdev;phot.flux.density",
+                "Background rms at the peak pixel.",
+            ),
+            col(
+                "snr",
+                peak / local_rms,
+                "",
+                "stat.snr",
+                "Signal-to-noise ratio: peak_flux / local_rms.",
+            ),
+            col(
+                "maj",
+                FWHM_PER_SIGMA * objects["a"].astype(np.float64) * scale,
+                "arcsec",
+                "phys.angSize.smajAxis",
+                "Major-axis FWHM of the second-moment ellipse (2.3548 sigma); not deconvolved.",
+            ),
+            col(
+                "min",
+                FWHM_PER_SIGMA * objects["b"].astype(np.float64) * scale,
+                "arcsec",
+                "phys.angSize.sminAxis",
+                "Minor-axis FWHM of the second-moment ellipse (2.3548 sigma); not deconvolved.",
+            ),
+            col(
+                "pa",
+                pa,
+                "deg",
+                "pos.posAng",
+                "Position angle of the major axis, degrees East of North (ICRS), 0 to 180.",
+            ),
+            col(
+                "flag",
+                objects["flag"].astype(np.int16),
+                "",
+                "meta.code",
+                "sep flags, summed: 1 deblended from a larger island, 2 truncated at the "
+                "image edge, 4 deblending overflow, 8 singular moments.",
+            ),
+        ]
+    )

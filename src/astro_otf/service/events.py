@@ -1,0 +1,33 @@
+"""In-process notification of job changes, so that a blocking WAIT holds no thread and
+returns as soon as the phase moves (no sleep-polling)."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class JobEvents:
+    """One asyncio.Event per watched job, replaced after each notification.
+
+    Call :meth:`watch` *before* reading the job's state and await the returned event after:
+    a change that lands between the read and the await is then not missed.
+    Every method must be called from the event loop's thread.
+    """
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def watch(self, job_id: str) -> asyncio.Event:
+        event = self._events.get(job_id)
+        if event is None:
+            event = self._events[job_id] = asyncio.Event()
+        return event
+
+    def notify(self, job_id: str) -> None:
+        event = self._events.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    @property
+    def watched(self) -> int:
+        return len(self._events)

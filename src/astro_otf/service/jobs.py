@@ -1,0 +1,343 @@
+"""JobService: the policy of the UWS job life cycle.
+
+Handlers in uws/ only parse and render; every decision (who may see a job, which parameters a
+model takes, what a phase allows, how long a job may run and live) is made here, and every
+read or write goes to the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO
+
+from astro_otf.config import Settings
+from astro_otf.domain.errors import (
+    JobNotFound,
+    NotFound,
+    ParameterError,
+    PhaseConflict,
+    QueueFull,
+)
+from astro_otf.domain.job import Job, JobParameter, JobSummary
+from astro_otf.domain.parameters import validate
+from astro_otf.domain.phases import ACTIVE_PHASES, FINAL_PHASES, Phase
+from astro_otf.models.registry import Registry
+from astro_otf.service.events import JobEvents
+from astro_otf.service.scheduler import Scheduler, utcnow
+from astro_otf.service.threads import in_thread
+from astro_otf.store.files import JobFolders
+from astro_otf.store.repository import JobStore
+
+log = logging.getLogger(__name__)
+
+#: The server's name for each uploaded file parameter; the client's file name is never used.
+UPLOAD_NAMES = {"image": "image.fits"}
+
+
+class JobService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        folders: JobFolders,
+        registry: Registry,
+        events: JobEvents,
+        scheduler: Scheduler,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.folders = folders
+        self.registry = registry
+        self.events = events
+        self.scheduler = scheduler
+        self._check_owner = settings.auth_mode == "token"
+        #: Counting the queue and adding to it happen under this lock, so that RUNs arriving
+        #: together cannot overfill it (one process; replicas need a database lock).
+        self._queue_lock = asyncio.Lock()
+        #: Called when a destruction time may have moved earlier (the reaper re-plans).
+        self.on_destruction_change: Callable[[], None] | None = None
+
+    # -- creation ------------------------------------------------------------------------
+
+    @staticmethod
+    def new_job_id() -> str:
+        return secrets.token_hex(8)
+
+    def prepare(self, job_id: str) -> None:
+        """Make the job's folder before its upload streams in."""
+        self.folders.create(job_id)
+
+    def open_upload(self, job_id: str, name: str) -> IO[bytes]:
+        """A file to stream the upload of parameter ``name`` into (server-chosen path)."""
+        filename = UPLOAD_NAMES.get(name)
+        if filename is None:
+            raise ParameterError(name, "is not a file parameter; only IMAGE is uploaded")
+        return self.folders.input_file(job_id, filename).open("wb")
+
+    def _staged(self, job_id: str) -> Path:
+        return self.folders.input_file(job_id, UPLOAD_NAMES["image"] + ".new")
+
+    def open_staged_upload(self, job_id: str) -> IO[bytes]:
+        """A replacement IMAGE streams here; it takes the image's place only once the new
+        parameter set is accepted (:meth:`commit_staged_upload`)."""
+        return self._staged(job_id).open("wb")
+
+    def commit_staged_upload(self, job_id: str) -> None:
+        os.replace(self._staged(job_id), self.folders.input_file(job_id, UPLOAD_NAMES["image"]))
+
+    def drop_staged_upload(self, job_id: str) -> None:
+        self._staged(job_id).unlink(missing_ok=True)
+
+    async def discard(self, job_id: str) -> None:
+        """Forget a job whose creation failed: nothing of it stays on disk."""
+        await in_thread(self.folders.remove, job_id)
+
+    async def create(
+        self,
+        job_id: str,
+        owner: str | None,
+        fields: Mapping[str, str],
+        files: Collection[str],
+        *,
+        run_id: str | None = None,
+        start: bool = False,
+    ) -> Job:
+        """Validate and record a new job; ``files`` are the uploaded parameters' names."""
+        model_id, params, priority = self._check(fields, files)
+        now = utcnow()
+        job = Job(
+            job_id=job_id,
+            owner=owner,
+            run_id=run_id,
+            phase=Phase.PENDING,
+            model_id=model_id,
+            priority=priority,
+            creation_time=now,
+            start_time=None,
+            end_time=None,
+            execution_duration=min(
+                self.settings.default_execution_duration, self.settings.max_execution_duration
+            ),
+            destruction_time=now + timedelta(days=self.settings.default_destruction_days),
+            parameters=params,
+        )
+        if start:  # born QUEUED, so that a refused start stores nothing
+            async with self._queue_lock:
+                await self._check_queue_room()
+                job.phase = Phase.QUEUED
+                job.queue_time = utcnow()
+                await in_thread(self.store.create, job)
+            self.scheduler.wake()
+        else:
+            await in_thread(self.store.create, job)
+        log.info("job %s created (model %s, owner %s)", job_id, model_id, owner)
+        self._destruction_changed()
+        return await self.get(job_id, owner)
+
+    def _check(
+        self, fields: Mapping[str, str], files: Collection[str]
+    ) -> tuple[str, list[JobParameter], int]:
+        app = self.registry.get(fields.get("model"))
+        checked = validate(
+            fields,
+            files,
+            app.parameters,
+            precisions=app.precisions,
+            model_id=app.model_id,
+            image_required=app.needs_image,
+        )
+        checked.stored["model"] = app.model_id
+        params = [JobParameter(k, v) for k, v in sorted(checked.stored.items())]
+        params += [JobParameter(name, UPLOAD_NAMES[name], is_file=True) for name in sorted(files)]
+        return app.model_id, params, int(checked.values.get("priority", 0))
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def get(self, job_id: str, owner: str | None) -> Job:
+        return await in_thread(self.store.get, job_id, owner, check_owner=self._check_owner)
+
+    async def list(
+        self,
+        owner: str | None,
+        phases: Collection[Phase] | None,
+        after: datetime | None,
+        last: int | None,
+    ) -> list[JobSummary]:
+        return await in_thread(
+            self.store.list_jobs,
+            owner=owner,
+            check_owner=self._check_owner,
+            phases=phases,
+            after=after,
+            last=last,
+        )
+
+    async def wait(
+        self, job_id: str, owner: str | None, timeout: float, phase: Phase | None = None
+    ) -> Job:
+        """UWS blocking WAIT: return when the job leaves its current active phase (or the
+        ``phase`` given), or after ``timeout`` seconds; at once if it is not active."""
+        deadline = asyncio.get_running_loop().time() + min(timeout, self.settings.max_wait)
+        while True:
+            event = self.events.watch(job_id)
+            job = await self.get(job_id, owner)
+            if job.phase not in ACTIVE_PHASES or (phase is not None and job.phase != phase):
+                return job
+            start_phase = job.phase
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return job
+            try:
+                await asyncio.wait_for(event.wait(), left)
+            except TimeoutError:
+                return job
+            job = await self.get(job_id, owner)
+            if job.phase != start_phase:
+                return job
+
+    def result_file(self, job: Job, result_id: str) -> tuple[Path, str]:
+        for r in job.results:
+            if r.result_id == result_id:
+                return self.folders.result_file(job.job_id, r.filename), r.mime_type
+        known = ", ".join(r.result_id for r in job.results) or "none yet"
+        raise NotFound(f"job {job.job_id} has no result {result_id!r} (results: {known})")
+
+    def parameter_file(self, job: Job, name: str) -> Path:
+        for p in job.parameters:
+            if p.name == name.lower() and p.is_file:
+                return self.folders.input_file(job.job_id, p.value)
+        raise NotFound(f"job {job.job_id} has no uploaded file parameter {name!r}")
+
+    # -- phase changes -------------------------------------------------------------------
+
+    async def _check_queue_room(self) -> None:
+        queued = await in_thread(self.store.count, Phase.QUEUED)
+        if queued >= self.settings.max_queued_jobs:
+            raise QueueFull(
+                f"the queue is full ({queued} jobs waiting); try again later", retry_after=30
+            )
+
+    async def run(self, job_id: str, owner: str | None) -> None:
+        job = await self.get(job_id, owner)
+        if job.phase in (Phase.QUEUED, Phase.EXECUTING):
+            return  # already on its way: RUN is idempotent
+        if job.phase != Phase.PENDING:
+            raise PhaseConflict(
+                f"job {job_id} is {job.phase.value}; only a PENDING job can be run "
+                "(create a new job to run again)"
+            )
+        async with self._queue_lock:
+            await self._check_queue_room()
+            moved = await in_thread(
+                self.store.transition, job_id, [Phase.PENDING], Phase.QUEUED, queue_time=utcnow()
+            )
+        if moved:
+            self.events.notify(job_id)
+            self.scheduler.wake()
+
+    async def abort(self, job_id: str, owner: str | None) -> None:
+        job = await self.get(job_id, owner)
+        if job.phase == Phase.ABORTED:
+            return
+        if job.phase in FINAL_PHASES:
+            raise PhaseConflict(f"job {job_id} is already {job.phase.value}; it cannot be aborted")
+        moved = await in_thread(
+            self.store.transition, job_id, list(ACTIVE_PHASES), Phase.ABORTED, end_time=utcnow()
+        )
+        if moved:
+            await self.scheduler.cancel(job_id)
+            self.events.notify(job_id)
+            log.info("job %s aborted", job_id)
+        else:  # it finished meanwhile: report what it is now
+            job = await self.get(job_id, owner)
+            if job.phase != Phase.ABORTED:
+                raise PhaseConflict(
+                    f"job {job_id} is already {job.phase.value}; it cannot be aborted"
+                )
+
+    async def delete(self, job_id: str, owner: str | None) -> None:
+        job = await self.get(job_id, owner)
+        await self._destroy(job)
+
+    async def _destroy(self, job: Job) -> None:
+        if job.phase in ACTIVE_PHASES:
+            await in_thread(
+                self.store.transition,
+                job.job_id,
+                list(ACTIVE_PHASES),
+                Phase.ABORTED,
+                end_time=utcnow(),
+            )
+            await self.scheduler.cancel(job.job_id)
+        await in_thread(self.store.delete, job.job_id)
+        await in_thread(self.folders.remove, job.job_id)
+        self.events.notify(job.job_id)
+        log.info("job %s deleted", job.job_id)
+
+    async def destroy_expired(self) -> int:
+        """Delete every job whose destruction time has passed (the reaper's work)."""
+        ids = await in_thread(self.store.expired, utcnow())
+        for job_id in ids:
+            try:
+                job = await in_thread(self.store.get, job_id)
+            except JobNotFound:
+                continue
+            await self._destroy(job)
+        return len(ids)
+
+    # -- settable job properties ---------------------------------------------------------
+
+    async def set_execution_duration(self, job_id: str, owner: str | None, seconds: int) -> None:
+        """Set the run-time limit; 0 (unlimited) and values over the cap become the cap."""
+        job = await self.get(job_id, owner)
+        if job.phase != Phase.PENDING:
+            raise PhaseConflict(
+                f"job {job_id} is {job.phase.value}; EXECUTIONDURATION can only be changed "
+                "while the job is PENDING"
+            )
+        if seconds < 0:
+            raise ParameterError("executionduration", f"{seconds} is negative")
+        cap = self.settings.max_execution_duration
+        value = cap if seconds == 0 else min(seconds, cap)
+        if not await in_thread(
+            self.store.update_fields, job_id, [Phase.PENDING], execution_duration=value
+        ):
+            raise PhaseConflict(f"job {job_id} left PENDING; EXECUTIONDURATION was not changed")
+
+    async def set_destruction(self, job_id: str, owner: str | None, when: datetime) -> None:
+        """Set the destruction time, clamped between now and the configured maximum."""
+        job = await self.get(job_id, owner)
+        now = utcnow()
+        latest = now + timedelta(days=self.settings.max_destruction_days)
+        value = min(max(when, now), latest)
+        await in_thread(self.store.update_fields, job_id, list(Phase), destruction_time=value)
+        self._destruction_changed()
+        log.info("job %s destruction set to %s", job.job_id, value.isoformat())
+
+    async def update_parameters(
+        self, job_id: str, owner: str | None, fields: Mapping[str, str], files: Collection[str]
+    ) -> None:
+        """Change parameters of a PENDING job; the whole resulting set is validated again."""
+        job = await self.get(job_id, owner)
+        if job.phase != Phase.PENDING:
+            raise PhaseConflict(
+                f"job {job_id} is {job.phase.value}; parameters can only be changed while "
+                "the job is PENDING"
+            )
+        merged = {**job.parameter_values(), **fields}
+        have_files = {p.name for p in job.parameters if p.is_file} | set(files)
+        model_id, params, priority = self._check(merged, have_files)
+        if not await in_thread(
+            self.store.replace_parameters, job_id, params, priority=priority, model_id=model_id
+        ):
+            raise PhaseConflict(f"job {job_id} left PENDING; parameters were not changed")
+
+    def _destruction_changed(self) -> None:
+        if self.on_destruction_change is not None:
+            self.on_destruction_change()

@@ -1,0 +1,1 @@
+"""Storage: the database (the truth about jobs) and the job folders (their bytes)."""

@@ -1,0 +1,263 @@
+"""The job repository: every read and write of job rows goes through here.
+
+Phase changes are conditional updates (``UPDATE ... WHERE phase IN (...)``) in one
+transaction, so that two actors racing (an ABORT and a worker finishing, say) cannot both win.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Engine, delete, func, select, update
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.sql.base import Executable
+
+from astro_otf.domain.errors import JobNotFound
+from astro_otf.domain.job import ErrorSummary, Job, JobParameter, JobResult, JobSummary
+from astro_otf.domain.phases import Phase, can_move
+from astro_otf.store.tables import JobRow, ParameterRow, ResultRow
+
+
+def _changed(session: Session, statement: Executable) -> int:
+    """Execute an UPDATE or DELETE and return how many rows it touched."""
+    result = session.execute(statement)
+    return cast(CursorResult[Any], result).rowcount
+
+
+def _to_job(row: JobRow) -> Job:
+    error = None
+    if row.error_message is not None:
+        error = ErrorSummary(row.error_type or "fatal", row.error_message)
+    return Job(
+        job_id=row.job_id,
+        owner=row.owner,
+        run_id=row.run_id,
+        phase=Phase(row.phase),
+        model_id=row.model_id,
+        priority=row.priority,
+        creation_time=row.creation_time,
+        start_time=row.start_time,
+        end_time=row.end_time,
+        execution_duration=row.execution_duration,
+        destruction_time=row.destruction_time,
+        quote=row.quote,
+        queue_time=row.queue_time,
+        error=error,
+        parameters=[JobParameter(p.name, p.value, p.is_file) for p in row.parameters],
+        results=[JobResult(r.result_id, r.filename, r.mime_type, r.size) for r in row.results],
+        info=dict(row.info or {}),
+    )
+
+
+class JobStore:
+    """Jobs in the database. Methods are synchronous: the HTTP layer calls them in threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def ping(self) -> None:
+        with self.session() as s:
+            s.execute(select(1))
+
+    # -- create / read -------------------------------------------------------------------
+
+    def create(self, job: Job) -> None:
+        with self.session() as s, s.begin():
+            row = JobRow(
+                job_id=job.job_id,
+                owner=job.owner,
+                run_id=job.run_id,
+                phase=job.phase.value,
+                model_id=job.model_id,
+                priority=job.priority,
+                creation_time=job.creation_time,
+                execution_duration=job.execution_duration,
+                destruction_time=job.destruction_time,
+                queue_time=job.queue_time,
+                info=job.info,
+            )
+            row.parameters = [
+                ParameterRow(name=p.name, value=p.value, is_file=p.is_file) for p in job.parameters
+            ]
+            s.add(row)
+
+    def get(self, job_id: str, owner: str | None = None, *, check_owner: bool = False) -> Job:
+        """The job, or JobNotFound. With ``check_owner`` a job of another owner is not found."""
+        with self.session() as s:
+            row = s.scalar(
+                select(JobRow)
+                .where(JobRow.job_id == job_id)
+                .options(selectinload(JobRow.parameters), selectinload(JobRow.results))
+            )
+            if row is None or (check_owner and row.owner != owner):
+                raise JobNotFound(job_id)
+            return _to_job(row)
+
+    def list_jobs(
+        self,
+        *,
+        owner: str | None,
+        check_owner: bool,
+        phases: Collection[Phase] | None = None,
+        after: datetime | None = None,
+        last: int | None = None,
+    ) -> list[JobSummary]:
+        """Jobs newest first. Without ``phases``, ARCHIVED jobs are left out (UWS 1.1)."""
+        query = select(
+            JobRow.job_id, JobRow.phase, JobRow.run_id, JobRow.owner, JobRow.creation_time
+        )
+        if check_owner:
+            query = query.where(JobRow.owner == owner)
+        if phases:
+            query = query.where(JobRow.phase.in_([p.value for p in phases]))
+        else:
+            query = query.where(JobRow.phase != Phase.ARCHIVED.value)
+        if after is not None:
+            query = query.where(JobRow.creation_time > after)
+        query = query.order_by(JobRow.creation_time.desc(), JobRow.job_id)
+        if last is not None:
+            query = query.limit(last)
+        with self.session() as s:
+            return [
+                JobSummary(r.job_id, Phase(r.phase), r.run_id, r.owner, r.creation_time)
+                for r in s.execute(query)
+            ]
+
+    def count(self, phase: Phase) -> int:
+        with self.session() as s:
+            return s.scalar(select(func.count()).where(JobRow.phase == phase.value)) or 0
+
+    def queued_by_model(self) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.execute(
+                select(JobRow.model_id, func.count())
+                .where(JobRow.phase == Phase.QUEUED.value)
+                .group_by(JobRow.model_id)
+            )
+            return {model: n for model, n in rows}
+
+    def counts_by_phase(self) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.execute(select(JobRow.phase, func.count()).group_by(JobRow.phase))
+            return {phase: n for phase, n in rows}
+
+    # -- phase changes -------------------------------------------------------------------
+
+    def transition(
+        self,
+        job_id: str,
+        sources: Iterable[Phase],
+        target: Phase,
+        *,
+        results: list[JobResult] | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Move the job to ``target`` if it is now in one of ``sources``; set ``fields`` (column
+        names) and, for a finished job, record its results in the same transaction.
+        Returns False when the job was not in a source phase (someone else moved it).
+        A move the phase machine does not allow is a programming error (ValueError)."""
+        sources = list(sources)
+        illegal = [p.value for p in sources if not can_move(p, target)]
+        if illegal:
+            raise ValueError(
+                f"{', '.join(illegal)} -> {target.value} is not a move of the phase machine"
+            )
+        with self.session() as s, s.begin():
+            done = _changed(
+                s,
+                update(JobRow)
+                .where(JobRow.job_id == job_id, JobRow.phase.in_([p.value for p in sources]))
+                .values(phase=target.value, **fields),
+            )
+            if not done:
+                return False
+            for pos, r in enumerate(results or []):
+                s.add(
+                    ResultRow(
+                        job_id=job_id,
+                        result_id=r.result_id,
+                        position=pos,
+                        filename=r.filename,
+                        mime_type=r.mime_type,
+                        size=r.size,
+                    )
+                )
+            return True
+
+    def update_fields(self, job_id: str, sources: Iterable[Phase], **fields: Any) -> bool:
+        """Set columns if the job is in one of ``sources``; False otherwise."""
+        with self.session() as s, s.begin():
+            return bool(
+                _changed(
+                    s,
+                    update(JobRow)
+                    .where(JobRow.job_id == job_id, JobRow.phase.in_([p.value for p in sources]))
+                    .values(**fields),
+                )
+            )
+
+    def replace_parameters(
+        self, job_id: str, params: list[JobParameter], *, priority: int, model_id: str
+    ) -> bool:
+        """Replace the whole parameter set of a PENDING job; False if it is no longer PENDING."""
+        with self.session() as s, s.begin():
+            row = s.get(JobRow, job_id, with_for_update=True)
+            if row is None or row.phase != Phase.PENDING.value:
+                return False
+            s.execute(delete(ParameterRow).where(ParameterRow.job_id == job_id))
+            s.add_all(
+                ParameterRow(job_id=job_id, name=p.name, value=p.value, is_file=p.is_file)
+                for p in params
+            )
+            row.priority = priority
+            row.model_id = model_id
+            return True
+
+    def delete(self, job_id: str) -> bool:
+        with self.session() as s, s.begin():
+            s.execute(delete(ParameterRow).where(ParameterRow.job_id == job_id))
+            s.execute(delete(ResultRow).where(ResultRow.job_id == job_id))
+            return bool(_changed(s, delete(JobRow).where(JobRow.job_id == job_id)))
+
+    # -- queries for the scheduler and reaper ---------------------------------------------
+
+    def queued_ids(self, limit: int, exclude: Collection[str] = ()) -> list[str]:
+        """Ids of QUEUED jobs, in the order they should run (an index-only query)."""
+        query = (
+            select(JobRow.job_id)
+            .where(JobRow.phase == Phase.QUEUED.value)
+            .order_by(JobRow.priority.desc(), JobRow.creation_time, JobRow.job_id)
+            .limit(limit + len(exclude))
+        )
+        with self.session() as s:
+            return [i for i in s.scalars(query) if i not in exclude][:limit]
+
+    def get_many(self, job_ids: Collection[str]) -> list[Job]:
+        """Several jobs in one query (those that exist)."""
+        if not job_ids:
+            return []
+        query = (
+            select(JobRow)
+            .where(JobRow.job_id.in_(list(job_ids)))
+            .options(selectinload(JobRow.parameters), selectinload(JobRow.results))
+        )
+        with self.session() as s:
+            return [_to_job(r) for r in s.scalars(query)]
+
+    def ids_in_phase(self, phase: Phase) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(JobRow.job_id).where(JobRow.phase == phase.value)))
+
+    def expired(self, now: datetime) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(JobRow.job_id).where(JobRow.destruction_time <= now)))
+
+    def next_destruction(self) -> datetime | None:
+        with self.session() as s:
+            return s.scalar(select(func.min(JobRow.destruction_time)))

@@ -1,0 +1,98 @@
+"""SQLAlchemy tables. The schema itself is created and changed only by Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, returns aware UTC: SQLite keeps no time zone, PostgreSQL would
+    otherwise convert to the session's zone."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use UTC-aware times")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(255), index=True)
+    run_id: Mapped[str | None] = mapped_column(String(255))
+    phase: Mapped[str] = mapped_column(String(16), index=True)
+    model_id: Mapped[str] = mapped_column(String(128))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    creation_time: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    queue_time: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    start_time: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    end_time: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    execution_duration: Mapped[int] = mapped_column(Integer)
+    destruction_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    quote: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    error_type: Mapped[str | None] = mapped_column(String(16))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    parameters: Mapped[list[ParameterRow]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", order_by="ParameterRow.name"
+    )
+    results: Mapped[list[ResultRow]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", order_by="ResultRow.position"
+    )
+
+
+class ParameterRow(Base):
+    __tablename__ = "job_parameters"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.job_id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    is_file: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    job: Mapped[JobRow] = relationship(back_populates="parameters")
+
+
+class ResultRow(Base):
+    __tablename__ = "job_results"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.job_id", ondelete="CASCADE"), primary_key=True
+    )
+    result_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    filename: Mapped[str] = mapped_column(String(255))
+    mime_type: Mapped[str] = mapped_column(String(128))
+    size: Mapped[int] = mapped_column(BigInteger)
+
+    job: Mapped[JobRow] = relationship(back_populates="results")

@@ -1,0 +1,355 @@
+"""The UWS 1.1 job resources. Handlers parse the request, ask the JobService, and render:
+no policy, SQL or file layout lives here."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import IO, Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from starlette.responses import Response
+
+from astro_otf.config import Settings
+from astro_otf.domain.errors import NotFound, ParameterError, RequestError
+from astro_otf.domain.phases import Phase
+from astro_otf.service.jobs import JobService
+from astro_otf.service.threads import in_thread
+from astro_otf.uws import render
+from astro_otf.uws.auth import owner_from
+from astro_otf.uws.compat import parse_cianna_job
+from astro_otf.uws.uploads import Form, read_form
+
+router = APIRouter()
+
+XML = "application/xml"
+
+
+# -- dependencies and helpers ------------------------------------------------------------
+
+
+def get_service(request: Request) -> JobService:
+    service: JobService = request.app.state.service
+    return service
+
+
+def get_owner(request: Request) -> str | None:
+    return owner_from(request, request.app.state.settings)
+
+
+Service = Annotated[JobService, Depends(get_service)]
+Owner = Annotated[str | None, Depends(get_owner)]
+
+
+def links_for(request: Request) -> render.Links:
+    settings: Settings = request.app.state.settings
+    return render.Links(settings.base_url or str(request.base_url))
+
+
+def wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "").lower()
+    return "application/json" in accept and "xml" not in accept
+
+
+def query(request: Request) -> dict[str, list[str]]:
+    """Query parameters with case-insensitive names."""
+    out: dict[str, list[str]] = {}
+    for key, value in request.query_params.multi_items():
+        out.setdefault(key.lower(), []).append(value)
+    return out
+
+
+def see_other(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+def parse_time(name: str, text: str) -> datetime:
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise ParameterError(
+            name, f"{text!r} is not an ISO 8601 time (e.g. 2026-11-22T10:00:00Z)"
+        ) from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def parse_phase(name: str, text: str) -> Phase:
+    try:
+        return Phase(text.strip().upper())
+    except ValueError:
+        raise ParameterError(
+            name, f"{text!r} is not a UWS phase ({', '.join(p.value for p in Phase)})"
+        ) from None
+
+
+def single(form: Form, name: str) -> str | None:
+    return form.fields.get(name)
+
+
+def xml_or_json(request: Request, xml: bytes, data: Any) -> Response:
+    if wants_json(request):
+        return JSONResponse(data)
+    return Response(xml, media_type=XML)
+
+
+# -- job list ------------------------------------------------------------------------------
+
+
+@router.get("/jobs")
+async def list_jobs(request: Request, service: Service, owner: Owner) -> Response:
+    q = query(request)
+    phases = [parse_phase("phase", p) for p in q.get("phase", [])]
+    after = parse_time("after", q["after"][-1]) if "after" in q else None
+    last = None
+    if "last" in q:
+        text = q["last"][-1]
+        if not text.strip().isdigit() or int(text) < 1:
+            raise ParameterError("last", f"{text!r} is not a positive integer")
+        last = int(text)
+    jobs = await service.list(owner, phases or None, after, last)
+    links = links_for(request)
+    return xml_or_json(request, render.job_list_xml(jobs, links), render.job_list_json(jobs, links))
+
+
+@router.post("/jobs")
+@router.post("/jobs/", include_in_schema=False)
+async def create_job(request: Request, service: Service, owner: Owner) -> Response:
+    settings: Settings = request.app.state.settings
+    job_id = service.new_job_id()
+    await in_thread(service.prepare, job_id)
+
+    def sink(name: str, filename: str) -> IO[bytes] | None:
+        if name in ("image", "fits"):  # "fits": the CIANNA On-The-Fly field
+            return service.open_upload(job_id, "image")
+        return None
+
+    try:
+        form = await read_form(request, max_bytes=settings.max_upload_bytes, sink=sink)
+        if "fits" in form.files:
+            form.files["image"] = form.files.pop("fits")
+        if "xml" in form.fields:
+            job = await _create_cianna(service, job_id, owner, form)
+        else:
+            fields = dict(form.fields)
+            phase = fields.pop("phase", None)
+            run_id = fields.pop("runid", None)
+            if phase is not None and phase.strip().upper() != "RUN":
+                raise ParameterError("phase", f"{phase!r} at creation: only PHASE=RUN is allowed")
+            job = await service.create(
+                job_id, owner, fields, list(form.files), run_id=run_id, start=phase is not None
+            )
+    except BaseException:
+        await service.discard(job_id)
+        raise
+    return see_other(links_for(request).job(job.job_id))
+
+
+async def _create_cianna(service: JobService, job_id: str, owner: str | None, form: Form) -> Any:
+    request = parse_cianna_job(form.fields.pop("xml"))
+    extra = {k: v for k, v in form.fields.items() if k not in ("phase", "runid")}
+    fields = {**request.fields, **extra}
+    try:
+        # CIANNA clients never send PHASE=RUN: their submission is queued at once.
+        return await service.create(
+            job_id, owner, fields, list(form.files), run_id=request.run_id, start=True
+        )
+    except ParameterError as exc:
+        origin = request.origin.get(exc.name)
+        if origin is None:
+            raise
+        raise ParameterError(
+            exc.name, f"{exc.message.split(': ', 1)[-1]} (from the CIANNA parameter {origin})"
+        ) from None
+
+
+# -- one job -------------------------------------------------------------------------------
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
+    q = query(request)
+    if "wait" in q:
+        text = q["wait"][-1].strip()
+        try:
+            wait = int(text)
+        except ValueError:
+            raise ParameterError("wait", f"{text!r} is not an integer number of seconds") from None
+        if wait < -1:
+            raise ParameterError("wait", f"{wait} is not allowed: use -1 or a number >= 0")
+        settings: Settings = request.app.state.settings
+        timeout = settings.max_wait if wait == -1 else min(wait, settings.max_wait)
+        phase = parse_phase("phase", q["phase"][-1]) if "phase" in q else None
+        job = await service.wait(job_id, owner, timeout, phase)
+    else:
+        job = await service.get(job_id, owner)
+    links = links_for(request)
+    return xml_or_json(request, render.job_xml(job, links), render.job_json(job, links))
+
+
+@router.delete("/jobs/{job_id}")
+async def delete_job(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
+    await service.delete(job_id, owner)
+    return see_other(links_for(request).jobs())
+
+
+@router.post("/jobs/{job_id}")
+async def post_job(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
+    form = await read_form(request, max_bytes=1024 * 1024)
+    action = single(form, "action")
+    if action is None or action.strip().upper() != "DELETE":
+        raise ParameterError(
+            "action",
+            "POST to a job takes ACTION=DELETE; parameters go to "
+            f"/jobs/{job_id}/parameters and phase changes to /jobs/{job_id}/phase",
+        )
+    await service.delete(job_id, owner)
+    return see_other(links_for(request).jobs())
+
+
+@router.get("/jobs/{job_id}/phase")
+async def get_phase(job_id: str, service: Service, owner: Owner) -> Response:
+    job = await service.get(job_id, owner)
+    return PlainTextResponse(job.phase.value)
+
+
+@router.post("/jobs/{job_id}/phase")
+async def post_phase(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
+    form = await read_form(request, max_bytes=1024 * 1024)
+    phase = single(form, "phase")
+    if phase is None:
+        raise ParameterError("phase", "is required: PHASE=RUN or PHASE=ABORT")
+    value = phase.strip().upper()
+    if value == "RUN":
+        await service.run(job_id, owner)
+    elif value == "ABORT":
+        await service.abort(job_id, owner)
+    else:
+        raise ParameterError("phase", f"{phase!r} is not accepted: use RUN or ABORT")
+    return see_other(links_for(request).job(job_id))
+
+
+@router.get("/jobs/{job_id}/executionduration")
+async def get_execution_duration(job_id: str, service: Service, owner: Owner) -> Response:
+    job = await service.get(job_id, owner)
+    return PlainTextResponse(str(job.execution_duration))
+
+
+@router.post("/jobs/{job_id}/executionduration")
+async def post_execution_duration(
+    job_id: str, request: Request, service: Service, owner: Owner
+) -> Response:
+    form = await read_form(request, max_bytes=1024 * 1024)
+    text = single(form, "executionduration")
+    if text is None:
+        raise ParameterError("executionduration", "is required (seconds, an integer)")
+    try:
+        seconds = int(text.strip())
+    except ValueError:
+        raise ParameterError(
+            "executionduration", f"{text!r} is not an integer number of seconds"
+        ) from None
+    await service.set_execution_duration(job_id, owner, seconds)
+    return see_other(links_for(request).job(job_id))
+
+
+@router.get("/jobs/{job_id}/destruction")
+async def get_destruction(job_id: str, service: Service, owner: Owner) -> Response:
+    job = await service.get(job_id, owner)
+    return PlainTextResponse(render.isotime(job.destruction_time) or "")
+
+
+@router.post("/jobs/{job_id}/destruction")
+async def post_destruction(
+    job_id: str, request: Request, service: Service, owner: Owner
+) -> Response:
+    form = await read_form(request, max_bytes=1024 * 1024)
+    text = single(form, "destruction")
+    if text is None:
+        raise ParameterError("destruction", "is required (an ISO 8601 time)")
+    await service.set_destruction(job_id, owner, parse_time("destruction", text))
+    return see_other(links_for(request).job(job_id))
+
+
+@router.get("/jobs/{job_id}/quote")
+async def get_quote(job_id: str, service: Service, owner: Owner) -> Response:
+    job = await service.get(job_id, owner)
+    return PlainTextResponse(render.isotime(job.quote) or "")
+
+
+@router.get("/jobs/{job_id}/error")
+async def get_error(job_id: str, service: Service, owner: Owner) -> Response:
+    job = await service.get(job_id, owner)
+    if job.error is None:
+        raise NotFound(f"job {job_id} has no error (phase {job.phase.value})")
+    return PlainTextResponse(job.error.message)
+
+
+@router.get("/jobs/{job_id}/owner")
+async def get_owner_resource(job_id: str, service: Service, owner: Owner) -> Response:
+    job = await service.get(job_id, owner)
+    return PlainTextResponse(job.owner or "")
+
+
+@router.get("/jobs/{job_id}/parameters")
+async def get_parameters(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
+    job = await service.get(job_id, owner)
+    links = links_for(request)
+    return xml_or_json(
+        request, render.parameters_xml(job, links), render.parameters_json(job, links)
+    )
+
+
+@router.post("/jobs/{job_id}/parameters")
+async def post_parameters(
+    job_id: str, request: Request, service: Service, owner: Owner
+) -> Response:
+    settings: Settings = request.app.state.settings
+    await service.get(job_id, owner)  # 404 before reading any upload
+
+    def sink(name: str, filename: str) -> IO[bytes] | None:
+        return service.open_staged_upload(job_id) if name == "image" else None
+
+    try:
+        form = await read_form(request, max_bytes=settings.max_upload_bytes, sink=sink)
+        if not form.fields and not form.files:
+            raise RequestError("no parameters given")
+        await service.update_parameters(job_id, owner, form.fields, list(form.files))
+        if "image" in form.files:
+            await in_thread(service.commit_staged_upload, job_id)
+    finally:
+        await in_thread(service.drop_staged_upload, job_id)
+    return see_other(links_for(request).job(job_id))
+
+
+@router.get("/jobs/{job_id}/parameters/{name}")
+async def get_parameter(job_id: str, name: str, service: Service, owner: Owner) -> Response:
+    job = await service.get(job_id, owner)
+    for p in job.parameters:
+        if p.name == name.lower() and not p.is_file:
+            return PlainTextResponse(p.value)
+    path = service.parameter_file(job, name)
+    if not await in_thread(os.path.isfile, path):
+        raise NotFound(f"the uploaded file of parameter {name!r} is no longer on the server")
+    return FileResponse(
+        path, media_type="application/fits", filename=f"{job_id}-{name.lower()}.fits"
+    )
+
+
+@router.get("/jobs/{job_id}/results")
+async def get_results(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
+    job = await service.get(job_id, owner)
+    links = links_for(request)
+    return xml_or_json(request, render.results_xml(job, links), render.results_json(job, links))
+
+
+@router.get("/jobs/{job_id}/results/{result_id}")
+async def get_result(job_id: str, result_id: str, service: Service, owner: Owner) -> Response:
+    job = await service.get(job_id, owner)
+    path, mime = service.result_file(job, result_id)
+    if not await in_thread(os.path.isfile, path):
+        raise NotFound(f"the file of result {result_id!r} of job {job_id} is missing")
+    return FileResponse(path, media_type=mime, filename=f"{job_id}-{path.name}")

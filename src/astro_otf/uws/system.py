@@ -1,0 +1,70 @@
+"""Service-level resources beside /jobs: health checks and the model list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from astro_otf import __version__
+from astro_otf.domain.errors import NotFound, ParameterError
+from astro_otf.service.metrics import CONTENT_TYPE
+from astro_otf.service.threads import in_thread
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> dict[str, Any]:
+    """Liveness: the process answers."""
+    return {"status": "ok", "version": __version__}
+
+
+@router.get("/health/ready")
+async def ready(request: Request) -> JSONResponse:
+    """Readiness: the database answers and the executor and its helpers run."""
+    state = request.app.state
+    checks: dict[str, Any] = {}
+    try:
+        await in_thread(state.service.store.ping)
+        checks["database"] = {"ok": True}
+    except Exception as exc:
+        checks["database"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    checks["executor"] = {
+        "ok": state.scheduler.alive,
+        "kind": state.executor.name,
+        "workers": state.executor.capacity,
+        "running": len(state.scheduler.running),
+    }
+    checks["reaper"] = {"ok": state.reaper.alive}
+    ok = all(c["ok"] for c in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503
+    )
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition: jobs by phase, queue depth per model, waits and run times."""
+    body = await in_thread(request.app.state.metrics.render)
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+@router.get("/models")
+async def models(request: Request) -> dict[str, Any]:
+    registry = request.app.state.service.registry
+    return {
+        "default": registry.default_model_id,
+        "models": [registry.describe(app) for app in registry],
+    }
+
+
+@router.get("/models/{model_id}")
+async def model(model_id: str, request: Request) -> dict[str, Any]:
+    registry = request.app.state.service.registry
+    try:
+        app = registry.get(model_id)
+    except ParameterError as exc:
+        raise NotFound(exc.message.removeprefix("MODEL: ")) from None
+    return dict(registry.describe(app))

@@ -1,0 +1,188 @@
+"""Request bodies: form-encoded and multipart, with uploads streamed straight to their file.
+
+A FITS image is never held whole in the web process: each multipart file part is written
+as it arrives into the sink the caller names, and the size limit is enforced while streaming
+(413 as soon as it is passed). Parameter names are case-insensitive: they come back lower case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO
+from urllib.parse import parse_qsl
+
+from fastapi import Request
+from python_multipart import MultipartParser
+from python_multipart.multipart import parse_options_header
+
+from astro_otf.domain.errors import (
+    ParameterError,
+    RequestError,
+    UnsupportedMediaType,
+    UploadTooLarge,
+)
+
+MAX_FIELD_BYTES = 1024 * 1024  # a text parameter (or an uploaded job-description XML)
+
+#: Given a lower-case part name and the client's file name, return an open binary file to
+#: stream the part into, or None to keep the part in memory as a text field.
+Sink = Callable[[str, str], IO[bytes] | None]
+
+
+@dataclass
+class Form:
+    fields: dict[str, str] = field(default_factory=dict)
+    #: file parts written to a sink: lower-case name -> bytes written
+    files: dict[str, int] = field(default_factory=dict)
+
+    def add_field(self, name: str, value: str) -> None:
+        key = name.strip().lower()
+        if not key:
+            raise RequestError("a form field has an empty name")
+        if key in self.fields or key in self.files:
+            raise ParameterError(key, "is given more than once")
+        self.fields[key] = value
+
+
+def _too_large(limit: int) -> UploadTooLarge:
+    return UploadTooLarge(
+        f"the request body is larger than this service's upload limit of {limit} bytes "
+        f"({limit / 1024**2:.1f} MiB); cut a region of the image, or ask the operators"
+    )
+
+
+async def read_form(request: Request, *, max_bytes: int, sink: Sink | None = None) -> Form:
+    """Parse a POST body. ``sink`` receives file parts; without one, files are refused."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    ctype, options = parse_options_header(request.headers.get("content-type", ""))
+    if ctype == b"multipart/form-data":
+        boundary = options.get(b"boundary")
+        if not boundary:
+            raise RequestError("multipart/form-data request without a boundary")
+        return await _read_multipart(request, boundary, max_bytes, sink)
+    if ctype in (b"application/x-www-form-urlencoded", b""):
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > min(max_bytes, 16 * MAX_FIELD_BYTES):
+                raise _too_large(min(max_bytes, 16 * MAX_FIELD_BYTES))
+        form = Form()
+        try:
+            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise RequestError("the form body is not UTF-8 text") from None
+        for name, value in pairs:
+            form.add_field(name, value)
+        return form
+    raise UnsupportedMediaType(
+        f"unsupported Content-Type {ctype.decode(errors='replace')!r}: send "
+        "application/x-www-form-urlencoded or multipart/form-data"
+    )
+
+
+class _MultipartState:
+    def __init__(self, sink: Sink | None, limit: int) -> None:
+        self.sink = sink
+        self.limit = limit
+        self.form = Form()
+        self.header_field = bytearray()
+        self.header_value = bytearray()
+        self.headers: dict[bytes, bytes] = {}
+        self.name = ""
+        self.file: IO[bytes] | None = None
+        self.written = 0
+        self.buffer = bytearray()
+        self.opened: list[IO[bytes]] = []
+        self.error: Exception | None = None
+
+    # python-multipart callbacks
+    def on_part_begin(self) -> None:
+        self.headers = {}
+        self.file = None
+        self.written = 0
+        self.buffer = bytearray()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[bytes(self.header_field).lower()] = bytes(self.header_value)
+        self.header_field.clear()
+        self.header_value.clear()
+
+    def on_headers_finished(self) -> None:
+        _, opts = parse_options_header(self.headers.get(b"content-disposition", b""))
+        raw_name = opts.get(b"name")
+        if raw_name is None:
+            raise RequestError("a multipart part has no name in its Content-Disposition")
+        self.name = raw_name.decode("utf-8", "replace").strip().lower()
+        filename = opts.get(b"filename")
+        if filename is not None and self.sink is not None:
+            if self.name in self.form.files or self.name in self.form.fields:
+                raise ParameterError(self.name, "is given more than once")
+            self.file = self.sink(self.name, filename.decode("utf-8", "replace"))
+            if self.file is not None:
+                self.opened.append(self.file)
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        if self.file is not None:
+            self.file.write(chunk)
+            self.written += len(chunk)
+        else:
+            self.buffer += chunk
+            if len(self.buffer) > MAX_FIELD_BYTES:
+                raise ParameterError(
+                    self.name, f"is longer than {MAX_FIELD_BYTES} bytes for a text parameter"
+                )
+
+    def on_part_end(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.form.files[self.name] = self.written
+            return
+        try:
+            text = self.buffer.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ParameterError(self.name, "is not UTF-8 text (upload files as IMAGE)") from None
+        self.form.add_field(self.name, text)
+
+
+async def _read_multipart(
+    request: Request, boundary: bytes, max_bytes: int, sink: Sink | None
+) -> Form:
+    state = _MultipartState(sink, max_bytes)
+    parser = MultipartParser(
+        boundary,
+        callbacks={
+            "on_part_begin": state.on_part_begin,
+            "on_header_field": state.on_header_field,
+            "on_header_value": state.on_header_value,
+            "on_header_end": state.on_header_end,
+            "on_headers_finished": state.on_headers_finished,
+            "on_part_data": state.on_part_data,
+            "on_part_end": state.on_part_end,
+        },
+    )
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                raise _too_large(max_bytes)
+            parser.write(chunk)
+        parser.finalize()
+    except (UploadTooLarge, ParameterError, RequestError):
+        raise
+    except Exception as exc:  # python-multipart's own parse errors
+        raise RequestError(f"malformed multipart body: {exc}") from None
+    finally:
+        for f in state.opened:
+            f.close()
+    return state.form

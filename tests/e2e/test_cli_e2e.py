@@ -1,0 +1,245 @@
+"""The installed ``otf`` console script against a real server subprocess.
+
+Unlike tests/unit/test_cli.py (in-process, stand-in service), these run the real entry point
+as a separate process, with the service URL from ``OTF_URL``, and check exit codes, output
+and the effect on the service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from astropy.io.votable import parse_single_table
+
+from tests.conftest import ServerProcess, free_port
+
+OTF = Path(sys.executable).with_name("otf")
+JOB_ID = re.compile(r"^[0-9A-Za-z_-]{6,}$")
+
+
+@pytest.fixture(scope="module")
+def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path_factory.mktemp("otf-cli") / "data", None)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def image(real_data: Path) -> Path:
+    return real_data / "aegean" / "synthetic_test.fits"
+
+
+def otf(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the ``otf`` console script with OTF_URL=url (no other OTF_* from this process)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTF_")}
+    env.update(OTF_URL=url, COLUMNS="200", NO_COLOR="1", TERM="dumb")
+    return subprocess.run(
+        [str(OTF), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def phase_of(server: ServerProcess, job_id: str) -> str:
+    response = httpx.get(f"{server.url}/jobs/{job_id}/phase", timeout=10)
+    assert response.status_code == 200, response.text
+    return response.text.strip()
+
+
+def wait_phase(server: ServerProcess, job_id: str, phases: set[str], timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    phase = phase_of(server, job_id)
+    while phase not in phases and time.monotonic() < deadline:
+        time.sleep(0.1)
+        phase = phase_of(server, job_id)
+    return phase
+
+
+def count_rows(path: Path) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return len(parse_single_table(str(path)).array)
+
+
+def test_console_script_is_installed() -> None:
+    assert OTF.is_file(), f"no otf console script next to {sys.executable}"
+    done = subprocess.run([str(OTF), "--help"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0
+    for command in ("submit", "jobs", "job", "result", "abort", "delete"):
+        assert command in done.stdout
+
+
+def test_submit_wait_out_and_follow_the_job(
+    cli_server: ServerProcess, image: Path, tmp_path: Path
+) -> None:
+    url = cli_server.url
+    catalogue = tmp_path / "cat.vot"
+
+    done = otf(url, "submit", str(image), "--wait", "--out", str(catalogue))
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    match = re.search(r"job (\S+) COMPLETED", done.stdout)
+    assert match, done.stdout
+    job_id = match.group(1)
+    assert JOB_ID.match(job_id)
+    assert str(catalogue) in done.stdout
+
+    assert catalogue.is_file()
+    rows = count_rows(catalogue)
+    assert 100 <= rows <= 104
+    assert f"{rows} sources" in done.stdout
+    served = httpx.get(f"{url}/jobs/{job_id}/results/result", timeout=10)
+    assert served.status_code == 200
+    assert catalogue.read_bytes() == served.content
+    assert phase_of(cli_server, job_id) == "COMPLETED"
+
+    # otf jobs: the job is listed with its phase.
+    listing = otf(url, "jobs")
+    assert listing.returncode == 0, listing.stderr
+    line = next((ln for ln in listing.stdout.splitlines() if job_id in ln), None)
+    assert line is not None, listing.stdout
+    assert "COMPLETED" in line
+    as_json = otf(url, "jobs", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    listed = {j["jobId"]: j["phase"] for j in json.loads(as_json.stdout)["jobs"]}
+    assert listed[job_id] == "COMPLETED"
+
+    # otf job ID: phase, parameters and the result link.
+    shown = otf(url, "job", job_id)
+    assert shown.returncode == 0, shown.stderr
+    assert job_id in shown.stdout
+    assert "COMPLETED" in shown.stdout
+    assert re.search(r"model\s+sep", shown.stdout), shown.stdout
+    assert f"{url}/jobs/{job_id}/results/result" in shown.stdout
+    doc = json.loads(otf(url, "job", job_id, "--json").stdout)
+    assert doc["jobId"] == job_id
+    assert doc["phase"] == "COMPLETED"
+    assert doc["parameters"]["model"] == "sep"
+
+    # otf result ID --out FILE, and to stdout: the same bytes as the service's result.
+    again = tmp_path / "again.vot"
+    fetched = otf(url, "result", job_id, "--out", str(again))
+    assert fetched.returncode == 0, fetched.stderr
+    assert again.read_bytes() == served.content
+    to_stdout = subprocess.run(
+        [str(OTF), "--url", url, "result", job_id], capture_output=True, timeout=60, check=False
+    )
+    assert to_stdout.returncode == 0
+    assert to_stdout.stdout == served.content
+
+    # otf delete ID: gone from the service; asking for it again is a refusal (exit 4).
+    deleted = otf(url, "delete", job_id)
+    assert deleted.returncode == 0, deleted.stderr
+    assert job_id in deleted.stdout
+    assert httpx.get(f"{url}/jobs/{job_id}", timeout=10).status_code == 404
+    missing = otf(url, "job", job_id)
+    assert missing.returncode == 4
+    assert job_id in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_abort_a_running_sleep_job(cli_server: ServerProcess, image: Path) -> None:
+    url = cli_server.url
+    started = otf(url, "submit", str(image), "--model", "sleep", "--param", "DURATION=30")
+    assert started.returncode == 0, started.stderr
+    job_id = started.stdout.strip()
+    assert JOB_ID.match(job_id), started.stdout
+    doc = httpx.get(
+        f"{url}/jobs/{job_id}", headers={"Accept": "application/json"}, timeout=10
+    ).json()
+    assert doc["parameters"]["model"] == "sleep"
+    assert doc["parameters"]["duration"] == "30"
+    assert wait_phase(cli_server, job_id, {"EXECUTING"}) == "EXECUTING"
+
+    t0 = time.monotonic()
+    aborted = otf(url, "abort", job_id)
+    assert aborted.returncode == 0, aborted.stderr
+    assert f"job {job_id} ABORTED" in aborted.stdout
+    assert time.monotonic() - t0 < 15  # it did not wait for the 30 s sleep
+    assert phase_of(cli_server, job_id) == "ABORTED"
+
+    # Aborting again is harmless; aborting a finished job is refused with exit 4.
+    assert otf(url, "abort", job_id).returncode == 0
+    assert otf(url, "delete", job_id).returncode == 0
+    quick = otf(url, "submit", str(image), "-m", "sleep", "-p", "DURATION=0", "--wait")
+    assert quick.returncode == 0, quick.stderr
+    quick_id = re.search(r"job (\S+) COMPLETED", quick.stdout)
+    assert quick_id, quick.stdout
+    refused = otf(url, "abort", quick_id.group(1))
+    assert refused.returncode == 4
+    assert "COMPLETED" in refused.stderr
+
+
+def test_no_run_leaves_the_job_pending(cli_server: ServerProcess, image: Path) -> None:
+    done = otf(cli_server.url, "submit", str(image), "--no-run", "--run-id", "cli-e2e")
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    assert phase_of(cli_server, job_id) == "PENDING"
+    doc = httpx.get(
+        f"{cli_server.url}/jobs/{job_id}", headers={"Accept": "application/json"}, timeout=10
+    ).json()
+    assert doc["runId"] == "cli-e2e"
+    pending = otf(cli_server.url, "jobs", "--phase", "PENDING", "--json")
+    assert pending.returncode == 0, pending.stderr
+    assert job_id in {j["jobId"] for j in json.loads(pending.stdout)["jobs"]}
+    assert otf(cli_server.url, "delete", job_id).returncode == 0
+
+
+@pytest.mark.parametrize("args", [("jobs",), ("job", "abc123"), ("submit", "{image}")])
+def test_unreachable_service_exit_3_one_line(args: tuple[str, ...], image: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    argv = [a.replace("{image}", str(image)) for a in args]
+    done = otf(url, *argv, timeout=30)
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, done.stderr
+    assert url in lines[0] or "127.0.0.1" in lines[0]
+    assert done.stdout == ""
+
+
+def test_non_fits_upload_ends_error_exit_1(
+    cli_server: ServerProcess, test_data: Path, tmp_path: Path
+) -> None:
+    catalogue = tmp_path / "never.vot"
+    done = otf(
+        cli_server.url, "submit", str(test_data / "not_fits.txt"), "--wait", "--out", str(catalogue)
+    )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    match = re.search(r"job (\S+) ERROR", done.stdout)
+    assert match, done.stdout
+    job_id = match.group(1)
+    assert phase_of(cli_server, job_id) == "ERROR"
+    error = httpx.get(f"{cli_server.url}/jobs/{job_id}/error", timeout=10).text.strip()
+    assert "FITS" in error
+    # The service's errorSummary is what the user is told (one line, on stderr).
+    assert " ".join(error.split()) in done.stderr
+    assert not catalogue.exists()
+
+
+def test_missing_local_file_is_a_usage_error(cli_server: ServerProcess, tmp_path: Path) -> None:
+    before = httpx.get(f"{cli_server.url}/jobs", timeout=10).text
+    done = otf(cli_server.url, "submit", str(tmp_path / "nope.fits"))
+    assert done.returncode == 2
+    assert "nope.fits" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert httpx.get(f"{cli_server.url}/jobs", timeout=10).text.count("jobref") == before.count(
+        "jobref"
+    )
+
+
+def test_service_refusal_is_exit_4_with_its_message(cli_server: ServerProcess, image: Path) -> None:
+    done = otf(cli_server.url, "submit", str(image), "--param", "THRESH=-5")
+    assert done.returncode == 4, (done.stdout, done.stderr)
+    assert "THRESH" in done.stderr
+    assert "Traceback" not in done.stderr

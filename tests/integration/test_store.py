@@ -1,0 +1,247 @@
+"""The job store on SQLite and on a real PostgreSQL: migrations, conditional phase changes,
+ordering and listing."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from astro_otf.domain.errors import JobNotFound
+from astro_otf.domain.job import Job, JobParameter, JobResult
+from astro_otf.domain.phases import Phase
+from astro_otf.store.database import has_schema, make_engine, migrate
+from astro_otf.store.files import JobFolders
+from astro_otf.store.repository import JobStore
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'otf.sqlite3'}"
+    else:
+        url = request.getfixturevalue("pg_databases").create()
+    engine = make_engine(url)
+    migrate(engine)
+    yield JobStore(engine)
+    engine.dispose()
+
+
+T0 = datetime(2026, 11, 22, 10, 0, 0, 123000, tzinfo=UTC)
+
+
+def make_job(
+    job_id: str,
+    *,
+    created: datetime = T0,
+    owner: str | None = None,
+    priority: int = 0,
+    phase: Phase = Phase.PENDING,
+) -> Job:
+    return Job(
+        job_id=job_id,
+        owner=owner,
+        run_id=f"run-{job_id}",
+        phase=phase,
+        model_id="sep",
+        priority=priority,
+        creation_time=created,
+        start_time=None,
+        end_time=None,
+        execution_duration=600,
+        destruction_time=created + timedelta(days=7),
+        parameters=[JobParameter("thresh", "5"), JobParameter("image", "image.fits", True)],
+    )
+
+
+def test_migration_creates_schema_and_is_idempotent(store: JobStore) -> None:
+    assert has_schema(store.engine)
+    migrate(store.engine)  # again: nothing to do, no error
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"jobs", "job_parameters", "job_results", "alembic_version"} <= tables
+    with store.engine.connect() as conn:
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0002"
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.sqlite3'}")
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_round_trip_keeps_utc_times_and_parameters(store: JobStore) -> None:
+    store.create(make_job("a1"))
+    job = store.get("a1")
+    assert job.creation_time == T0 and job.creation_time.tzinfo is not None
+    assert job.destruction_time == T0 + timedelta(days=7)
+    assert job.start_time is None and job.phase is Phase.PENDING
+    assert {(p.name, p.value, p.is_file) for p in job.parameters} == {
+        ("thresh", "5", False),
+        ("image", "image.fits", True),
+    }
+    assert job.parameter_values() == {"thresh": "5"}
+    with pytest.raises(JobNotFound):
+        store.get("nope")
+
+
+def test_owner_check_hides_other_owners_jobs(store: JobStore) -> None:
+    store.create(make_job("o1", owner="alice"))
+    assert store.get("o1", "alice", check_owner=True).owner == "alice"
+    with pytest.raises(JobNotFound):
+        store.get("o1", "bob", check_owner=True)
+    assert store.get("o1", "bob", check_owner=False).job_id == "o1"
+
+
+def test_transition_is_conditional(store: JobStore) -> None:
+    store.create(make_job("t1"))
+    assert not store.transition("t1", [Phase.QUEUED], Phase.EXECUTING)
+    assert store.transition("t1", [Phase.PENDING], Phase.QUEUED)
+    assert store.transition("t1", [Phase.QUEUED], Phase.EXECUTING, start_time=T0)
+    results = [JobResult("result", "catalogue.vot", "application/x-votable+xml", 1234)]
+    assert store.transition(
+        "t1",
+        [Phase.EXECUTING],
+        Phase.COMPLETED,
+        results=results,
+        end_time=T0 + timedelta(seconds=3),
+    )
+    # a late ABORT loses the race and changes nothing
+    assert not store.transition("t1", [Phase.PENDING, Phase.QUEUED, Phase.EXECUTING], Phase.ABORTED)
+    job = store.get("t1")
+    assert job.phase is Phase.COMPLETED
+    assert job.results == results
+    assert job.end_time == T0 + timedelta(seconds=3)
+
+
+def test_moves_outside_the_phase_machine_are_refused(store: JobStore) -> None:
+    store.create(make_job("m1"))
+    with pytest.raises(ValueError, match="PENDING -> COMPLETED"):
+        store.transition("m1", [Phase.PENDING], Phase.COMPLETED)
+    with pytest.raises(ValueError, match="COMPLETED -> QUEUED"):
+        store.transition("m1", [Phase.PENDING, Phase.COMPLETED], Phase.QUEUED)
+    assert store.get("m1").phase is Phase.PENDING
+
+
+def test_only_one_of_racing_transitions_wins(store: JobStore) -> None:
+    store.create(make_job("r1", phase=Phase.EXECUTING))
+    wins: list[Phase] = []
+    barrier = threading.Barrier(2)
+
+    def race(target: Phase) -> None:
+        barrier.wait()
+        if store.transition("r1", [Phase.EXECUTING], target):
+            wins.append(target)
+
+    threads = [threading.Thread(target=race, args=(p,)) for p in (Phase.ABORTED, Phase.COMPLETED)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    assert store.get("r1").phase is wins[0]
+
+
+def test_list_filters_and_orders_newest_first(store: JobStore) -> None:
+    for i in range(5):
+        store.create(make_job(f"l{i}", created=T0 + timedelta(minutes=i)))
+    store.transition("l1", [Phase.PENDING], Phase.QUEUED)
+    store.delete("l4")
+    store.create(make_job("l4", created=T0 + timedelta(minutes=4), phase=Phase.ARCHIVED))
+    kw = {"owner": None, "check_owner": False}
+    ids = [j.job_id for j in store.list_jobs(**kw)]
+    assert ids == ["l3", "l2", "l1", "l0"]  # ARCHIVED left out unless asked for
+    assert [j.job_id for j in store.list_jobs(**kw, phases=[Phase.ARCHIVED])] == ["l4"]
+    assert [j.job_id for j in store.list_jobs(**kw, phases=[Phase.QUEUED])] == ["l1"]
+    assert [j.job_id for j in store.list_jobs(**kw, last=2)] == ["l3", "l2"]
+    after = [j.job_id for j in store.list_jobs(**kw, after=T0 + timedelta(minutes=1))]
+    assert after == ["l3", "l2"]
+
+
+def test_queued_ids_order_by_priority_then_age(store: JobStore) -> None:
+    store.create(make_job("q0", created=T0, phase=Phase.QUEUED))
+    store.create(make_job("q1", created=T0 + timedelta(seconds=1), phase=Phase.QUEUED, priority=5))
+    store.create(make_job("q2", created=T0 + timedelta(seconds=2), phase=Phase.QUEUED))
+    store.create(make_job("p0", phase=Phase.PENDING))
+    assert store.queued_ids(10) == ["q1", "q0", "q2"]
+    assert store.queued_ids(2) == ["q1", "q0"]
+    assert store.queued_ids(2, exclude={"q1"}) == ["q0", "q2"]
+    assert store.queued_ids(10, exclude={"q0"}) == ["q1", "q2"]
+    assert store.count(Phase.QUEUED) == 3
+    many = store.get_many(["q2", "p0", "nope"])
+    assert sorted(j.job_id for j in many) == ["p0", "q2"]
+    assert all(j.parameter_values() == {"thresh": "5"} for j in many)
+    assert store.get_many([]) == []
+
+
+def test_parameters_replace_only_while_pending(store: JobStore) -> None:
+    store.create(make_job("p1"))
+    new = [JobParameter("thresh", "7"), JobParameter("image", "image.fits", True)]
+    assert store.replace_parameters("p1", new, priority=3, model_id="sep")
+    job = store.get("p1")
+    assert job.parameter_values() == {"thresh": "7"} and job.priority == 3
+    store.transition("p1", [Phase.PENDING], Phase.QUEUED)
+    assert not store.replace_parameters("p1", [], priority=0, model_id="sep")
+    assert store.get("p1").parameter_values() == {"thresh": "7"}
+
+
+def test_expiry_and_delete(store: JobStore) -> None:
+    store.create(make_job("e1", created=T0 - timedelta(days=8)))
+    store.create(make_job("e2"))
+    assert store.next_destruction() == T0 - timedelta(days=1)
+    assert store.expired(T0) == ["e1"]
+    for src, dst in ((Phase.PENDING, Phase.QUEUED), (Phase.QUEUED, Phase.EXECUTING)):
+        assert store.transition("e1", [src], dst)
+    assert store.transition(
+        "e1",
+        [Phase.EXECUTING],
+        Phase.COMPLETED,
+        results=[JobResult("result", "x.vot", "text/xml", 1)],
+    )
+    assert store.delete("e1")
+    assert not store.delete("e1")
+    assert store.expired(T0) == []
+    with pytest.raises(JobNotFound):
+        store.get("e1")
+
+
+def test_job_folders_refuse_unsafe_names(tmp_path: Path) -> None:
+    folders = JobFolders(tmp_path)
+    base = folders.create("abc123")
+    assert {p.name for p in base.iterdir()} == {"inputs", "results", "logs"}
+    for bad in ("../etc", "a/b", "", ".hidden", "x" * 200):
+        with pytest.raises(ValueError):
+            folders.job_dir(bad)
+    with pytest.raises(ValueError):
+        folders.input_file("abc123", "../../passwd")
+    folders.remove("abc123")
+    assert not base.exists()
+
+
+def test_upgrade_from_0001_keeps_existing_jobs(tmp_path: Path) -> None:
+    from alembic import command
+
+    from astro_otf.store.database import alembic_config
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+    cfg = alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobs (job_id, phase, model_id, priority, creation_time, "
+                "execution_duration, info) VALUES ('old1', 'COMPLETED', 'sep', 0, "
+                "'2026-11-01 10:00:00', 600, '{}')"
+            )
+        )
+    migrate(engine)
+    job = JobStore(engine).get("old1")
+    assert job.phase is Phase.COMPLETED and job.queue_time is None
+    assert job.creation_time == datetime(2026, 11, 1, 10, tzinfo=UTC)
+    engine.dispose()
