@@ -48,6 +48,7 @@ class _Worker:
         self.batch_id: str | None = None
         self.future: asyncio.Future[list[TaskOutcome]] | None = None
         self.retired = False
+        self.exited = asyncio.Event()
 
     @property
     def pid(self) -> int | None:
@@ -119,6 +120,7 @@ class LocalExecutor:
         worker.process.join(timeout=1)  # the sentinel closes just before the exit status exists
         code = worker.process.exitcode
         self._forget(worker)
+        worker.exited.set()
         future = worker.future
         if future is not None and not future.done():
             future.set_exception(WorkerDied(code))
@@ -156,6 +158,9 @@ class LocalExecutor:
             return await future
         except asyncio.CancelledError:  # the job was aborted or deleted: stop its work
             self._kill(worker, JobCancelled(task.batch_id))
+            # return once the work has really stopped, so that an ABORT answered means it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(worker.exited.wait(), 10)
             raise
         finally:
             if timer is not None:

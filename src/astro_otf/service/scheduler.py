@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import signal
@@ -70,8 +71,10 @@ class Scheduler:
         self.registry = registry or RegistryConfig()
         self.former = BatchFormer(rules or BatchRules())
         #: job id -> the task running its batch (several jobs share one task)
-        self.running: dict[str, asyncio.Task[None]] = {}
-        self._batches: set[asyncio.Task[None]] = set()
+        self.running: dict[str, asyncio.Task[list[TaskOutcome]]] = {}
+        self._batches: set[asyncio.Task[list[TaskOutcome]]] = set()
+        #: tasks recording how a batch ended (never cancelled but at shutdown)
+        self._endings: set[asyncio.Task[None]] = set()
         #: the former's view of each QUEUED job, built once per job
         self._known: dict[str, QueuedJob] = {}
         self._wake = asyncio.Event()
@@ -94,6 +97,8 @@ class Scheduler:
         for task in self._batches:
             task.cancel()
         await asyncio.gather(*self._batches, return_exceptions=True)
+        # let the endings put the stopped jobs back in the queue for the next start
+        await asyncio.gather(*list(self._endings), return_exceptions=True)
 
     def wake(self) -> None:
         self._wake.set()
@@ -137,7 +142,7 @@ class Scheduler:
                 break
             chosen = {q.job_id for q in batch.jobs}
             queue = [q for q in queue if q.job_id not in chosen]
-            claimed = [job for q in batch.jobs if (job := await self._claim(q.job_id))]
+            claimed = await self._claim([q.job_id for q in batch.jobs])
             if claimed:
                 self._launch(batch.key, claimed, batch.tiles)
                 free -= 1
@@ -157,27 +162,38 @@ class Scheduler:
         key = app.batch_key(job.parameter_values().get("precision"))
         return QueuedJob(job.job_id, key, job.owner, job.priority, now - waited, tiles)
 
-    async def _claim(self, job_id: str) -> Job | None:
-        """QUEUED -> EXECUTING; the job as it is then, or None if it was moved, aborted or
-        deleted meanwhile. An ABORT landing between the awaits is remembered in _cancelled."""
-        self._claiming.add(job_id)
+    async def _claim(self, ids: list[str]) -> list[Job]:
+        """QUEUED -> EXECUTING for each job of a batch; the jobs as they are then, less any
+        moved, aborted or deleted meanwhile. An ABORT landing while the batch is being
+        claimed (between the awaits) is remembered in _cancelled, for every job of it."""
+        self._claiming.update(ids)
+        claimed: list[Job] = []
         try:
-            moved = await in_thread(
-                self.store.transition, job_id, [Phase.QUEUED], Phase.EXECUTING, start_time=utcnow()
-            )
-            job = await in_thread(self.store.get, job_id) if moved else None
-        except JobNotFound:
-            job = None
+            for job_id in ids:
+                try:
+                    moved = await in_thread(
+                        self.store.transition,
+                        job_id,
+                        [Phase.QUEUED],
+                        Phase.EXECUTING,
+                        start_time=utcnow(),
+                    )
+                    if moved:
+                        claimed.append(await in_thread(self.store.get, job_id))
+                except JobNotFound:
+                    continue
         finally:
-            self._claiming.discard(job_id)
-            cancelled = job_id in self._cancelled
-            self._cancelled.discard(job_id)
-        if job is None or cancelled or job.phase != Phase.EXECUTING:
-            return None
-        if self.metrics is not None and job.queue_time and job.start_time:
-            wait = (job.start_time - job.queue_time).total_seconds()
-            self.metrics.queue_wait.labels(job.model_id).observe(max(wait, 0.0))
-        return job
+            self._claiming.difference_update(ids)
+            cancelled = self._cancelled.intersection(ids)
+            self._cancelled.difference_update(ids)
+        claimed = [
+            job for job in claimed if job.job_id not in cancelled and job.phase == Phase.EXECUTING
+        ]
+        for job in claimed:
+            if self.metrics is not None and job.queue_time and job.start_time:
+                wait = (job.start_time - job.queue_time).total_seconds()
+                self.metrics.queue_wait.labels(job.model_id).observe(max(wait, 0.0))
+        return claimed
 
     def _image_path(self, job: Job) -> str | None:
         image = next((p for p in job.parameters if p.is_file and p.name == "image"), None)
@@ -201,10 +217,17 @@ class Scheduler:
             self.metrics.batch_jobs.labels(batch.model_id).observe(len(jobs))
             self.metrics.batch_tiles.labels(batch.model_id).observe(tiles)
         log.info("batch %s: %d job(s) of %s, %d tile(s)", batch.batch_id, len(jobs), key, tiles)
-        task = asyncio.create_task(self._run(batch, jobs))
+        limit = min(job.execution_duration or 0 for job in jobs) or None
+        # The run task only runs the batch; how it ended is recorded by a second task started
+        # when it is done. Cancelling the run (ABORT, DELETE) can then never skip the
+        # bookkeeping, even when it lands before the run task's first step.
+        task = asyncio.create_task(
+            self.executor.run(batch, limit), name=f"otf-batch-{batch.batch_id}"
+        )
         self._batches.add(task)
         for job in jobs:
             self.running[job.job_id] = task
+        task.add_done_callback(functools.partial(self._batch_done, batch, jobs, limit))
 
     async def cancel(self, job_id: str) -> None:
         """Stop a job's work: before it reaches a worker, or by stopping its batch's worker
@@ -218,30 +241,49 @@ class Scheduler:
 
     # -- how a run ended -----------------------------------------------------------------
 
-    async def _run(self, batch: BatchTask, jobs: list[Job]) -> None:
+    def _batch_done(
+        self,
+        batch: BatchTask,
+        jobs: list[Job],
+        limit: int | None,
+        task: asyncio.Task[list[TaskOutcome]],
+    ) -> None:
+        ending = asyncio.create_task(self._finish(batch, jobs, limit, task))
+        self._endings.add(ending)
+        ending.add_done_callback(self._endings.discard)
+
+    async def _finish(
+        self,
+        batch: BatchTask,
+        jobs: list[Job],
+        limit: int | None,
+        task: asyncio.Task[list[TaskOutcome]],
+    ) -> None:
         try:
-            await self._record(batch, jobs)
+            await self._record(jobs, limit, task)
         except Exception:
             log.exception("could not record the end of batch %s", batch.batch_id)
         finally:
-            self._batches.discard(asyncio.current_task())
+            self._batches.discard(task)
             for job in jobs:
-                self.running.pop(job.job_id, None)
-                if self.metrics is not None:
-                    await self._observe_end(job)
-                self.events.notify(job.job_id)
+                if self.running.get(job.job_id) is task:
+                    del self.running[job.job_id]
             self.wake()
+            for job in jobs:
+                self.events.notify(job.job_id)
+            if self.metrics is not None:
+                for job in jobs:
+                    await self._observe_end(job)
 
-    async def _record(self, batch: BatchTask, jobs: list[Job]) -> None:
-        limit = min(job.execution_duration or 0 for job in jobs) or None
-        try:
-            outcomes = await self.executor.run(batch, limit)
-        except (asyncio.CancelledError, JobCancelled):
+    async def _record(
+        self, jobs: list[Job], limit: int | None, task: asyncio.Task[list[TaskOutcome]]
+    ) -> None:
+        error = None if task.cancelled() else task.exception()
+        if task.cancelled() or isinstance(error, JobCancelled):
             # ABORT or DELETE of one job (already moved), or shutdown: the rest run again
             for job in jobs:
                 await self._requeue(job)
-            return
-        except TimeoutError:
+        elif isinstance(error, TimeoutError):
             for job in jobs:
                 if job.execution_duration and job.execution_duration <= (limit or 0):
                     message = (
@@ -253,19 +295,20 @@ class Scheduler:
                     await self._end_without_results(job.job_id, Phase.ABORTED, "fatal", message)
                 else:  # stopped for a batch neighbour's shorter limit: run it again
                     await self._requeue(job)
-            return
-        except WorkerDied as exc:
+        elif isinstance(error, WorkerDied):
             for job in jobs:
                 message = (
-                    f"the worker process running this job died ({_signal_name(exc.exitcode)}). "
+                    f"the worker process running this job died ({_signal_name(error.exitcode)}). "
                     "This usually means it ran out of memory on a very large image: try a "
                     "smaller region (RA, DEC, WIDTH, HEIGHT). If it happens again, report job "
                     f"{job.job_id} to the service operators."
                 )
                 await self._end_without_results(job.job_id, Phase.ERROR, "transient", message)
-            return
-        for job, outcome in zip(jobs, outcomes, strict=True):
-            await self._record_outcome(job, outcome)
+        elif error is not None:
+            raise error
+        else:
+            for job, outcome in zip(jobs, task.result(), strict=True):
+                await self._record_outcome(job, outcome)
 
     async def _requeue(self, job: Job) -> None:
         await in_thread(self.folders.clear_results, job.job_id)

@@ -6,6 +6,7 @@ client sends becomes part of a path.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from pathlib import Path
@@ -60,4 +61,6 @@ class JobFolders:
     def clear_results(self, job_id: str) -> None:
         for sub in (self.results(job_id), self.staging(job_id)):
             shutil.rmtree(sub, ignore_errors=True)
-        self.results(job_id).mkdir(parents=True, exist_ok=True)
+        # a deleted job's folder stays deleted (its batch may end after the DELETE)
+        with contextlib.suppress(FileNotFoundError):
+            self.results(job_id).mkdir(exist_ok=True)

@@ -1,0 +1,100 @@
+"""The scheduler against a real store and real worker processes, driven step by step.
+
+These pin down races that the HTTP tests only hit by chance: an ABORT that lands after a job
+was claimed but before its batch task took its first step must still free the worker slot
+and leave the job ABORTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from astro_otf.domain.job import Job, JobParameter
+from astro_otf.domain.phases import Phase
+from astro_otf.execution.local import LocalExecutor
+from astro_otf.models.registry import RegistryConfig, build_registry
+from astro_otf.service.events import JobEvents
+from astro_otf.service.scheduler import Scheduler
+from astro_otf.store.database import make_engine, migrate
+from astro_otf.store.files import JobFolders
+from astro_otf.store.repository import JobStore
+
+
+def _sleep_job(job_id: str, seconds: float) -> Job:
+    now = datetime.now(UTC)
+    return Job(
+        job_id=job_id,
+        owner=None,
+        run_id=None,
+        phase=Phase.QUEUED,
+        model_id="sleep",
+        priority=0,
+        creation_time=now,
+        start_time=None,
+        end_time=None,
+        execution_duration=600,
+        destruction_time=now + timedelta(days=1),
+        queue_time=now,
+        parameters=[JobParameter("model", "sleep"), JobParameter("duration", str(seconds))],
+    )
+
+
+async def _final(store: JobStore, job_id: str, timeout: float) -> Phase:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        phase = store.get(job_id).phase
+        if phase in (Phase.COMPLETED, Phase.ERROR, Phase.ABORTED):
+            return phase
+        await asyncio.sleep(0.05)
+    return store.get(job_id).phase
+
+
+def test_abort_before_the_batch_task_starts_frees_its_slot(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    migrate(engine)
+    store = JobStore(engine)
+    folders = JobFolders(tmp_path)
+    config = RegistryConfig(diagnostic_apps=True)
+    executor = LocalExecutor(1, config)
+
+    async def scenario() -> tuple[Phase, Phase]:
+        scheduler = Scheduler(
+            store, folders, executor, JobEvents(), apps=build_registry(config), registry=config
+        )
+        executor.start()
+        try:
+            for job_id in ("aaaa000000000001", "aaaa000000000002"):
+                folders.create(job_id)
+            store.create(_sleep_job("aaaa000000000001", 60))
+            # one pass claims the job and creates its batch task, which has not run yet
+            await scheduler._fill()
+            assert store.get("aaaa000000000001").phase == Phase.EXECUTING
+            # the ABORT lands now, as JobService.abort does it
+            assert store.transition("aaaa000000000001", [Phase.EXECUTING], Phase.ABORTED)
+            await scheduler.cancel("aaaa000000000001")
+            # the only slot is free again: the next job runs to the end
+            scheduler._task = asyncio.create_task(scheduler._loop())
+            store.create(_sleep_job("aaaa000000000002", 0.1))
+            scheduler.wake()
+            second = await _final(store, "aaaa000000000002", 30)
+            first = store.get("aaaa000000000001").phase
+            await asyncio.sleep(0.2)
+            return first, second
+        finally:
+            await scheduler.stop()
+            executor.shutdown()
+
+    first, second = asyncio.run(scenario())
+    assert first == Phase.ABORTED
+    assert second == Phase.COMPLETED
+
+
+def test_batch_ending_after_delete_does_not_recreate_the_folder(tmp_path: Path) -> None:
+    folders = JobFolders(tmp_path)
+    folders.create("bbbb000000000001")
+    folders.remove("bbbb000000000001")
+    folders.clear_results("bbbb000000000001")
+    assert not folders.job_dir("bbbb000000000001").exists()
