@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# Debian packages the tests use: STILTS (votlint) checks our VOTables.
-DEB_TEST_PACKAGES := stilts
+# Debian packages the tests use: STILTS (votlint) checks our VOTables; graphviz draws the
+# provenance graph as SVG.
+DEB_TEST_PACKAGES := stilts graphviz
 
 .PHONY: run test install install-test deb-test lint typecheck check clean
 

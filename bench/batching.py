@@ -5,13 +5,14 @@
   and tiles/s end to end.
 - raw (the limit): the same tiles through one bare ONNX Runtime session in this process, at
   its best batch size, forward passes only.
-- naive (as caesar-rest and PIC run jobs): one new process per job that loads the model and
-  runs it; timed on a sample of the jobs and given as jobs/s.
+- naive (as caesar-rest and PIC run jobs): one new process per job that loads the model,
+  runs it and writes the same result files as the service; timed on a sample of the jobs and
+  given as jobs/s.
 
 Prints service/raw (tiles/s) and service/naive (jobs/s). Targets at N=200: service/raw >= 0.95
 and service/naive >= 20.
 
-Usage: python bench/batching.py --jobs N [--naive-sample K] [--json OUT]
+Usage: python bench/batching.py --jobs N [--naive-sample K] [--json OUT] [--no-preview]
 """
 
 from __future__ import annotations
@@ -41,15 +42,23 @@ from astro_otf.models.onnx_runtime import SessionCache, run
 
 SIZE = 512
 NAIVE_JOB = """
-import logging, sys, tempfile
+import logging, os, socket, sys, tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from astro_otf.domain.parameters import validate
 from astro_otf.models.base import AppRequest
 from astro_otf.models.registry import build_registry
+from astro_otf.results.products import JobContext, write_products
 app = build_registry().get("matched-filter")
-v = validate({}, ["image"], app.parameters, precisions=app.precisions, model_id=app.model_id)
-app.run(AppRequest("naive", Path(sys.argv[1]), v.values, None, Path(tempfile.mkdtemp()),
-                   logging.getLogger("naive")))
+v = validate({"preview": sys.argv[2]}, ["image"], app.parameters, precisions=app.precisions,
+             model_id=app.model_id)
+out = Path(tempfile.mkdtemp())
+started = datetime.now(UTC)
+result = app.run(AppRequest("naive", Path(sys.argv[1]), v.values, None, out,
+                            logging.getLogger("naive")))
+write_products(result.catalogue, result.image, out, JobContext(
+    "naive", None, app.model_id, app.version, "naive", 1, socket.gethostname(), os.getpid(),
+    started, v.values, Path(sys.argv[1])))
 """
 
 
@@ -75,12 +84,16 @@ def make_images(folder: Path, n: int) -> list[Path]:
     return paths
 
 
+#: Job fields of every job the benchmark runs (``--no-preview`` adds PREVIEW=false).
+FIELDS = {"MODEL": "matched-filter", "PHASE": "RUN"}
+
+
 def service(url: str, images: list[Path]) -> float:
     def submit(path: Path) -> str:
         with httpx.Client(base_url=url, timeout=300) as c, path.open("rb") as f:
             r = c.post(
                 "/jobs",
-                data={"MODEL": "matched-filter", "PHASE": "RUN"},
+                data=FIELDS,
                 files={"IMAGE": (path.name, f)},
             )
             if r.status_code != 303:
@@ -128,7 +141,7 @@ def naive(images: list[Path]) -> float:
     t0 = time.perf_counter()
     for path in images:
         subprocess.run(
-            [sys.executable, "-c", NAIVE_JOB, str(path)],
+            [sys.executable, "-c", NAIVE_JOB, str(path), FIELDS.get("PREVIEW", "true")],
             check=True,
             env={**os.environ, "PYTHONWARNINGS": "ignore"},
         )
@@ -142,7 +155,15 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--naive-sample", type=int, default=10)
     parser.add_argument("--json", type=Path, default=Path("bench-batching.json"))
+    parser.add_argument(
+        "--preview",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="draw each job's PNG preview (the service default), in the service and naive runs",
+    )
     args = parser.parse_args()
+    if not args.preview:
+        FIELDS["PREVIEW"] = "false"
     with tempfile.TemporaryDirectory() as tmp:
         images = make_images(Path(tmp), args.jobs)
         proc, url = start_server(Path(tmp) / "data")
@@ -158,6 +179,7 @@ def main() -> None:
     service_jobs, naive_jobs = args.jobs / service_s, args.naive_sample / naive_s
     result = {
         "jobs": args.jobs,
+        "preview": args.preview,
         "image": f"{SIZE}x{SIZE}",
         "tiles": n_tiles,
         "service": {
@@ -187,7 +209,7 @@ def _one(client: httpx.Client, path: Path) -> str:
     with path.open("rb") as f:
         r = client.post(
             "/jobs",
-            data={"MODEL": "matched-filter", "PHASE": "RUN"},
+            data=FIELDS,
             files={"IMAGE": (path.name, f)},
         )
     return r.headers["location"].rsplit("/", 1)[-1]

@@ -243,3 +243,24 @@ def test_service_refusal_is_exit_4_with_its_message(cli_server: ServerProcess, i
     assert done.returncode == 4, (done.stdout, done.stderr)
     assert "THRESH" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_rerun_and_provenance(cli_server: ServerProcess, image: Path, tmp_path: Path) -> None:
+    first = otf(cli_server.url, "submit", str(image), "--wait", "--json", timeout=120)
+    assert first.returncode == 0, first.stderr
+    old = json.loads(first.stdout)["jobId"]
+    out = tmp_path / "again.xml"
+    again = otf(cli_server.url, "rerun", old, "--out", str(out), timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "COMPLETED" in again.stdout and out.is_file()
+    assert (
+        len(parse_single_table(str(out)).array) == json.loads(first.stdout)["jobInfo"]["n_sources"]
+    )
+    provn = otf(cli_server.url, "provenance", old)
+    assert provn.returncode == 0, provn.stderr
+    assert provn.stdout.startswith("document") and "wasGeneratedBy(" in provn.stdout
+    bad = otf(cli_server.url, "provenance", old, "--format", "yaml")
+    assert bad.returncode == 2 and "--format" in bad.stderr
+    pending = otf(cli_server.url, "submit", str(image), "--no-run")
+    refused = otf(cli_server.url, "rerun", pending.stdout.strip())
+    assert refused.returncode == 4 and "PENDING" in refused.stderr

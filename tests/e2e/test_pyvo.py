@@ -88,8 +88,12 @@ def test_pyvo_drives_a_sep_job_end_to_end(
     job.wait(phases=FINAL, timeout=60)
     assert job.phase == "COMPLETED", job.job.errorsummary
 
-    # One result, "result", at the absolute URL TAP clients expect.
-    assert job.result_uris == [f"{url}/results/result"]
+    # The catalogue is result "result", first, at the absolute URL TAP clients expect; the
+    # other formats and the provenance follow.
+    assert job.result_uris == [
+        f"{url}/results/{name}"
+        for name in ("result", "csv", "json", "ds9", "preview", "provenance")
+    ]
     assert job.result_uri == f"{url}/results/result"
     job.raise_if_error()  # a COMPLETED job raises nothing
 
@@ -210,13 +214,15 @@ def test_job_document_parses_with_pyvo(
     assert stored.status_code == 200
     assert stored.content == image.read_bytes()
 
-    assert [r.id_ for r in doc.results] == ["result"]
+    assert [r.id_ for r in doc.results] == ["result", "csv", "json", "ds9", "preview", "provenance"]
     result = doc.results[0]
     assert result.href == f"{url}/results/result"
     assert result.mimetype == "application/x-votable+xml"
-    fetched = httpx.get(result.href, timeout=10)
-    assert fetched.status_code == 200
-    assert int(result.size) == len(fetched.content)
+    for each in doc.results:  # every result is listed with its real size and type
+        fetched = httpx.get(each.href, timeout=10)
+        assert fetched.status_code == 200
+        assert int(each.size) == len(fetched.content)
+        assert fetched.headers["content-type"].startswith(each.mimetype)
 
 
 def test_pyvo_job_that_fails_raises_the_server_error(server: ServerProcess) -> None:

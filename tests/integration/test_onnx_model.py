@@ -19,6 +19,7 @@ from astro_otf.models.onnx_detector import RuntimeConfig
 from astro_otf.models.registry import RegistryConfig, build_registry
 from tests.conftest import ServerProcess
 from tests.integration.test_uws_api import create, wait_final
+from tests.products import write_results
 
 
 def run_app(image: Path, raw: dict[str, str], out: Path) -> Table:
@@ -35,7 +36,8 @@ def run_app(image: Path, raw: dict[str, str], out: Path) -> Table:
         )
     )
     assert output.info["n_sources"] >= 0
-    return parse_single_table(str(out / output.results[0].filename)).to_table()
+    paths = write_results(app, output, out, image_path=image, values=checked.values)
+    return parse_single_table(str(paths["result"])).to_table()
 
 
 def truth_matches(table: Table, real_data: Path, radius_arcsec: float = 15) -> float:

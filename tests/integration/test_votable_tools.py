@@ -17,6 +17,7 @@ from lxml import etree
 from astro_otf.domain.parameters import validate as validate_params
 from astro_otf.models.base import AppRequest
 from astro_otf.models.sep_finder import SepFinder
+from tests.products import write_results
 
 CASES = {
     "synthetic": ("aegean/synthetic_test.fits", {}),
@@ -50,7 +51,7 @@ def run_sep(image: Path, raw: dict[str, str], out: Path) -> Path:
             log=logging.getLogger("test"),
         )
     )
-    return out / output.results[0].filename
+    return write_results(app, output, out, image_path=image, values=checked.values)["result"]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

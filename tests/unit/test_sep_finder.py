@@ -20,6 +20,7 @@ from astro_otf.domain.parameters import Extent, ParamSpec, Roi
 from astro_otf.imaging.fits import load_image
 from astro_otf.models.base import App, AppOutput, AppRequest
 from astro_otf.models.sep_finder import SepFinder
+from tests.products import write_results
 
 LOG = logging.getLogger("test.sep")
 
@@ -40,15 +41,19 @@ COLUMNS = [
     "id",
     "ra",
     "dec",
-    "x",
-    "y",
+    "ra_err",
+    "dec_err",
     "peak_flux",
+    "peak_flux_err",
     "int_flux",
-    "local_rms",
-    "snr",
+    "int_flux_err",
     "maj",
     "min",
     "pa",
+    "score",
+    "x",
+    "y",
+    "local_rms",
     "flag",
 ]
 
@@ -73,10 +78,9 @@ def run_app(
         log=LOG,
     )
     output = app.run(request)
-    assert [(r.result_id, r.filename, r.mime_type) for r in output.results] == [
-        ("result", "catalogue.vot", "application/x-votable+xml")
-    ]
-    table = Table.read(staging / "catalogue.vot", format="votable")
+    paths = write_results(app, output, staging, image_path=image, values=request.values)
+    assert paths["result"] == staging / "catalogue.xml"
+    table = Table.read(paths["result"], format="votable")
     assert output.info["n_sources"] == len(table)
     return output, table
 
@@ -135,7 +139,7 @@ def test_catalogue_columns_and_order(synthetic: Table) -> None:
     assert np.all(np.diff(synthetic["peak_flux"]) <= 0)  # brightest first
     assert np.all((synthetic["pa"] >= 0) & (synthetic["pa"] < 180))
     assert np.all(synthetic["min"] <= synthetic["maj"])
-    np.testing.assert_allclose(synthetic["snr"], synthetic["peak_flux"] / synthetic["local_rms"])
+    np.testing.assert_allclose(synthetic["score"], synthetic["peak_flux"] / synthetic["local_rms"])
 
 
 @pytest.mark.parametrize("name", sorted(REAL_COUNTS))
@@ -150,7 +154,7 @@ def test_every_real_image_gives_a_catalogue(real_data: Path, tmp_path: Path, nam
     # ra/dec are the ICRS position of x/y.
     again = image.wcs.pixel_to_world(x, y).icrs
     assert np.all(again.separation(sky(table)).arcsec < 1e-6)
-    assert np.all(table["snr"] >= 5.0)
+    assert np.all(table["score"] >= 5.0)
     assert output.info["background_rms"] > 0
 
 
@@ -266,7 +270,7 @@ def test_image_without_beam_or_bunit(test_data: Path, tmp_path: Path) -> None:
     assert len(table) == 3
     assert "no BUNIT" in output.info["flux_note"] and "no beam" in output.info["flux_note"]
     assert str(table["int_flux"].unit) == "Jy / beam"  # a pixel sum, not converted to Jy
-    votable = parse(str(tmp_path / "out" / "catalogue.vot"))
+    votable = parse(str(tmp_path / "out" / "catalogue.xml"))
     field = next(f for f in votable.get_first_table().fields if f.name == "int_flux")
     assert "not converted to Jy" in field.description
 
@@ -341,7 +345,7 @@ def test_catalogue_validates_against_the_schema(
     test_data: Path, tmp_path: Path, shared_dir: Path
 ) -> None:
     run_app(test_data / "image2d.fits", tmp_path, thresh=4.0)
-    path = tmp_path / "catalogue.vot"
+    path = tmp_path / "catalogue.xml"
     schema = etree.XMLSchema(etree.parse(str(shared_dir / "ivoa" / "VOTable-v1.4.xsd")))
     assert schema.validate(etree.parse(str(path))), schema.error_log
     report = io.StringIO()

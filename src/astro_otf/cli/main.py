@@ -283,6 +283,52 @@ def _report_outcome(client: OTFClient, job: Job, out: Path | None, as_json: bool
     typer.echo(line)
 
 
+@app.command()
+def rerun(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="Id of a finished job.")],
+    run: Annotated[
+        bool, typer.Option("--run/--no-run", help="Queue the new job at once, or leave it PENDING.")
+    ] = True,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="Wait until the new job has ended.")
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(min=0, help="With --wait: give up after this many seconds (exit 5)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write the new VOTable catalogue here (implies --wait)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the job document as JSON.")
+    ] = False,
+) -> None:
+    """Run a finished job again with its recorded inputs, model and parameters."""
+    if out is not None and not out.parent.is_dir():
+        _fail(f"no such directory for --out: {out.parent}", EXIT_USAGE)
+    wait = wait or out is not None
+    if wait and not run:
+        _fail("--wait/--out need the job to run; drop --no-run", EXIT_USAGE)
+    with _client(ctx) as client:
+        new_id = client.rerun(job_id, run=run)
+        if not wait:
+            if as_json:
+                _print_json(client.job(new_id).raw)
+            else:
+                typer.echo(new_id)
+            return
+        if not as_json:
+            typer.echo(f"job {new_id} replays job {job_id}; waiting for it to end", err=True)
+        try:
+            job = client.wait(new_id, timeout=timeout)
+        except KeyboardInterrupt:
+            typer.echo(f"interrupted; job {new_id} goes on on the service", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        _report_outcome(client, job, out, as_json)
+
+
 @app.command("jobs")
 def list_jobs(
     ctx: typer.Context,
@@ -375,6 +421,35 @@ def result(
             sys.stdout.flush()
             client.copy_result(job_id, sys.stdout.buffer, result_id)
             sys.stdout.buffer.flush()
+
+
+@app.command()
+def provenance(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", "-f", help="json (PROV-JSON), xml (PROV-XML), provn (PROV-N) or svg."
+        ),
+    ] = "provn",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write here instead of to stdout.")
+    ] = None,
+) -> None:
+    """Print the IVOA provenance of a finished job: what ran, on which inputs, by whom."""
+    if fmt not in ("json", "xml", "provn", "svg"):
+        _fail(f"--format must be json, xml, provn or svg, not {fmt!r}", EXIT_USAGE)
+    if out is not None and not out.parent.is_dir():
+        _fail(f"no such directory for --out: {out.parent}", EXIT_USAGE)
+    with _client(ctx) as client:
+        body = client.provenance(job_id, fmt)
+    if out is not None:
+        out.write_bytes(body)
+        typer.echo(f"wrote {len(body)} bytes to {out}", err=True)
+    else:
+        sys.stdout.buffer.write(body)
+        sys.stdout.buffer.flush()
 
 
 @app.command()

@@ -550,6 +550,30 @@ class OTFClient:
             )
         return self._redirected_job_id(response)
 
+    def rerun(self, job_id: str, run: bool = True, run_id: str | None = None) -> str:
+        """Replay finished job ``job_id`` with its recorded inputs, model and parameters;
+        return the new job's id. With ``run`` the new job is queued at once."""
+        form: dict[str, str] = {}
+        if run:
+            form["PHASE"] = "RUN"
+        if run_id is not None:
+            form["RUNID"] = run_id
+        response = self._request("POST", self._endpoint("jobs", job_id, "rerun"), data=form)
+        response.close()
+        if not response.is_redirect:
+            raise ProtocolError(
+                f"POST /jobs/{job_id}/rerun answered {response.status_code}, expected 303"
+            )
+        return self._redirected_job_id(response)
+
+    def provenance(self, job_id: str, fmt: str = "json") -> bytes:
+        """The job's provenance document: ``json`` (PROV-JSON), ``xml``, ``provn`` or
+        ``svg``."""
+        response = self._request(
+            "GET", self._endpoint("jobs", job_id, "provenance"), params=[("FORMAT", fmt)]
+        )
+        return response.content
+
     def job(self, job_id: str) -> Job:
         """The job's current description."""
         return self._fetch_job(job_id)

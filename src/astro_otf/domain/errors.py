@@ -54,6 +54,10 @@ class PhaseConflict(OTFError):
     status_code = 409
 
 
+class NotAcceptable(OTFError):
+    status_code = 406
+
+
 class UploadTooLarge(OTFError):
     status_code = 413
 

@@ -209,6 +209,13 @@ NATIVE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "priority", "int", "Queue priority; higher runs first.", default=0, minimum=-10, maximum=10
     ),
+    ParamSpec(
+        "preview",
+        "bool",
+        "Draw the PNG preview result (the image with the sources overlaid). It costs about "
+        "0.1 s per job: turn it off for bulk runs.",
+        default=True,
+    ),
 )
 NATIVE_BY_NAME = {p.name: p for p in NATIVE_PARAMETERS}
 

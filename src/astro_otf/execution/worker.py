@@ -16,14 +16,16 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from astro_otf.domain.errors import JobFailure, OTFError
 from astro_otf.domain.parameters import roi_from, validate
 from astro_otf.execution.task import BatchTask, JobTask, ProducedResult, TaskOutcome
-from astro_otf.models.base import App, AppOutput, AppRequest, BatchableApp
+from astro_otf.models.base import App, AppOutput, AppRequest, BatchableApp, ResultFile
 from astro_otf.models.registry import Registry, RegistryConfig, build_registry
+from astro_otf.results.products import JobContext, write_products
 
 _registries: dict[RegistryConfig, Registry] = {}
 
@@ -51,6 +53,7 @@ class _Job:
     log: logging.Logger
     handler: logging.Handler
     started: float
+    started_at: datetime
     request: AppRequest | None = None
 
     @property
@@ -86,7 +89,7 @@ def _open(task: JobTask, batch: BatchTask) -> _Job:
         batch.batch_id,
         len(batch.tasks),
     )
-    return _Job(task, log, handler, time.monotonic())
+    return _Job(task, log, handler, time.monotonic(), datetime.now(UTC))
 
 
 def _request(app: App, job: _Job) -> AppRequest:
@@ -111,11 +114,43 @@ def _request(app: App, job: _Job) -> AppRequest:
     )
 
 
+def _products(app: App, job: _Job, output: AppOutput, batch: BatchTask) -> list[ResultFile]:
+    """Every result file of the job: the formats written from its catalogue, then the app's
+    own files."""
+    if output.catalogue is None:
+        return list(output.results)
+    assert job.request is not None
+    where = _where()
+    context = JobContext(
+        job_id=job.task.job_id,
+        owner=job.task.owner,
+        model_id=app.model_id,
+        model_version=app.version,
+        batch_id=batch.batch_id,
+        batch_jobs=len(batch.tasks),
+        host=where["host"],
+        pid=where["pid"],
+        started=job.started_at,
+        parameters=job.request.values,
+        image_path=job.request.image_path,
+    )
+    try:
+        written = write_products(output.catalogue, output.image, job.job_dir / "staging", context)
+    except Exception as exc:
+        job.log.error("writing the results failed:\n%s", "".join(traceback.format_exception(exc)))
+        raise JobFailure(
+            f"{len(output.catalogue.table)} source(s) were found but the result files could "
+            f"not be written ({type(exc).__name__}: {exc}). Please report job "
+            f"{job.task.job_id} to the service operators."
+        ) from None
+    return [ResultFile(p.result_id, p.filename, p.mime_type) for p in written] + output.results
+
+
 def _success(app: App, job: _Job, output: AppOutput, batch: BatchTask) -> TaskOutcome:
     staging, final = job.job_dir / "staging", job.job_dir / "results"
     final.mkdir(exist_ok=True)
     results = []
-    for r in output.results:
+    for r in _products(app, job, output, batch):
         src = staging / r.filename
         if not src.is_file():
             raise RuntimeError(f"app {app.model_id} listed {r.filename} but did not write it")

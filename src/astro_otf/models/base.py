@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from astro_otf.domain.parameters import ParamSpec, Roi
+from astro_otf.imaging.fits import SkyImage
+from astro_otf.results.catalogue import Catalogue
 
 if TYPE_CHECKING:
     from astro_otf.batching.former import BatchKey
@@ -43,8 +45,15 @@ class AppRequest:
 
 @dataclass
 class AppOutput:
-    results: list[ResultFile]
+    """What a run produced. A finder returns its ``catalogue`` (and the ``image`` it searched,
+    the region of interest when one was asked for): the worker writes every result format
+    and the provenance from them. ``results`` lists any further files the app wrote into
+    the staging folder itself."""
+
+    results: list[ResultFile] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # shown in the job's jobInfo
+    catalogue: Catalogue | None = None
+    image: SkyImage | None = None
 
 
 class App(Protocol):

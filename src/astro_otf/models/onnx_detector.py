@@ -27,14 +27,14 @@ from astro_otf.domain.job import Job
 from astro_otf.domain.parameters import ParamSpec
 from astro_otf.imaging.fits import SkyImage, cutout, load_image
 from astro_otf.imaging.normalise import FittedChain, parse_chain
-from astro_otf.imaging.stitch import ColumnMeta, Detection, stitch, to_sky
+from astro_otf.imaging.stitch import Detection, stitch, to_sky
 from astro_otf.imaging.tiling import TileSpec, read_tile, tile_grid
-from astro_otf.models.base import AppOutput, AppRequest, ResultFile
+from astro_otf.models.base import AppOutput, AppRequest
 from astro_otf.models.manifest import LoadedModel
 from astro_otf.models.onnx_runtime import SessionCache, run
-from astro_otf.results.votable import write_catalogue
+from astro_otf.results.catalogue import Catalogue, conform
+from astro_otf.results.products import file_entity, image_facts
 
-CATALOGUE = "catalogue.vot"
 STAT_TILES = 16
 MAD_TO_SIGMA = 1.4826
 
@@ -119,13 +119,14 @@ class OnnxDetector:
             raise JobFailure("IMAGE is required")
         manifest = self.model.manifest
         image = load_image(request.image_path)
+        full_shape = image.shape
         if request.roi is not None:
             image = cutout(image, request.roi)
         if not _any_finite(image.data):
             raise JobFailure("the image (or region) has no valid pixels: all are NaN or BLANK")
         specs = tile_grid(image.shape, manifest.tiling.tile, manifest.tiling.overlap)
         threshold = float(request.values.get("threshold", manifest.postprocess.score_threshold))
-        return _Prepared(request, image, self._chain.fit(image.data), specs, threshold)
+        return _Prepared(request, image, self._chain.fit(image.data), specs, threshold, full_shape)
 
     def forward(
         self, items: list[tuple[_Prepared, TileSpec]], precision: str
@@ -207,7 +208,7 @@ class OnnxDetector:
             else:
                 snr = (score - p.median) / p.rms
                 ys, xs = np.nonzero((peak > 0.5) & (snr >= p.threshold) & np.isfinite(raw))
-                p.per_tile.append((spec, self._detections(xs, ys, snr[ys, xs], raw[ys, xs])))
+                p.per_tile.append((spec, self._detections(spec, xs, ys, snr[ys, xs], raw[ys, xs])))
         for n, p in list(jobs.items()):
             if not p.deferred:
                 continue
@@ -222,7 +223,7 @@ class OnnxDetector:
                 snr = (values - p.median) / p.rms
                 keep = snr >= p.threshold
                 p.per_tile.append(
-                    (spec, self._detections(xs[keep], ys[keep], snr[keep], peaks[keep]))
+                    (spec, self._detections(spec, xs[keep], ys[keep], snr[keep], peaks[keep]))
                 )
         for n, p in jobs.items():
             try:
@@ -238,42 +239,54 @@ class OnnxDetector:
     def _write(self, p: _Prepared, precision: str) -> AppOutput:
         request = p.request
         detections = stitch(p.per_tile)
-        table = to_sky(
-            detections,
-            p.image.wcs,
-            p.image.origin,
-            extra_columns={
-                "peak_flux": ColumnMeta(
-                    _flux_unit(p.image),
-                    "phot.flux.density;stat.max",
-                    "Pixel value at the detected peak.",
-                ),
+        found = to_sky(detections, p.image.wcs, p.image.origin)
+        unit = _flux_unit(p.image)
+        table = conform(
+            found,
+            peak_unit=unit,
+            descriptions={
+                "score": "S/N of the detection (matched-filter score over the map rms).",
+                "peak_flux": "Pixel value at the detected peak.",
+                "maj": "Not measured by this model (it finds positions of compact sources).",
+                "min": "Not measured by this model.",
+                "pa": "Not measured by this model.",
+                "int_flux": "Not measured by this model.",
+                "class": "Not given by this model.",
             },
         )
-        table["score"].description = "S/N of the detection (score over the map rms)."
-        table["score"].meta["ucd"] = "stat.snr"
-        table.add_column(np.arange(1, len(table) + 1), name="id", index=0)
-        table["id"].meta["ucd"] = "meta.id;meta.main"
-        table["id"].unit = ""
-        table["id"].description = "Source number in this catalogue."
-        write_catalogue(
-            table,
-            request.staging_dir / CATALOGUE,
-            infos={
-                "job_id": request.job_id,
-                "model_id": self.model_id,
-                "model_version": self.version,
-                "precision": precision,
-                "model_sha256": self.model.sha256(precision),
-                "score_median": f"{p.median:.6g}",
-                "score_rms": f"{p.rms:.6g}",
-            },
-            params={k: v for k, v in request.values.items() if v is not None},
-            description=f"Sources found by {self.model_id} {self.version} in job {request.job_id}.",
-        )
+        for name in ("width", "height"):
+            table[name].description = f"Box {name} used to merge detections across tiles."
+        file = self.model.file(precision)
+        model_files = [
+            file_entity(
+                "model",
+                file,
+                "application/octet-stream",
+                {
+                    "model_id": self.model_id,
+                    "model_version": self.version,
+                    "precision": precision,
+                    "format": "onnx",
+                },
+            ),
+            file_entity("manifest", self.model.path, "application/toml"),
+        ]
         request.log.info("%d source(s) above %.3g sigma", len(table), p.threshold)
         return AppOutput(
-            [ResultFile("result", CATALOGUE, "application/x-votable+xml")],
+            catalogue=Catalogue(
+                table,
+                facts=image_facts(p.image, full_shape=p.full_shape),
+                infos={
+                    "precision": precision,
+                    "model_sha256": self.model.sha256(precision),
+                    "score_median": f"{p.median:.6g}",
+                    "score_rms": f"{p.rms:.6g}",
+                },
+                description=f"Sources found by {self.model_id} {self.version} in job "
+                f"{request.job_id}.",
+                model_files=model_files,
+            ),
+            image=p.image,
             info={
                 "n_sources": len(table),
                 "tiles": len(p.specs),
@@ -283,11 +296,18 @@ class OnnxDetector:
         )
 
     def _detections(
-        self, xs: np.ndarray, ys: np.ndarray, snr: np.ndarray, peak: np.ndarray
+        self, spec: TileSpec, xs: np.ndarray, ys: np.ndarray, snr: np.ndarray, peak: np.ndarray
     ) -> list[Detection]:
         beam = self._beam
         return [
-            Detection(float(x), float(y), beam, beam, float(v), {"peak_flux": float(f)})
+            Detection(
+                float(x),
+                float(y),
+                beam,
+                beam,
+                float(v),
+                {"peak_flux": float(f), "tile": float(spec.index)},
+            )
             for x, y, v, f in zip(xs, ys, snr, peak, strict=True)
         ]
 
@@ -349,6 +369,7 @@ class _Prepared:
     chain: FittedChain
     specs: list[TileSpec]
     threshold: float
+    full_shape: tuple[int, int]
     median: float = 0.0
     rms: float = 1.0
     per_tile: list[tuple[TileSpec, list[Detection]]] = field(default_factory=list)

@@ -5,8 +5,8 @@ the test images, and gives the catalogue that learned detectors are compared aga
 recipe is the usual radio one (as in PyBDSF and Aegean): a box background and rms map, an
 island (flood) threshold in units of the local rms, deblending of islands into components,
 and a seed threshold that the peak of each kept source must reach. Positions, fluxes and
-shapes are converted to sky quantities with the image's WCS and beam, and written as a
-VOTable with units and UCDs on every column.
+shapes are converted to sky quantities with the image's WCS and beam, in the service's
+standard catalogue columns.
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ from astropy.table import Column, Table
 from astro_otf.domain.errors import JobFailure
 from astro_otf.domain.parameters import Extent, ParamSpec
 from astro_otf.imaging.fits import FWHM_PER_SIGMA, SkyImage, cutout, load_image
-from astro_otf.models.base import AppOutput, AppRequest, ResultFile
-from astro_otf.results.votable import write_catalogue
+from astro_otf.models.base import AppOutput, AppRequest
+from astro_otf.results.catalogue import Catalogue, conform
+from astro_otf.results.products import image_facts
 
 __all__ = ["SepFinder"]
 
-CATALOGUE_NAME = "catalogue.vot"
-VOTABLE_MIME = "application/x-votable+xml"
 #: Smallest image (or region) side, in pixels, that a background can be measured on.
 MIN_SIDE = 8
 #: Fewest valid (not NaN/BLANK) pixels worth searching.
@@ -141,7 +140,7 @@ class SepFinder:
             raise JobFailure("no image was given: upload the FITS image as the IMAGE file part")
         image = load_image(request.image_path)
         beam = image.beam
-        ny, nx = image.shape
+        ny, nx = full_shape = image.shape
         log.info(
             "read HDU %d: %d x %d pixels, pixel %.4g arcsec, beam %s, BUNIT %s, frame %s",
             image.hdu_index,
@@ -243,29 +242,26 @@ class SepFinder:
         )
 
         table = _catalogue(image, objects, peak, local_rms, flux)
-        params = {k: v for k, v in sorted(values.items()) if v is not None}
         infos = {
-            "job_id": request.job_id,
-            "model_id": self.model_id,
-            "model_version": self.version,
             "image_hdu": str(image.hdu_index),
-            "image_frame": image.frame.name,
-            "region_origin_pix": f"{image.origin[0]} {image.origin[1]}",
-            "region_shape_pix": f"{nx} x {ny}",
             "background_rms": f"{global_rms * flux.peak_factor:.6g} {flux.peak_unit}",
             "flux_note": flux.note or "none",
         }
-        write_catalogue(
-            table,
-            request.staging_dir / CATALOGUE_NAME,
-            infos=infos,
-            params=params,
-            description=f"Sources found by sep {sep.__version__} in job {request.job_id}.",
-        )
         elapsed = time.perf_counter() - started
-        log.info("wrote %s with %d sources in %.2f s", CATALOGUE_NAME, len(table), elapsed)
+        log.info("found %d sources in %.2f s", len(table), elapsed)
         return AppOutput(
-            results=[ResultFile("result", CATALOGUE_NAME, VOTABLE_MIME)],
+            catalogue=Catalogue(
+                table,
+                facts=image_facts(
+                    image,
+                    full_shape=full_shape,
+                    rms=global_rms * flux.peak_factor,
+                    rms_unit=flux.peak_unit,
+                ),
+                infos=infos,
+                description=f"Sources found by sep {sep.__version__} in job {request.job_id}.",
+            ),
+            image=image,
             info={
                 "n_sources": len(table),
                 "background_rms": global_rms * flux.peak_factor,
@@ -456,105 +452,60 @@ def _catalogue(
         ra = np.asarray(centre.ra.deg, dtype=np.float64)
         dec = np.asarray(centre.dec.deg, dtype=np.float64)
         pa = np.mod(np.asarray(centre.position_angle(along).deg, dtype=np.float64), 180.0)
+    sx, sy = image.pixel_scales_arcsec
     scale = image.pixel_scale_arcsec
     x0, y0 = image.origin
-
-    def col(name: str, values: np.ndarray, unit: str, ucd: str, description: str) -> Column:
-        return Column(values, name=name, unit=unit, description=description, meta={"ucd": ucd})
-
-    return Table(
-        [
-            col(
-                "id",
-                np.arange(1, n + 1, dtype=np.int32),
-                "",
-                "meta.id;meta.main",
-                "Source number, in order of decreasing peak flux.",
-            ),
-            col(
-                "ra",
-                ra,
-                "deg",
-                "pos.eq.ra;meta.main",
-                "Right ascension (ICRS) of the flux-weighted centroid.",
-            ),
-            col(
-                "dec",
-                dec,
-                "deg",
-                "pos.eq.dec;meta.main",
-                "Declination (ICRS) of the flux-weighted centroid.",
-            ),
-            col(
-                "x",
-                x + x0,
-                "pix",
-                "pos.cartesian.x",
-                "0-based pixel column of the centroid in the uploaded image (FITS pixel = x + 1).",
-            ),
-            col(
-                "y",
-                y + y0,
-                "pix",
-                "pos.cartesian.y",
-                "0-based pixel row of the centroid in the uploaded image (FITS pixel = y + 1).",
-            ),
-            col(
-                "peak_flux",
-                peak * flux.peak_factor,
-                flux.peak_unit,
-                "phot.flux.density;stat.max",
-                "Peak pixel value above the local background.",
-            ),
-            col(
-                "int_flux",
-                objects["flux"].astype(np.float64) * flux.int_factor,
-                flux.int_unit,
-                "phot.flux.density",
-                flux.int_description,
-            ),
-            col(
-                "local_rms",
-                local_rms * flux.peak_factor,
-                flux.peak_unit,
-                "stat.stdev;phot.flux.density",
-                "Background rms at the peak pixel.",
-            ),
-            col(
-                "snr",
-                peak / local_rms,
-                "",
-                "stat.snr",
-                "Signal-to-noise ratio: peak_flux / local_rms.",
-            ),
-            col(
-                "maj",
-                FWHM_PER_SIGMA * objects["a"].astype(np.float64) * scale,
-                "arcsec",
-                "phys.angSize.smajAxis",
-                "Major-axis FWHM of the second-moment ellipse (2.3548 sigma); not deconvolved.",
-            ),
-            col(
-                "min",
-                FWHM_PER_SIGMA * objects["b"].astype(np.float64) * scale,
-                "arcsec",
-                "phys.angSize.sminAxis",
-                "Minor-axis FWHM of the second-moment ellipse (2.3548 sigma); not deconvolved.",
-            ),
-            col(
-                "pa",
-                pa,
-                "deg",
-                "pos.posAng",
-                "Position angle of the major axis, degrees East of North (ICRS), 0 to 180.",
-            ),
-            col(
-                "flag",
-                objects["flag"].astype(np.int16),
-                "",
-                "meta.code",
-                "sep flags, summed: 1 deblended from a larger island, 2 truncated at the "
-                "image edge, 4 deblending overflow, 8 singular moments.",
-            ),
-        ]
+    found = Table(
+        {
+            "id": np.arange(1, n + 1, dtype=np.int32),
+            "ra": ra,
+            "dec": dec,
+            # sep's barycentre variances (pixel^2) along the pixel axes, taken as RA and Dec
+            "ra_err": np.sqrt(np.abs(objects["errx2"].astype(np.float64))) * sx,
+            "dec_err": np.sqrt(np.abs(objects["erry2"].astype(np.float64))) * sy,
+            "peak_flux": peak * flux.peak_factor,
+            "peak_flux_err": local_rms * flux.peak_factor,
+            "int_flux": objects["flux"].astype(np.float64) * flux.int_factor,
+            "maj": FWHM_PER_SIGMA * objects["a"].astype(np.float64) * scale,
+            "min": FWHM_PER_SIGMA * objects["b"].astype(np.float64) * scale,
+            "pa": pa,
+            "score": peak / local_rms,
+            "x": x + x0,
+            "y": y + y0,
+        }
+    )
+    found["local_rms"] = Column(
+        local_rms * flux.peak_factor,
+        unit=flux.peak_unit,
+        description="Background rms at the peak pixel.",
+        meta={"ucd": "stat.stdev;phot.flux.density"},
+    )
+    found["flag"] = Column(
+        objects["flag"].astype(np.int16),
+        unit="",
+        description="sep flags, summed: 1 deblended from a larger island, 2 truncated at the "
+        "image edge, 4 deblending overflow, 8 singular moments.",
+        meta={"ucd": "meta.code"},
+    )
+    return conform(
+        found,
+        peak_unit=flux.peak_unit,
+        int_unit=flux.int_unit,
+        descriptions={
+            "id": "Source number, in order of decreasing peak flux.",
+            "ra": "Right ascension (ICRS) of the flux-weighted centroid.",
+            "dec": "Declination (ICRS) of the flux-weighted centroid.",
+            "ra_err": "1-sigma error of the centroid along the image x axis (from sep).",
+            "dec_err": "1-sigma error of the centroid along the image y axis (from sep).",
+            "peak_flux": "Peak pixel value above the local background.",
+            "peak_flux_err": "1-sigma error of peak_flux: the background rms at the peak.",
+            "int_flux": flux.int_description,
+            "int_flux_err": "Not measured by sep (the noise of a sum over correlated pixels).",
+            "maj": "Major-axis FWHM of the second-moment ellipse (2.3548 sigma); not deconvolved.",
+            "min": "Minor-axis FWHM of the second-moment ellipse (2.3548 sigma); not deconvolved.",
+            "pa": "Position angle of the major axis, degrees East of North (ICRS), 0 to 180.",
+            "score": "Signal-to-noise ratio: peak_flux / local_rms.",
+            "class": "Not given by sep.",
+            "tile": "Not used: sep searches the whole image at once.",
+        },
     )

@@ -10,18 +10,21 @@ result is expected (see DESIGN.md, "results are written to a temporary name").
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import astropy.units as u
 from astropy.io.votable import ucd as ucd_module
-from astropy.io.votable.tree import CooSys, Info, VOTableFile
+from astropy.io.votable.tree import CooSys, Info, Param, Resource, VOTableFile
 from astropy.table import Table
 
-__all__ = ["VOTABLE_VERSION", "write_catalogue"]
+from astro_otf.results.catalogue import ImageFact
+
+__all__ = ["VOTABLE_VERSION", "error_votable", "write_catalogue"]
 
 VOTABLE_VERSION = "1.4"
 
@@ -32,6 +35,7 @@ def write_catalogue(
     *,
     infos: Mapping[str, str],
     params: Mapping[str, object] | None = None,
+    facts: Sequence[ImageFact] = (),
     description: str | None = None,
     frame: str = "ICRS",
 ) -> Path:
@@ -42,7 +46,9 @@ def write_catalogue(
     UCD1+ controlled vocabulary; a column's ``description`` becomes its FIELD DESCRIPTION.
     ``infos`` (job id, model id, version, ...) and ``params`` (the job's parameters, each
     written as an INFO named ``param:<name>``) go into the ``results`` RESOURCE, after the
-    DALI ``QUERY_STATUS`` INFO. Columns with a ``pos.eq`` UCD refer to a COOSYS of ``frame``.
+    DALI ``QUERY_STATUS`` INFO; ``facts`` about the image (beam, rms, size, region) become
+    PARAMs of the table, with their units and UCDs. Columns with a ``pos.eq`` UCD refer to
+    a COOSYS of ``frame``.
     A table of zero rows gives a valid, empty catalogue.
 
     Raises ValueError when a column has no unit or no valid UCD: that is a bug in the app.
@@ -66,6 +72,11 @@ def write_catalogue(
 
     vo_table = resource.tables[0]
     vo_table.name = "catalogue"
+    for fact in facts:
+        vo_table.params.append(_param(votable, fact))
+    for field in vo_table.fields:  # text of any length (arraysize="1" is deprecated)
+        if field.datatype in ("char", "unicodeChar"):
+            field.arraysize = "*"
     position_fields = [f for f in vo_table.fields if (f.ucd or "").startswith("pos.eq.")]
     if position_fields:
         coosys = CooSys(ID="sky_frame", system=frame)
@@ -85,6 +96,41 @@ def write_catalogue(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def error_votable(message: str) -> bytes:
+    """A DALI error document: a ``results`` RESOURCE whose ``QUERY_STATUS`` INFO is ERROR,
+    with the message as its content (what VO clients show for a failed query or job)."""
+    votable = VOTableFile(version=VOTABLE_VERSION)
+    resource = Resource(type="results")
+    votable.resources.append(resource)
+    status = Info(name="QUERY_STATUS", value="ERROR")
+    status.content = message
+    resource.infos.append(status)
+    out = io.BytesIO()
+    votable.to_xml(out, _debug_python_based_parser=True)
+    return out.getvalue()
+
+
+def _param(votable: VOTableFile, fact: ImageFact) -> Param:
+    if isinstance(fact.value, bool | str):
+        kind: dict[str, object] = {"datatype": "char", "arraysize": "*"}
+        value: object = str(fact.value)
+    elif isinstance(fact.value, int):
+        kind, value = {"datatype": "long"}, fact.value
+    else:
+        kind, value = {"datatype": "double"}, float(fact.value)
+    param = Param(
+        votable,
+        ID=_xml_id("fact", fact.name),
+        name=fact.name,
+        value=value,
+        unit=u.Unit(fact.unit).to_string("vounit") if fact.unit else None,
+        ucd=fact.ucd,
+        **kind,
+    )
+    param.description = fact.description
+    return param
 
 
 def _xml_id(prefix: str, name: str) -> str:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import IO
 from astro_otf.config import Settings
 from astro_otf.domain.errors import (
     JobNotFound,
+    NotAcceptable,
     NotFound,
     ParameterError,
     PhaseConflict,
@@ -28,6 +30,7 @@ from astro_otf.domain.job import Job, JobParameter, JobSummary
 from astro_otf.domain.parameters import validate
 from astro_otf.domain.phases import ACTIVE_PHASES, FINAL_PHASES, Phase
 from astro_otf.models.registry import Registry
+from astro_otf.results.provenance import ProvenanceUnavailable, convert
 from astro_otf.service.events import JobEvents
 from astro_otf.service.scheduler import Scheduler, utcnow
 from astro_otf.service.threads import in_thread
@@ -38,6 +41,15 @@ log = logging.getLogger(__name__)
 
 #: The server's name for each uploaded file parameter; the client's file name is never used.
 UPLOAD_NAMES = {"image": "image.fits"}
+
+
+def _copy(source: Path, target: Path) -> None:
+    """A hard link where the file system allows (inputs are never written again), else a
+    copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 class JobService:
@@ -140,6 +152,48 @@ class JobService:
         self._destruction_changed()
         return await self.get(job_id, owner)
 
+    async def rerun(
+        self, job_id: str, owner: str | None, new_id: str, *, start: bool, run_id: str | None
+    ) -> Job:
+        """A new job with the recorded inputs, model and parameters of finished job
+        ``job_id`` (its uploaded files are copied). Refused (409) when the job has not
+        finished, or when the model version it ran is no longer the one installed, since the
+        replay would then not be the same computation."""
+        old = await self.get(job_id, owner)
+        if old.phase not in FINAL_PHASES:
+            raise PhaseConflict(
+                f"job {job_id} is {old.phase.value}; only a finished job can be run again"
+            )
+        app = self.registry.get(old.model_id)
+        ran = old.info.get("model_version")
+        if ran is not None and str(ran) != app.version:
+            raise PhaseConflict(
+                f"job {job_id} ran {old.model_id} version {ran}, but this server now has "
+                f"version {app.version}: the replay would not be the same computation"
+            )
+        files = [p for p in old.parameters if p.is_file]
+        await in_thread(self.prepare, new_id)
+        try:
+            for p in files:
+                source = self.folders.input_file(job_id, p.value)
+                if not await in_thread(source.is_file):
+                    raise PhaseConflict(
+                        f"the uploaded {p.name.upper()} of job {job_id} is no longer on the "
+                        "server; it cannot be run again"
+                    )
+                await in_thread(_copy, source, self.folders.input_file(new_id, p.value))
+            return await self.create(
+                new_id,
+                owner,
+                old.parameter_values(),
+                [p.name for p in files],
+                run_id=run_id if run_id is not None else old.run_id,
+                start=start,
+            )
+        except BaseException:
+            await self.discard(new_id)
+            raise
+
     def _check(
         self, fields: Mapping[str, str], files: Collection[str]
     ) -> tuple[str, list[JobParameter], int]:
@@ -207,6 +261,26 @@ class JobService:
                 return self.folders.result_file(job.job_id, r.filename), r.mime_type
         known = ", ".join(r.result_id for r in job.results) or "none yet"
         raise NotFound(f"job {job.job_id} has no result {result_id!r} (results: {known})")
+
+    async def provenance(self, job_id: str, owner: str | None, fmt: str) -> bytes:
+        """The job's provenance document in ``fmt`` (a key of PROV_FORMATS)."""
+        job = await self.get(job_id, owner)
+        if not any(r.result_id == "provenance" for r in job.results):
+            raise NotFound(
+                f"job {job_id} has no provenance (phase {job.phase.value}): it is written "
+                "when a job completes"
+            )
+        path, _ = self.result_file(job, "provenance")
+        try:
+            text = await in_thread(path.read_bytes)
+        except FileNotFoundError:
+            raise NotFound(f"the provenance file of job {job_id} is missing") from None
+        if fmt == "json":
+            return text
+        try:
+            return await in_thread(convert, text, fmt)
+        except ProvenanceUnavailable as exc:
+            raise NotAcceptable(str(exc)) from None
 
     def parameter_file(self, job: Job, name: str) -> Path:
         for p in job.parameters:

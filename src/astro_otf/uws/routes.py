@@ -12,8 +12,10 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Red
 from starlette.responses import Response
 
 from astro_otf.config import Settings
-from astro_otf.domain.errors import NotFound, ParameterError, RequestError
+from astro_otf.domain.errors import NotAcceptable, NotFound, ParameterError, RequestError
 from astro_otf.domain.phases import Phase
+from astro_otf.results.provenance import PROV_FORMATS, negotiate
+from astro_otf.results.votable import error_votable
 from astro_otf.service.jobs import JobService
 from astro_otf.service.threads import in_thread
 from astro_otf.uws import render
@@ -24,6 +26,7 @@ from astro_otf.uws.uploads import Form, read_form
 router = APIRouter()
 
 XML = "application/xml"
+VOTABLE = "application/x-votable+xml"
 
 
 # -- dependencies and helpers ------------------------------------------------------------
@@ -281,11 +284,58 @@ async def get_quote(job_id: str, service: Service, owner: Owner) -> Response:
 
 
 @router.get("/jobs/{job_id}/error")
-async def get_error(job_id: str, service: Service, owner: Owner) -> Response:
+async def get_error(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
+    """The errorSummary's message: plain text, or a DALI error VOTable (QUERY_STATUS=ERROR)
+    when the client asks for one (``Accept: application/x-votable+xml`` or
+    ``FORMAT=votable``)."""
     job = await service.get(job_id, owner)
     if job.error is None:
         raise NotFound(f"job {job_id} has no error (phase {job.phase.value})")
+    fmt = (query(request).get("format") or [""])[-1].strip().lower()
+    accept = request.headers.get("accept", "").lower()
+    if fmt in ("votable", VOTABLE) or (not fmt and "votable" in accept):
+        return Response(error_votable(job.error.message), media_type=VOTABLE)
+    if fmt not in ("", "text", "text/plain"):
+        raise ParameterError("FORMAT", f"{fmt!r} is not offered for /error: use text or votable")
     return PlainTextResponse(job.error.message)
+
+
+@router.post("/jobs/{job_id}/rerun")
+async def post_rerun(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
+    """Replay a finished job: a new job with its recorded inputs, model and parameters.
+    ``PHASE=RUN`` queues it at once; answers 303 to the new job."""
+    form = await read_form(request, max_bytes=64 * 1024)
+    phase = form.fields.get("phase")
+    if phase is not None and phase.strip().upper() != "RUN":
+        raise ParameterError("phase", f"{phase!r}: only PHASE=RUN is allowed for a rerun")
+    unknown = sorted(set(form.fields) - {"phase", "runid"})
+    if unknown:
+        raise ParameterError(
+            unknown[0], "is not taken by a rerun (it reuses the recorded parameters)"
+        )
+    job = await service.rerun(
+        job_id,
+        owner,
+        service.new_job_id(),
+        start=phase is not None,
+        run_id=form.fields.get("runid"),
+    )
+    return see_other(links_for(request).job(job.job_id))
+
+
+@router.get("/jobs/{job_id}/provenance")
+async def get_provenance(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
+    """The job's IVOA provenance (W3C PROV): PROV-JSON, PROV-XML, PROV-N or SVG, chosen by
+    ``FORMAT`` (json, xml, provn, svg) or else by the Accept header."""
+    fmt_values = query(request).get("format")
+    try:
+        fmt = negotiate(request.headers.get("accept"), fmt_values[-1] if fmt_values else None)
+    except ValueError as exc:
+        raise ParameterError("FORMAT", str(exc)) from None
+    if fmt is None:
+        raise NotAcceptable("the provenance is offered as " + ", ".join(PROV_FORMATS.values()))
+    body = await service.provenance(job_id, owner, fmt)
+    return Response(body, media_type=PROV_FORMATS[fmt])
 
 
 @router.get("/jobs/{job_id}/owner")

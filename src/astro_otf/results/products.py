@@ -1,0 +1,305 @@
+"""Every result a finished job offers, written in one place from the catalogue an app returned.
+
+Apps only find sources; this module turns their :class:`Catalogue` into the files a job lists:
+the VOTable (the UWS result ``result``, what pyvo's ``fetch_result`` reads), CSV, JSON, a DS9
+region file, a PNG preview, and last the provenance, which carries the sha256 of all the
+others. Writing them together keeps the formats in agreement, and every file is written under
+a temporary name and renamed, so a half-written result is never listed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import platform
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from astro_otf.imaging.fits import SkyImage
+from astro_otf.results.catalogue import Catalogue, ImageFact
+from astro_otf.results.formats import write_csv, write_ds9, write_json
+from astro_otf.results.preview import write_preview
+from astro_otf.results.provenance import FileEntity, ProvenanceRecord, write_provenance
+from astro_otf.results.votable import write_catalogue
+
+__all__ = [
+    "PRODUCTS",
+    "JobContext",
+    "Product",
+    "file_entity",
+    "image_facts",
+    "service_version",
+    "write_products",
+]
+
+SERVICE_NAME = "astro-otf"
+
+#: Header cards worth recording about an input image (those present are kept).
+KEY_CARDS = (
+    "TELESCOP",
+    "INSTRUME",
+    "OBJECT",
+    "ORIGIN",
+    "DATE-OBS",
+    "BUNIT",
+    "BMAJ",
+    "BMIN",
+    "BPA",
+    "NAXIS1",
+    "NAXIS2",
+    "CTYPE1",
+    "CTYPE2",
+    "CRVAL1",
+    "CRVAL2",
+    "CDELT1",
+    "CDELT2",
+    "RADESYS",
+    "EQUINOX",
+    "RESTFRQ",
+    "RESTFREQ",
+    "CRVAL3",
+    "CTYPE3",
+)
+
+
+@dataclass(frozen=True)
+class Product:
+    """One result file: its UWS result id, file name and media type."""
+
+    result_id: str
+    filename: str
+    mime_type: str
+
+
+VOTABLE = Product("result", "catalogue.xml", "application/x-votable+xml")
+CSV = Product("csv", "catalogue.csv", "text/csv")
+JSON = Product("json", "catalogue.json", "application/json")
+DS9 = Product("ds9", "catalogue.reg", "text/x-ds9-region")
+PREVIEW = Product("preview", "preview.png", "image/png")
+PROVENANCE = Product("provenance", "provenance.json", "application/json")
+#: In the order they are written and listed.
+PRODUCTS = (VOTABLE, CSV, JSON, DS9, PREVIEW, PROVENANCE)
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What the worker knows about the job whose results are written."""
+
+    job_id: str
+    owner: str | None
+    model_id: str
+    model_version: str
+    batch_id: str
+    batch_jobs: int
+    host: str
+    pid: int
+    started: datetime
+    parameters: Mapping[str, object]
+    image_path: Path | None
+
+
+def service_version() -> str:
+    try:
+        return importlib.metadata.version(SERVICE_NAME)
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "unknown"
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of what ran: the service, Python and the libraries that touched the data."""
+    versions = {SERVICE_NAME: service_version(), "python": platform.python_version()}
+    for name in ("numpy", "astropy", "sep", "onnxruntime"):
+        if name in sys.modules or name in ("numpy", "astropy"):
+            try:
+                versions[name] = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def file_entity(
+    role: str, path: Path, mime_type: str, attributes: Mapping[str, str] | None = None
+) -> FileEntity:
+    """A file's provenance entity: its name, sha256 and size."""
+    with path.open("rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    return FileEntity(
+        role=role,
+        name=path.name,
+        sha256=digest,
+        size=path.stat().st_size,
+        mime_type=mime_type,
+        attributes=dict(attributes or {}),
+    )
+
+
+def image_facts(
+    image: SkyImage,
+    *,
+    full_shape: tuple[int, int] | None = None,
+    rms: float | None = None,
+    rms_unit: str = "",
+) -> list[ImageFact]:
+    """The image-level PARAMs of a catalogue: the searched region, beam, pixel scale, rms."""
+    ny, nx = image.shape
+    facts = [
+        ImageFact(
+            "region_x0",
+            image.origin[0],
+            "pix",
+            "pos.cartesian.x;instr.pixel",
+            "0-based pixel column of the searched region's first pixel.",
+        ),
+        ImageFact(
+            "region_y0",
+            image.origin[1],
+            "pix",
+            "pos.cartesian.y;instr.pixel",
+            "0-based pixel row of the searched region's first pixel.",
+        ),
+        ImageFact(
+            "region_width",
+            nx,
+            "pix",
+            "meta.number;instr.pixel",
+            "Width of the searched region (the whole image when no ROI was asked).",
+        ),
+        ImageFact(
+            "region_height", ny, "pix", "meta.number;instr.pixel", "Height of the searched region."
+        ),
+        ImageFact(
+            "pixel_scale",
+            round(image.pixel_scale_arcsec, 6),
+            "arcsec",
+            "instr.scale;instr.pixel",
+            "Pixel size on the sky (geometric mean).",
+        ),
+        ImageFact("frame", image.frame.name, "", "pos.frame", "Celestial frame of the image."),
+    ]
+    if full_shape is not None:
+        facts += [
+            ImageFact(
+                "image_width",
+                full_shape[1],
+                "pix",
+                "meta.number;instr.pixel",
+                "Width of the uploaded image.",
+            ),
+            ImageFact(
+                "image_height",
+                full_shape[0],
+                "pix",
+                "meta.number;instr.pixel",
+                "Height of the uploaded image.",
+            ),
+        ]
+    beam = image.beam
+    if beam is not None:
+        facts += [
+            ImageFact(
+                "beam_major",
+                round(beam.major_deg * 3600, 6),
+                "arcsec",
+                "phys.angSize.smajAxis;instr.beam",
+                "Restoring beam FWHM, major axis.",
+            ),
+            ImageFact(
+                "beam_minor",
+                round(beam.minor_deg * 3600, 6),
+                "arcsec",
+                "phys.angSize.sminAxis;instr.beam",
+                "Restoring beam FWHM, minor axis.",
+            ),
+            ImageFact(
+                "beam_pa",
+                round(beam.pa_deg, 6),
+                "deg",
+                "pos.posAng;instr.beam",
+                "Restoring beam position angle.",
+            ),
+        ]
+    if rms is not None:
+        facts.append(
+            ImageFact(
+                "rms",
+                float(f"{rms:.6g}"),
+                rms_unit,
+                "stat.stdev;phot.flux.density",
+                "Background noise (rms) of the searched region.",
+            )
+        )
+    return facts
+
+
+def key_cards(image: SkyImage) -> dict[str, str]:
+    header = image.header
+    return {card: str(header[card]) for card in KEY_CARDS if card in header}
+
+
+def write_products(
+    catalogue: Catalogue,
+    image: SkyImage | None,
+    staging: Path,
+    job: JobContext,
+) -> list[Product]:
+    """Write every result of ``job`` into ``staging``; the list of products written."""
+    infos = {
+        "job_id": job.job_id,
+        "owner": job.owner or "anonymous",
+        "model_id": job.model_id,
+        "model_version": job.model_version,
+        **catalogue.infos,
+        "software_version": f"{SERVICE_NAME} {service_version()}",
+        "batch_id": job.batch_id,
+        "batch_jobs": str(job.batch_jobs),
+    }
+    params = {k: v for k, v in sorted(job.parameters.items()) if v is not None}
+    written = [VOTABLE, CSV, JSON, DS9]
+    write_catalogue(
+        catalogue.table,
+        staging / VOTABLE.filename,
+        infos=infos,
+        params=params,
+        facts=catalogue.facts,
+        description=catalogue.description or None,
+    )
+    write_csv(catalogue, staging / CSV.filename)
+    write_json(
+        catalogue,
+        staging / JSON.filename,
+        infos={**infos, **{f"param:{k}": str(v) for k, v in params.items()}},
+    )
+    write_ds9(catalogue, staging / DS9.filename)
+    if image is not None and job.parameters.get("preview", True) is not False:
+        write_preview(catalogue, image, staging / PREVIEW.filename)
+        written.append(PREVIEW)
+    inputs = []
+    if job.image_path is not None and job.image_path.is_file():
+        cards = key_cards(image) if image is not None else {}
+        inputs.append(file_entity("image", job.image_path, "application/fits", cards))
+    outputs = [file_entity("result", staging / p.filename, p.mime_type) for p in written]
+    record = ProvenanceRecord(
+        job_id=job.job_id,
+        owner=job.owner,
+        model_id=job.model_id,
+        model_version=job.model_version,
+        started=job.started,
+        ended=datetime.now(UTC),
+        batch_id=job.batch_id,
+        batch_jobs=job.batch_jobs,
+        host=job.host,
+        pid=job.pid,
+        service_name=SERVICE_NAME,
+        service_version=service_version(),
+        parameters={k: str(v) for k, v in params.items()},
+        inputs=inputs,
+        model_files=list(catalogue.model_files),
+        software=software_versions(),
+        outputs=outputs,
+    )
+    write_provenance(record, staging / PROVENANCE.filename)
+    written.append(PROVENANCE)
+    return written
