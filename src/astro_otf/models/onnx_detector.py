@@ -141,16 +141,18 @@ class OnnxDetector:
         while start < len(items):
             chunk = items[start : start + step]
             raw = [read_tile(p.image.data, spec, fill=np.nan) for p, spec in chunk]
-            batch = np.stack([p.chain.apply(t) for (p, _), t in zip(chunk, raw, strict=True)])
             try:
+                batch = np.stack([p.chain.apply(t) for (p, _), t in zip(chunk, raw, strict=True)])
                 out = run(session, batch[:, None, :, :], input_name=manifest.input.name)
-            except (MemoryError, ort_errors()) as exc:
-                if step == 1 or not _out_of_memory(exc):
+            except (MemoryError, *ort_errors()) as exc:
+                if len(chunk) == 1 or not _out_of_memory(exc):
                     raise
-                step = max(1, step // 2)
-                for p, _ in chunk:
+                step = max(1, len(chunk) // 2)
+                for p in {id(p): p for p, _ in chunk}.values():  # each job of the chunk once
                     p.request.log.warning(
-                        "forward of %d tiles ran out of memory; retrying with %d", len(chunk), step
+                        "forward of %d tiles ran out of memory; retrying %d at a time",
+                        len(chunk),
+                        step,
                     )
                 continue
             score = out[manifest.output.score][:, 0]
@@ -381,15 +383,28 @@ class _Prepared:
     )
 
 
-def ort_errors() -> type[Exception]:
-    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+def ort_errors() -> tuple[type[Exception], ...]:
+    """What ONNX Runtime raises when a forward pass fails. An allocation failure comes as
+    ``Fail`` (its BFC arena: "Failed to allocate memory") or ``RuntimeException`` (a kernel's
+    ``std::bad_alloc``; CUDA's out-of-memory errors), depending on where it happened."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import EPFail, Fail, RuntimeException
 
-    return RuntimeException
+    return (Fail, RuntimeException, EPFail)
+
+
+#: Lower-case fragments of ONNX Runtime's messages for an allocation that failed.
+_OOM_MESSAGES = (
+    "failed to allocate",
+    "bad_alloc",
+    "out of memory",
+    "alloc_failed",  # CUDNN_STATUS_ALLOC_FAILED
+    "memoryallocation",  # cudaErrorMemoryAllocation
+)
 
 
 def _out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
-    return isinstance(exc, MemoryError) or "allocate" in text or "out of memory" in text
+    return isinstance(exc, MemoryError) or any(m in text for m in _OOM_MESSAGES)
 
 
 def _flux_unit(image: SkyImage) -> str:
