@@ -137,6 +137,7 @@ class OnnxDetector:
         manifest = self.model.manifest
         session = session_cache(self.runtime).get(self.model, precision)
         step = self.runtime.max_batch_tiles
+        failures: tuple[type[BaseException], ...] = (MemoryError, *ort_errors())
         start = 0
         while start < len(items):
             chunk = items[start : start + step]
@@ -144,7 +145,7 @@ class OnnxDetector:
             try:
                 batch = np.stack([p.chain.apply(t) for (p, _), t in zip(chunk, raw, strict=True)])
                 out = run(session, batch[:, None, :, :], input_name=manifest.input.name)
-            except (MemoryError, *ort_errors()) as exc:
+            except failures as exc:
                 if len(chunk) == 1 or not _out_of_memory(exc):
                     raise
                 step = max(1, len(chunk) // 2)
