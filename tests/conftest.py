@@ -154,7 +154,9 @@ class ServerProcess:
         env.update({f"OTF_{k.upper()}": v for k, v in self.settings.items()})
         return env
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, *, ready: bool = True) -> None:
+        """Start the server; wait until it is ready (or, with ``ready=False``, only alive:
+        a server whose cluster is not there yet is never ready)."""
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
@@ -171,7 +173,8 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
+                path = "/health/ready" if ready else "/health"
+                if httpx.get(f"{self.url}{path}", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("recovered after restart: %d job(s) queued again, %d lost", requeued, failed)
         registry_config = RegistryConfig.from_settings(settings)
         registry = await in_thread(build_registry, registry_config)
-        executor = make_executor(settings.executor, settings.workers, registry_config)
+        executor = make_executor(settings, registry_config)
         events = JobEvents()
         metrics = Metrics(store)
         scheduler = Scheduler(
@@ -118,7 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await reaper.stop()
             await scheduler.stop()
-            executor.shutdown()
+            await executor.shutdown()
             engine.dispose()
 
     app = FastAPI(

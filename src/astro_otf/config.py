@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -36,8 +36,28 @@ class Settings(BaseSettings):
         description="Public URL of the service, used in Location headers and result links. "
         "Default: taken from each request.",
     )
-    executor: Literal["local"] = Field(default="local", description="Where jobs run.")
-    workers: int = Field(default=2, ge=1, le=256, description="Worker processes of the executor.")
+    executor: Literal["local", "dask"] = Field(
+        default="local",
+        description='Where batches run: "local" worker processes, or a Dask cluster '
+        "(dask_address).",
+    )
+    workers: int = Field(
+        default=2,
+        ge=1,
+        le=256,
+        description="Worker processes of the local executor; with Dask, the most batches in "
+        "flight at once.",
+    )
+    dask_address: str | None = Field(
+        default=None,
+        description="Address of the Dask scheduler (tcp://host:8786), for executor = dask. "
+        "Server and Dask workers must share data_dir.",
+    )
+    dask_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Dask worker resources each batch asks for, e.g. {GPU = 1}. A batch that no "
+        "connected worker can satisfy fails with a clear error instead of hanging.",
+    )
     max_upload_bytes: int = Field(default=2 * 1024**3, ge=1024, description="Largest upload.")
     default_execution_duration: int = Field(default=3600, ge=1, description="Seconds.")
     max_execution_duration: int = Field(default=86400, ge=1, description="Seconds; a cap.")
@@ -86,6 +106,15 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _dask_needs_an_address(self) -> Settings:
+        if self.executor == "dask" and not self.dask_address:
+            raise ValueError(
+                "executor = dask needs dask_address (OTF_DASK_ADDRESS), the Dask scheduler's "
+                "address such as tcp://10.0.0.5:8786"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

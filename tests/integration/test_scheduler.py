@@ -85,7 +85,7 @@ def test_abort_before_the_batch_task_starts_frees_its_slot(tmp_path: Path) -> No
             return first, second
         finally:
             await scheduler.stop()
-            executor.shutdown()
+            await executor.shutdown()
 
     first, second = asyncio.run(scenario())
     assert first == Phase.ABORTED

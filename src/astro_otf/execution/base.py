@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from astro_otf.execution.task import BatchTask, TaskOutcome
 from astro_otf.models.registry import RegistryConfig
 
+if TYPE_CHECKING:
+    from astro_otf.config import Settings
+
 
 class WorkerDied(Exception):
-    """The process running a job ended without answering (killed, crashed, out of memory)."""
+    """The process running a job ended without answering (killed, crashed, out of memory).
+    ``reason`` says so in words where an exit code does not (a lost Dask worker)."""
 
-    def __init__(self, exitcode: int | None) -> None:
-        super().__init__(f"worker exited with code {exitcode}")
+    def __init__(self, exitcode: int | None, reason: str | None = None) -> None:
+        super().__init__(reason or f"worker exited with code {exitcode}")
         self.exitcode = exitcode
+        self.reason = reason
+
+
+class BatchInterrupted(Exception):
+    """The batch was stopped through no fault of its jobs (the connection to the cluster was
+    lost): its jobs are queued again."""
+
+
+class NoCapableWorker(Exception):
+    """No worker can ever run the batch as configured (missing resources): its jobs fail
+    with this message rather than wait forever."""
 
 
 class JobCancelled(Exception):
@@ -35,14 +50,30 @@ class Executor(Protocol):
         awaiting task stops the work, whether it still waits for a worker or runs."""
         ...
 
-    def alive(self) -> bool: ...
+    def alive(self) -> bool:
+        """Whether batches can be sent now; the scheduler keeps jobs QUEUED while not."""
+        ...
 
-    def shutdown(self) -> None: ...
+    def problem(self) -> str | None:
+        """Why the executor is not alive, in one line for the log and /health/ready."""
+        ...
+
+    async def shutdown(self) -> None: ...
 
 
-def make_executor(kind: str, workers: int, registry: RegistryConfig) -> Executor:
-    if kind == "local":
+def make_executor(settings: Settings, registry: RegistryConfig) -> Executor:
+    if settings.executor == "local":
         from astro_otf.execution.local import LocalExecutor
 
-        return LocalExecutor(workers, registry)
-    raise ValueError(f"unknown executor {kind!r}")
+        return LocalExecutor(settings.workers, registry)
+    if settings.executor == "dask":
+        from astro_otf.execution.dask_executor import DaskExecutor
+
+        assert settings.dask_address is not None  # checked by Settings
+        return DaskExecutor(
+            settings.dask_address,
+            settings.workers,
+            registry,
+            resources=settings.dask_resources,
+        )
+    raise ValueError(f"unknown executor {settings.executor!r}")

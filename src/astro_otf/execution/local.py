@@ -174,7 +174,12 @@ class LocalExecutor:
     def alive(self) -> bool:
         return not self._closed and sum(w.process.is_alive() for w in self._workers) > 0
 
-    def shutdown(self) -> None:
+    def problem(self) -> str | None:
+        if self._closed:
+            return "the executor is shut down"
+        return None if self.alive() else "no worker process is alive"
+
+    async def shutdown(self) -> None:
         """Stop every worker (called from the event loop at server shutdown)."""
         self._closed = True
         for worker in list(self._workers):

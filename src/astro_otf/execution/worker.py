@@ -42,7 +42,17 @@ def _registry(config: RegistryConfig) -> Registry:
 
 
 def _where() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    """Where this worker runs: host and pid, and the batch-system job when there is one (a
+    Dask worker started by dask-jobqueue under Slurm, PBS or HTCondor)."""
+    where: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    for key, variable in (
+        ("slurm_job_id", "SLURM_JOB_ID"),
+        ("pbs_job_id", "PBS_JOBID"),
+        ("condor_job_id", "_CONDOR_JOB_AD"),
+    ):
+        if os.environ.get(variable):
+            where[key] = os.environ[variable]
+    return where
 
 
 @dataclass
@@ -130,6 +140,7 @@ def _products(app: App, job: _Job, output: AppOutput, batch: BatchTask) -> list[
         batch_jobs=len(batch.tasks),
         host=where["host"],
         pid=where["pid"],
+        batch_system={k: str(v) for k, v in where.items() if k.endswith("_job_id")},
         started=job.started_at,
         parameters=job.request.values,
         image_path=job.request.image_path,

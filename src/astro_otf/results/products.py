@@ -14,7 +14,7 @@ import importlib.metadata
 import platform
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -99,6 +99,8 @@ class JobContext:
     started: datetime
     parameters: Mapping[str, object]
     image_path: Path | None
+    #: The batch-system job the worker ran in (``slurm_job_id``, ...), when there is one.
+    batch_system: Mapping[str, str] = field(default_factory=dict)
 
 
 def service_version() -> str:
@@ -255,6 +257,7 @@ def write_products(
         "software_version": f"{SERVICE_NAME} {service_version()}",
         "batch_id": job.batch_id,
         "batch_jobs": str(job.batch_jobs),
+        **{f"executor_{k}": v for k, v in job.batch_system.items()},
     }
     params = {k: v for k, v in sorted(job.parameters.items()) if v is not None}
     written = [VOTABLE, CSV, JSON, DS9]
@@ -292,6 +295,7 @@ def write_products(
         batch_jobs=job.batch_jobs,
         host=job.host,
         pid=job.pid,
+        batch_system=dict(job.batch_system),
         service_name=SERVICE_NAME,
         service_version=service_version(),
         parameters={k: str(v) for k, v in params.items()},

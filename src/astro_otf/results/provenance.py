@@ -157,6 +157,8 @@ class ProvenanceRecord:
     software: Mapping[str, str]
     outputs: Sequence[FileEntity]
     base_url: str | None = None
+    #: The batch-system job the work ran in (``slurm_job_id`` -> id, ...), when there is one.
+    batch_system: Mapping[str, str] = field(default_factory=dict)
 
 
 # -- building the document ------------------------------------------------------------------
@@ -208,6 +210,7 @@ def build_document(record: ProvenanceRecord) -> ProvDocument:
             otf["batchJobs"]: int(record.batch_jobs),
             otf["host"]: _text(record.host),
             otf["pid"]: int(record.pid),
+            **{otf[_clean(k)]: _text(v) for k, v in sorted(record.batch_system.items())},
         },
     )
     doc.wasInfluencedBy(

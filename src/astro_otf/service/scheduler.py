@@ -23,7 +23,13 @@ from astro_otf.batching.former import BatchFormer, BatchKey, BatchRules, QueuedJ
 from astro_otf.domain.errors import JobNotFound
 from astro_otf.domain.job import Job, JobResult
 from astro_otf.domain.phases import Phase
-from astro_otf.execution.base import Executor, JobCancelled, WorkerDied
+from astro_otf.execution.base import (
+    BatchInterrupted,
+    Executor,
+    JobCancelled,
+    NoCapableWorker,
+    WorkerDied,
+)
 from astro_otf.execution.task import BatchTask, JobTask, TaskOutcome
 from astro_otf.models.base import BatchableApp
 from astro_otf.models.registry import Registry, RegistryConfig
@@ -128,6 +134,9 @@ class Scheduler:
         self._deadline = None
         free = self.executor.capacity - len(self._batches)
         if free <= 0:
+            return
+        if not self.executor.alive():  # e.g. the cluster is unreachable: jobs stay QUEUED
+            self._deadline = loop.time() + 1.0
             return
         # One light query per pass; whole jobs are read only the first time they are seen.
         ids = await in_thread(self.store.queued_ids, 2000, frozenset(self.running))
@@ -279,10 +288,16 @@ class Scheduler:
         self, jobs: list[Job], limit: int | None, task: asyncio.Task[list[TaskOutcome]]
     ) -> None:
         error = None if task.cancelled() else task.exception()
-        if task.cancelled() or isinstance(error, JobCancelled):
-            # ABORT or DELETE of one job (already moved), or shutdown: the rest run again
+        if task.cancelled() or isinstance(error, JobCancelled | BatchInterrupted):
+            # ABORT or DELETE of one job (already moved), shutdown, or the cluster went away:
+            # the rest run again
+            if isinstance(error, BatchInterrupted):
+                log.warning("batch interrupted, its jobs are queued again: %s", error)
             for job in jobs:
                 await self._requeue(job)
+        elif isinstance(error, NoCapableWorker):
+            for job in jobs:
+                await self._end_without_results(job.job_id, Phase.ERROR, "fatal", str(error))
         elif isinstance(error, TimeoutError):
             for job in jobs:
                 if job.execution_duration and job.execution_duration <= (limit or 0):
@@ -297,11 +312,13 @@ class Scheduler:
                     await self._requeue(job)
         elif isinstance(error, WorkerDied):
             for job in jobs:
+                how = error.reason or (
+                    f"the worker process running this job died ({_signal_name(error.exitcode)})"
+                )
                 message = (
-                    f"the worker process running this job died ({_signal_name(error.exitcode)}). "
-                    "This usually means it ran out of memory on a very large image: try a "
-                    "smaller region (RA, DEC, WIDTH, HEIGHT). If it happens again, report job "
-                    f"{job.job_id} to the service operators."
+                    f"{how}. This usually means it ran out of memory on a very large image: "
+                    "try a smaller region (RA, DEC, WIDTH, HEIGHT). If it happens again, report "
+                    f"job {job.job_id} to the service operators."
                 )
                 await self._end_without_results(job.job_id, Phase.ERROR, "transient", message)
         elif error is not None:

@@ -33,6 +33,7 @@ async def ready(request: Request) -> JSONResponse:
         checks["database"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     checks["executor"] = {
         "ok": state.scheduler.alive,
+        "problem": state.executor.problem(),
         "kind": state.executor.name,
         "workers": state.executor.capacity,
         "running": len(state.scheduler.running),

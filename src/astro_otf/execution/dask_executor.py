@@ -1,0 +1,192 @@
+"""The Dask executor: each batch is one task on an existing Dask cluster.
+
+Regional centres already run Dask (with dask-jobqueue on Slurm, PBS or HTCondor, or
+dask-kubernetes), so when one machine is not enough astro-otf hands its batches to that engine
+rather than to a scheduler of its own. The batch former still decides what runs together; a
+Dask worker runs :func:`astro_otf.execution.worker.run_batch` on it, exactly as a local worker
+process does, and keeps models warm in its process (the worker module's registry and ONNX
+session caches, whose sessions are checked against the manifest's sha256 when loaded). Inputs
+and results go through ``data_dir``, which server and workers must share.
+
+Failures map onto the scheduler's outcomes: a task whose workers died more often than the
+Dask scheduler's ``allowed-failures`` (set it to 1: one retry) raises KilledWorker, and the
+jobs become ERROR; a task that raised is resubmitted once by Dask (``retries=1``); a batch
+that no connected worker has the resources for fails at once rather than waiting forever.
+While the scheduler is unreachable, or has no workers, :meth:`alive` is false: jobs wait
+QUEUED and ``/health/ready`` says why. ABORT cancels the future; Dask cannot interrupt a task
+that already runs in a worker thread, so that batch finishes in the background and its
+output is thrown away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from astro_otf.execution.base import BatchInterrupted, NoCapableWorker, WorkerDied
+from astro_otf.execution.task import BatchTask, TaskOutcome
+from astro_otf.execution.worker import run_batch
+from astro_otf.models.registry import RegistryConfig
+
+log = logging.getLogger(__name__)
+
+#: Seconds between checks of the connection and of the workers while not ready.
+RECHECK_S = 2.0
+
+
+class DaskExecutor:
+    name = "dask"
+
+    def __init__(
+        self,
+        address: str,
+        capacity: int,
+        registry: RegistryConfig,
+        *,
+        resources: dict[str, float] | None = None,
+    ) -> None:
+        self.address = address
+        self.capacity = capacity
+        self.registry = registry
+        self.resources = dict(resources or {})
+        self._client: Any = None  # distributed.Client (asynchronous)
+        self._watch: asyncio.Task[None] | None = None
+        self._problem: str | None = f"connecting to the Dask scheduler at {address}"
+        self._worker_info: dict[str, Any] = {}
+        self._closed = False
+
+    # -- connection ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._watch = asyncio.create_task(self._keep_connected(), name="otf-dask-watch")
+
+    async def _keep_connected(self) -> None:
+        from distributed import Client
+
+        reported: str | None = None
+        while not self._closed:
+            if self._client is None or self._client.status not in ("running", "connecting"):
+                await self._drop_client()
+                try:
+                    self._client = await Client(
+                        self.address, asynchronous=True, timeout="5s", set_as_default=False
+                    )
+                except Exception as exc:
+                    self._problem = (
+                        f"cannot reach the Dask scheduler at {self.address} "
+                        f"({type(exc).__name__}: {exc}); jobs wait QUEUED until it answers"
+                    )
+            if self._client is not None and self._client.status == "running":
+                if not await self._refresh_workers():
+                    pass  # _problem says why
+                elif not self._worker_info:
+                    self._problem = (
+                        f"the Dask scheduler at {self.address} has no workers; jobs wait "
+                        "QUEUED until one connects"
+                    )
+                else:
+                    self._problem = None
+            if self._problem != reported:
+                if self._problem:
+                    log.warning("%s", self._problem)
+                else:
+                    log.info(
+                        "Dask scheduler %s ready with %d worker(s)",
+                        self.address,
+                        len(self._worker_info),
+                    )
+                reported = self._problem
+            await asyncio.sleep(RECHECK_S)
+
+    async def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    async def _refresh_workers(self) -> bool:
+        """The scheduler's current workers (address -> their description, resources
+        included), asked of the scheduler itself: the client's cached view is not kept
+        up to date."""
+        try:
+            info = await asyncio.wait_for(self._client.scheduler.identity(n_workers=-1), 5)
+        except Exception as exc:
+            self._worker_info = {}
+            self._problem = f"the Dask scheduler at {self.address} does not answer ({exc})"
+            return False
+        self._worker_info = dict(info.get("workers", {}))
+        return True
+
+    def problem(self) -> str | None:
+        """Why no batch can be sent now (None when ready)."""
+        return self._problem
+
+    def alive(self) -> bool:
+        return not self._closed and self._problem is None
+
+    # -- the executor contract ---------------------------------------------------------
+
+    async def run(self, task: BatchTask, timeout: float | None) -> list[TaskOutcome]:
+        from distributed.client import FutureCancelledError
+        from distributed.scheduler import KilledWorker
+
+        client = self._client
+        if client is None or self._problem is not None:
+            raise BatchInterrupted(self._problem or "the Dask scheduler is not connected")
+        self._check_resources()
+        future = client.submit(
+            run_batch,
+            task,
+            key=f"otf-batch-{task.batch_id}",
+            pure=False,
+            retries=1,
+            resources=self.resources or None,
+        )
+        try:
+            result: list[TaskOutcome] = await asyncio.wait_for(future, timeout)
+            return result
+        except TimeoutError:
+            await self._cancel(future)
+            raise
+        except FutureCancelledError as exc:  # not by us: the scheduler went away or restarted
+            raise BatchInterrupted(f"the Dask scheduler dropped the batch ({exc})") from None
+        except asyncio.CancelledError:  # ABORT or DELETE of a job of the batch
+            await asyncio.shield(self._cancel(future))
+            raise
+        except KilledWorker as exc:
+            raise WorkerDied(
+                None,
+                reason=f"the Dask worker running its batch was lost ({exc}), and again on "
+                "the retry",
+            ) from None
+        except OSError as exc:
+            raise BatchInterrupted(f"lost the Dask scheduler ({exc})") from None
+
+    def _check_resources(self) -> None:
+        if not self.resources:
+            return
+        offers = [w.get("resources") or {} for w in self._worker_info.values()]
+        if any(all(o.get(k, 0) >= v for k, v in self.resources.items()) for o in offers):
+            return
+        wanted = ", ".join(f"{k}={v:g}" for k, v in sorted(self.resources.items()))
+        seen = sorted(
+            {", ".join(f"{k}={v:g}" for k, v in sorted(o.items())) or "none" for o in offers}
+        )
+        raise NoCapableWorker(
+            f"no Dask worker offers the resources every batch asks for ({wanted}); the "
+            f"{len(offers)} connected worker(s) offer: {'; '.join(seen) or 'nothing'}. Ask the "
+            "service operators to start workers with those resources."
+        )
+
+    async def _cancel(self, future: Any) -> None:
+        with contextlib.suppress(Exception):
+            await self._client.cancel([future], force=True)
+
+    async def shutdown(self) -> None:
+        self._closed = True
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+        await self._drop_client()
