@@ -495,5 +495,96 @@ def health(
         raise typer.Exit(EXIT_JOB_FAILED)
 
 
+cluster_app = typer.Typer(
+    help="Start a Dask cluster on a batch system for executor = dask (needs astro-otf[dask]).",
+    no_args_is_help=True,
+)
+app.add_typer(cluster_app, name="cluster")
+
+
+def _resources(values: list[str] | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in values or []:
+        name, sep, amount = item.partition("=")
+        try:
+            out[name.strip()] = float(amount)
+        except ValueError:
+            _fail(f"--resource must be NAME=AMOUNT (e.g. GPU=1), not {item!r}", EXIT_USAGE)
+        if not sep or not name.strip():
+            _fail(f"--resource must be NAME=AMOUNT (e.g. GPU=1), not {item!r}", EXIT_USAGE)
+    return out
+
+
+@cluster_app.command("slurm")
+def cluster_slurm(
+    jobs: Annotated[int, typer.Option(min=1, help="Slurm jobs of Dask workers.")] = 1,
+    processes: Annotated[
+        int, typer.Option(min=1, help="Worker processes per Slurm job (one batch each).")
+    ] = 1,
+    memory: Annotated[str, typer.Option(help="Memory per Slurm job.")] = "4GiB",
+    walltime: Annotated[str, typer.Option(help="Walltime per Slurm job.")] = "01:00:00",
+    queue: Annotated[str | None, typer.Option(help="Slurm partition.")] = None,
+    account: Annotated[str | None, typer.Option(help="Slurm account.")] = None,
+    resource: Annotated[
+        list[str] | None,
+        typer.Option(help="Dask worker resource NAME=AMOUNT (e.g. GPU=1); repeat for several."),
+    ] = None,
+    gres: Annotated[
+        str | None, typer.Option(help="Generic resources for sbatch --gres (e.g. gpu:1).")
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Interface the scheduler listens on (reachable from the nodes).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Scheduler port.")] = 8786,
+    log_directory: Annotated[
+        Path | None, typer.Option(help="Where the Slurm jobs write their logs.")
+    ] = None,
+    address_file: Annotated[
+        Path | None, typer.Option(help="Also write the scheduler address to this file.")
+    ] = None,
+) -> None:
+    """Run a Dask scheduler here and Dask workers as Slurm jobs, until interrupted."""
+    import signal
+    import threading
+
+    try:
+        from astro_otf.execution.clusters import SlurmOptions, slurm_cluster
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        _fail(f"otf cluster needs astro-otf[dask] ({exc})", EXIT_USAGE)
+    options = SlurmOptions(
+        jobs=jobs,
+        processes=processes,
+        memory=memory,
+        walltime=walltime,
+        queue=queue,
+        account=account,
+        resources=_resources(resource),
+        gres=gres,
+        host=host,
+        port=port,
+        log_directory=str(log_directory) if log_directory else None,
+    )
+    try:
+        cluster = slurm_cluster(options)
+    except Exception as exc:
+        _fail(f"could not start the Slurm cluster: {type(exc).__name__}: {exc}", EXIT_USAGE)
+    address = cluster.scheduler_address
+    if address_file is not None:
+        address_file.write_text(address + "\n")
+    typer.echo(
+        f"Dask scheduler at {address} with {jobs} Slurm job(s) of workers; run the service "
+        f"with executor = dask and dask_address = {address}",
+        err=True,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        cluster.close()
+        typer.echo("cluster closed; its Slurm jobs are cancelled", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
