@@ -36,10 +36,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    data_dir: Path, settings: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``otf serve`` on a free port, with extra ``OTF_*`` settings; waits until ready."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTF_")}
     env.update(OTF_DATA_DIR=str(data_dir), OTF_DIAGNOSTIC_APPS="true", OTF_LOG_LEVEL="warning")
+    env.update({f"OTF_{k.upper()}": v for k, v in (settings or {}).items()})
     proc = subprocess.Popen(
         [
             sys.executable,
