@@ -22,6 +22,7 @@ from astro_otf.service.events import JobEvents
 from astro_otf.service.jobs import JobService
 from astro_otf.service.metrics import Metrics
 from astro_otf.service.reaper import Reaper
+from astro_otf.service.replicas import Replicas
 from astro_otf.service.scheduler import Scheduler, utcnow
 from astro_otf.service.threads import in_thread
 from astro_otf.store.database import make_engine, migrate
@@ -63,6 +64,16 @@ def recover(store: JobStore, folders: JobFolders) -> tuple[int, int]:
     return requeued, failed
 
 
+def on_change(scheduler: Scheduler, events: JobEvents, job_id: str, what: str) -> None:
+    """A job changed in the database (any replica): wake its WAITs; a new QUEUED job wakes
+    the scheduler; an ABORT or DELETE stops this process's run of the job, if it has one."""
+    events.notify(job_id)
+    if what == Phase.QUEUED.value:
+        scheduler.wake()
+    elif what in (Phase.ABORTED.value, "DELETED") and job_id in scheduler.running:
+        scheduler.cancel_soon(job_id)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -73,9 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await in_thread(migrate, engine)
         store = JobStore(engine)
         folders = JobFolders(settings.data_dir)
-        requeued, failed = await in_thread(recover, store, folders)
-        if requeued or failed:
-            log.info("recovered after restart: %d job(s) queued again, %d lost", requeued, failed)
+        replicated = engine.dialect.name == "postgresql"
         registry_config = RegistryConfig.from_settings(settings)
         registry = await in_thread(build_registry, registry_config)
         executor = make_executor(settings, registry_config)
@@ -103,7 +112,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.executor = executor
         app.state.reaper = reaper
         app.state.metrics = metrics
+
+        async def take_over() -> None:
+            """This process now runs jobs: first those a previous run left behind."""
+            requeued, failed = await in_thread(recover, store, folders)
+            if requeued or failed:
+                log.info("recovered: %d job(s) queued again, %d lost", requeued, failed)
+            scheduler.active = True
+            scheduler.wake()
+
+        def follow() -> None:
+            scheduler.active = False
+            scheduler.cancel_soon()
+
+        replicas = None
+        if replicated:  # replicas may share this database: only the leader runs jobs
+            scheduler.active = False
+            replicas = Replicas(
+                engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+                on_change=lambda job_id, what: on_change(scheduler, events, job_id, what),
+                on_lead=take_over,
+                on_follow=follow,
+            )
+        else:
+            await take_over()
+        app.state.replicas = replicas
         scheduler.start()
+        if replicas is not None:
+            replicas.start()
         reaper.start()
         log.info(
             "astro-otf %s: data in %s, %s executor with %d worker(s), database %s",
@@ -117,6 +153,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await reaper.stop()
+            if replicas is not None:
+                await replicas.stop()
             await scheduler.stop()
             await executor.shutdown()
             engine.dispose()

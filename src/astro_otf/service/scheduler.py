@@ -88,6 +88,8 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._claiming: set[str] = set()
         self._cancelled: set[str] = set()
+        #: Whether this process runs jobs: False on a replica that is not the leader.
+        self.active = True
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -133,7 +135,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         self._deadline = None
         free = self.executor.capacity - len(self._batches)
-        if free <= 0:
+        if free <= 0 or not self.active:
             return
         if not self.executor.alive():  # e.g. the cluster is unreachable: jobs stay QUEUED
             self._deadline = loop.time() + 1.0
@@ -237,6 +239,18 @@ class Scheduler:
         for job in jobs:
             self.running[job.job_id] = task
         task.add_done_callback(functools.partial(self._batch_done, batch, jobs, limit))
+
+    def cancel_soon(self, job_id: str | None = None) -> None:
+        """Cancel one job's run (or, without ``job_id``, every run) from synchronous code; the
+        task is kept until it is done."""
+        chore = asyncio.create_task(self.cancel(job_id) if job_id else self.stop_all())
+        self._endings.add(chore)
+        chore.add_done_callback(self._endings.discard)
+
+    async def stop_all(self) -> None:
+        """Stop every batch this process runs (its jobs go back to the queue)."""
+        for job_id in list(self.running):
+            await self.cancel(job_id)
 
     async def cancel(self, job_id: str) -> None:
         """Stop a job's work: before it reaches a worker, or by stopping its batch's worker

@@ -10,7 +10,7 @@ from collections.abc import Collection, Iterable
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, delete, func, select, update
+from sqlalchemy import CursorResult, Engine, delete, func, select, text, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.sql.base import Executable
 
@@ -51,12 +51,26 @@ def _to_job(row: JobRow) -> Job:
     )
 
 
+#: PostgreSQL channel on which every phase change is announced, as "<job id> <PHASE>" (or
+#: "<job id> DELETED"), delivered when its transaction commits: what lets several API
+#: replicas wake each other's WAITs and the leading replica's scheduler.
+JOB_CHANNEL = "otf_jobs"
+
+
 class JobStore:
     """Jobs in the database. Methods are synchronous: the HTTP layer calls them in threads."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._announce = engine.dialect.name == "postgresql"
+
+    def _announce_change(self, s: Session, job_id: str, what: str) -> None:
+        if self._announce:
+            s.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": JOB_CHANNEL, "payload": f"{job_id} {what}"},
+            )
 
     def session(self) -> Session:
         return self._sessions()
@@ -86,6 +100,8 @@ class JobStore:
                 ParameterRow(name=p.name, value=p.value, is_file=p.is_file) for p in job.parameters
             ]
             s.add(row)
+            if job.phase == Phase.QUEUED:
+                self._announce_change(s, job.job_id, job.phase.value)
 
     def get(self, job_id: str, owner: str | None = None, *, check_owner: bool = False) -> Job:
         """The job, or JobNotFound. With ``check_owner`` a job of another owner is not found."""
@@ -177,6 +193,7 @@ class JobStore:
             )
             if not done:
                 return False
+            self._announce_change(s, job_id, target.value)
             for pos, r in enumerate(results or []):
                 s.add(
                     ResultRow(
@@ -223,7 +240,10 @@ class JobStore:
         with self.session() as s, s.begin():
             s.execute(delete(ParameterRow).where(ParameterRow.job_id == job_id))
             s.execute(delete(ResultRow).where(ResultRow.job_id == job_id))
-            return bool(_changed(s, delete(JobRow).where(JobRow.job_id == job_id)))
+            gone = bool(_changed(s, delete(JobRow).where(JobRow.job_id == job_id)))
+            if gone:
+                self._announce_change(s, job_id, "DELETED")
+            return gone
 
     # -- queries for the scheduler and reaper ---------------------------------------------
 

@@ -39,6 +39,9 @@ async def ready(request: Request) -> JSONResponse:
         "running": len(state.scheduler.running),
     }
     checks["reaper"] = {"ok": state.reaper.alive}
+    replicas = getattr(state, "replicas", None)
+    if replicas is not None:  # PostgreSQL: one of possibly several replicas
+        checks["replica"] = {"ok": replicas.alive, "leader": replicas.leader}
     ok = all(c["ok"] for c in checks.values())
     return JSONResponse(
         {"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503
