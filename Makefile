@@ -7,7 +7,8 @@ PIP := $(VENV)/bin/pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # Debian packages the tests use: STILTS (votlint) checks our VOTables; graphviz draws the
-# provenance graph as SVG.
+# provenance graph as SVG. (The Slurm tests install and start slurm-wlm and munge themselves,
+# through ../shared/infra/slurm-local.sh.)
 DEB_TEST_PACKAGES := stilts graphviz
 
 .PHONY: run test install install-test deb-test lint typecheck check clean

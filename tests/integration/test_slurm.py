@@ -89,3 +89,28 @@ def test_jobs_run_in_slurm_jobs(cluster: str, tmp_path: Path, real_data: Path) -
                 assert f'otf:slurm_job_id="{slurm_job}"' in provn.text
     finally:
         proc.stop()
+
+
+def test_a_slurm_that_does_not_answer_is_one_clear_line(slurm: None, tmp_path: Path) -> None:
+    """``otf cluster slurm`` against a controller nobody runs (its own slurm.conf naming a
+    port with no slurmctld): exit 1 with one line, instead of starting a cluster whose
+    workers can never be submitted."""
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(
+        "ClusterName=nowhere\nSlurmctldHost=localhost\n"
+        f"SlurmctldPort={free_port()}\nAuthType=auth/munge\n"
+        "NodeName=localhost CPUs=1 State=UNKNOWN\nPartitionName=debug Nodes=localhost\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTF_")}
+    env["SLURM_CONF"] = str(conf)
+    run = subprocess.run(
+        [str(OTF), "cluster", "slurm", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 1
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "the Slurm controller is not up" in lines[0], run.stderr

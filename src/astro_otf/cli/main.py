@@ -548,9 +548,18 @@ def cluster_slurm(
     import threading
 
     try:
-        from astro_otf.execution.clusters import SlurmOptions, slurm_cluster
+        from astro_otf.execution.clusters import (
+            SlurmOptions,
+            SlurmUnavailable,
+            check_slurm,
+            slurm_cluster,
+        )
     except ImportError as exc:  # pragma: no cover - depends on the install
         _fail(f"otf cluster needs astro-otf[dask] ({exc})", EXIT_USAGE)
+    try:
+        check_slurm()
+    except SlurmUnavailable as exc:
+        _fail(f"cannot start Dask workers on Slurm: {exc}", EXIT_JOB_FAILED)
     options = SlurmOptions(
         jobs=jobs,
         processes=processes,

@@ -11,6 +11,8 @@ lost worker (``allowed-failures = 1``), which the service reports as an ERROR af
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +35,32 @@ class SlurmOptions:
     python: str = sys.executable
     log_directory: str | None = None
     prologue: tuple[str, ...] = ()  # shell lines run before the worker starts
+
+
+class SlurmUnavailable(RuntimeError):
+    """Slurm's commands are missing or its controller does not answer."""
+
+
+def check_slurm() -> None:
+    """Raise :class:`SlurmUnavailable` with one clear line unless ``scontrol ping`` says the
+    controller is up (dask-jobqueue would otherwise fail later, in the background)."""
+    scontrol = shutil.which("scontrol")
+    if scontrol is None or shutil.which("sbatch") is None:
+        raise SlurmUnavailable("Slurm's commands (sbatch, scontrol) are not installed here")
+    try:
+        ping = subprocess.run(
+            [scontrol, "ping"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise SlurmUnavailable(
+            "the Slurm controller did not answer scontrol ping in 30 s"
+        ) from None
+    if ping.returncode != 0 or " is UP" not in ping.stdout:
+        said = [line for line in (ping.stdout + ping.stderr).splitlines() if "Slurmctld" in line]
+        raise SlurmUnavailable(
+            "the Slurm controller is not up (scontrol ping: "
+            f"{said[0].strip() if said else 'no answer'})"
+        )
 
 
 def slurm_cluster(options: SlurmOptions) -> Any:
