@@ -98,3 +98,48 @@ def test_batch_ending_after_delete_does_not_recreate_the_folder(tmp_path: Path) 
     folders.remove("bbbb000000000001")
     folders.clear_results("bbbb000000000001")
     assert not folders.job_dir("bbbb000000000001").exists()
+
+
+def test_two_cancels_of_one_run_both_return_after_the_worker_is_gone(tmp_path: Path) -> None:
+    """On PostgreSQL an ABORT reaches the scheduler twice (the request, and its own
+    notification): neither may return while the worker still runs the job."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    migrate(engine)
+    store = JobStore(engine)
+    folders = JobFolders(tmp_path)
+    config = RegistryConfig(diagnostic_apps=True)
+    executor = LocalExecutor(1, config)
+
+    async def scenario() -> list[bool]:
+        scheduler = Scheduler(
+            store, folders, executor, JobEvents(), apps=build_registry(config), registry=config
+        )
+        executor.start()
+        try:
+            job_id = "cccc000000000001"
+            folders.create(job_id)
+            store.create(_sleep_job(job_id, 60))
+            await scheduler._fill()
+            log = folders.logs(job_id) / "job.log"
+            while not (log.exists() and "pid" in log.read_text()):  # the worker runs it
+                await asyncio.sleep(0.05)
+            busy = [w for w in executor._workers if w.future is not None]
+            assert len(busy) == 1
+            store.transition(job_id, [Phase.EXECUTING], Phase.ABORTED)
+            alive_after: list[bool] = []
+
+            async def cancel() -> None:
+                await scheduler.cancel(job_id)
+                # the executor has seen the worker process exit
+                alive_after.append(not busy[0].exited.is_set())
+
+            first = asyncio.create_task(cancel())
+            for _ in range(3):  # the run is now stopping its worker, waiting for it to exit
+                await asyncio.sleep(0)
+            await asyncio.gather(first, cancel())
+            return alive_after
+        finally:
+            await scheduler.stop()
+            await executor.shutdown()
+
+    assert asyncio.run(scenario()) == [False, False]

@@ -257,7 +257,10 @@ class Scheduler:
         (the batch's other jobs go back to the queue)."""
         task = self.running.get(job_id)
         if task is not None:
-            task.cancel()
+            # Cancel once: a second request (the ABORT itself and, on PostgreSQL, its own
+            # notification) must not interrupt the first while it waits for the worker to stop.
+            if not task.cancelling():
+                task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         elif job_id in self._claiming:
             self._cancelled.add(job_id)
