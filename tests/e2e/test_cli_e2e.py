@@ -264,3 +264,63 @@ def test_rerun_and_provenance(cli_server: ServerProcess, image: Path, tmp_path: 
     pending = otf(cli_server.url, "submit", str(image), "--no-run")
     refused = otf(cli_server.url, "rerun", pending.stdout.strip())
     assert refused.returncode == 4 and "PENDING" in refused.stderr
+
+
+def test_bulk_submit_every_real_image_with_progress_and_summary(
+    cli_server: ServerProcess, real_data: Path, tmp_path: Path
+) -> None:
+    """The issue's command: a recursive glob over ../shared/data/real, --wait, --out DIR."""
+    out = tmp_path / "results"
+    run = otf(
+        cli_server.url, "submit", f"{real_data}/**/*.fits", "--wait", "--out", f"{out}/",
+        timeout=300,
+    )  # fmt: skip
+    # three of the .fits files there are catalogues (FITS tables): those jobs are ERROR, and
+    # the exit code says a job failed
+    assert run.returncode == 1, run.stderr
+    assert "uploading 12 images" in run.stderr and "jobs ending" in run.stderr
+    assert run.stdout.count("COMPLETED") == 9 and run.stdout.count("ERROR") == 3
+    assert "no image HDU" in run.stdout
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) == 9
+    assert "magpis_G10.5+0.0.xml" in written and "SWIFT_554620-130504.xml" in written
+    for name in written:
+        parse_single_table(str(out / name))
+
+
+def test_models_wait_results_show_roi_and_config_file(
+    cli_server: ServerProcess, image: Path, tmp_path: Path
+) -> None:
+    listed = otf(cli_server.url, "models", "--json")
+    assert listed.returncode == 0, listed.stderr
+    doc = json.loads(listed.stdout)
+    assert doc["default"] == "sep" and {"sep", "matched-filter"} <= {m["id"] for m in doc["models"]}
+    described = otf(cli_server.url, "models", "describe", "sep")
+    assert described.returncode == 0 and "thresh" in described.stdout
+    assert otf(cli_server.url, "models", "describe", "nope").returncode == 4
+
+    job_id = otf(cli_server.url, "submit", str(image), "--roi", "29.9", "-15.5", "10arcmin", "100")
+    job_id_text = job_id.stdout.strip()
+    assert job_id.returncode == 0 and JOB_ID.match(job_id_text), job_id.stderr
+    waited = otf(cli_server.url, "wait", job_id_text, "--json", timeout=120)
+    assert waited.returncode == 0, waited.stderr
+    params = json.loads(waited.stdout)["jobs"][0]["parameters"]
+    assert (params["ra"], params["width"], params["height"]) == ("29.9", "10 arcmin", "100")
+    got = otf(cli_server.url, "results", job_id_text, "--out", str(tmp_path / "all"))
+    assert got.returncode == 0, got.stderr
+    names = sorted(p.name for p in (tmp_path / "all").iterdir())
+    assert names == sorted(
+        f"{job_id_text}-{n}"
+        for n in ("result.xml", "csv.csv", "json.json", "ds9.reg", "preview.png", "provenance.json")
+    )
+    shown = otf(cli_server.url, "show", job_id_text)
+    assert shown.returncode == 0 and "COMPLETED" in shown.stdout
+
+    config = tmp_path / "client.toml"
+    config.write_text(f'url = "{cli_server.url}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTF_")}
+    env.update(OTF_CLIENT_CONFIG=str(config), COLUMNS="200")
+    health = subprocess.run(
+        [str(OTF), "health"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert health.returncode == 0 and cli_server.url in health.stdout, health.stderr

@@ -13,8 +13,10 @@ service (the message it gave is printed); 5 ``--timeout`` passed while waiting;
 
 from __future__ import annotations
 
+import glob
 import json
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,7 +176,34 @@ def main(
     ] = False,
 ) -> None:
     """Talk to an astro-otf service (or run one with ``otf serve``)."""
-    ctx.obj = _Settings(url=url, token=token or None)
+    saved = _client_config()
+    ctx.obj = _Settings(url=url or saved.get("url"), token=token or saved.get("token") or None)
+
+
+def _client_config() -> dict[str, str]:
+    """``url`` and ``token`` from the client config file: ``OTF_CLIENT_CONFIG``, else
+    ``~/.config/astro-otf/client.toml``. Options and OTF_URL/OTF_TOKEN win over it."""
+    import os
+    import tomllib
+
+    path = Path(
+        os.environ.get("OTF_CLIENT_CONFIG")
+        or Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        / "astro-otf"
+        / "client.toml"
+    )
+    if not path.is_file():
+        if os.environ.get("OTF_CLIENT_CONFIG"):
+            _fail(f"no such client config file: {path}", EXIT_USAGE)
+        return {}
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        _fail(f"cannot read the client config {path}: {exc}", EXIT_USAGE)
+    unknown = sorted(set(doc) - {"url", "token"})
+    if unknown:
+        _fail(f"{path}: unknown key(s) {', '.join(unknown)} (only url and token)", EXIT_USAGE)
+    return {k: str(v) for k, v in doc.items()}
 
 
 @app.command()
@@ -191,7 +220,14 @@ def serve(
 @app.command()
 def submit(
     ctx: typer.Context,
-    image: Annotated[Path, typer.Argument(help="FITS image to search for sources.")],
+    images: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="IMAGE...",
+            help="FITS images to search: files, folders (every .fits inside) or glob "
+            "patterns ('data/**/*.fits', quoted so that the shell leaves them alone).",
+        ),
+    ],
     param: Annotated[
         list[str] | None,
         typer.Option(
@@ -200,6 +236,15 @@ def submit(
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Source-finding model (MODEL).")
+    ] = None,
+    roi: Annotated[
+        tuple[str, str, str, str] | None,
+        typer.Option(
+            "--roi",
+            metavar="RA DEC W H",
+            help="Region of interest: centre in degrees, width and height in pixels or as "
+            "angles ('3arcmin').",
+        ),
     ] = None,
     run: Annotated[
         bool, typer.Option("--run/--no-run", help="Queue the job at once, or leave it PENDING.")
@@ -216,17 +261,28 @@ def submit(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Write the VOTable catalogue here (implies --wait)."),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write the VOTable catalogue here (implies --wait): a file for one image, a "
+            "folder (made if missing) for several, or an existing folder.",
+        ),
     ] = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print the job document as JSON.")
+        bool, typer.Option("--json", help="Print the job document(s) as JSON.")
     ] = False,
 ) -> None:
-    """Upload IMAGE as a new job; print its id, or with --wait its outcome."""
-    if not image.is_file():
-        _fail(f"no such file: {image}", EXIT_USAGE)
-    if out is not None and not out.parent.is_dir():
-        _fail(f"no such directory for --out: {out.parent}", EXIT_USAGE)
+    """Upload each IMAGE as a new job; print the job ids, or with --wait the outcomes."""
+    paths = _expand_images(images)
+    bulk = len(paths) > 1 or (out is not None and (out.is_dir() or str(out).endswith("/")))
+    if out is not None:
+        folder = out if bulk else out.parent
+        if bulk and not out.exists():
+            if not out.parent.is_dir():
+                _fail(f"no such directory for --out: {out.parent}", EXIT_USAGE)
+            out.mkdir()
+        elif not folder.is_dir():
+            _fail(f"no such directory for --out: {folder}", EXIT_USAGE)
     wait = wait or out is not None
     if wait and not run:
         _fail("--wait/--out need the job to run; drop --no-run", EXIT_USAGE)
@@ -234,9 +290,15 @@ def submit(
     if model is not None:
         params = {k: v for k, v in params.items() if k.upper() != "MODEL"}
         params["MODEL"] = model
+    if roi is not None:
+        params = {k: v for k, v in params.items() if k.upper() not in _ROI_NAMES}
+        params.update(zip(_ROI_NAMES, roi, strict=True))
 
     with _client(ctx) as client:
-        job_id = client.submit(image, params, run=run, run_id=run_id)
+        if bulk:
+            _submit_many(client, paths, params, run, run_id, wait, timeout, out, as_json)
+            return
+        job_id = client.submit(paths[0], params, run=run, run_id=run_id)
         if not wait:
             if as_json:
                 _print_json(client.job(job_id).raw)
@@ -251,6 +313,157 @@ def submit(
             typer.echo(f"interrupted; job {job_id} goes on on the service", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         _report_outcome(client, job, out, as_json)
+
+
+_ROI_NAMES = ("RA", "DEC", "WIDTH", "HEIGHT")
+_FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
+
+
+def _stem(path: Path) -> str:
+    """The file name without its FITS suffix (``magpis_G10.5+0.0.fits`` -> ``magpis_G10.5+0.0``)."""
+    name = path.name
+    for suffix in sorted(_FITS_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _expand_images(args: list[str]) -> list[Path]:
+    """Files as given, every FITS file under a folder, and the matches of glob patterns."""
+    found: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            inside = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.name.lower().endswith(_FITS_SUFFIXES)
+            )
+            if not inside:
+                _fail(f"no FITS files (.fits, .fit, .fts) in folder {arg}", EXIT_USAGE)
+            found += inside
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(arg):
+            matches = sorted(Path(m) for m in glob.glob(arg, recursive=True) if Path(m).is_file())
+            if not matches:
+                _fail(f"no file matches {arg}", EXIT_USAGE)
+            found += matches
+        else:
+            _fail(f"no such file: {arg}", EXIT_USAGE)
+    unique = list(dict.fromkeys(found))
+    return unique
+
+
+def _submit_many(
+    client: OTFClient,
+    paths: list[Path],
+    params: dict[str, str],
+    run: bool,
+    run_id: str | None,
+    wait: bool,
+    timeout: float | None,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """Bulk submission: progress bars for the uploads and for the jobs, then a summary."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    err = Console(stderr=True, highlight=False)
+    total = sum(p.stat().st_size for p in paths)
+    submitted: list[tuple[Path, str]] = []
+    refused: list[tuple[Path, str]] = []
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=as_json,
+    ) as bar:
+        task = bar.add_task(f"uploading {len(paths)} images", total=total)
+        for path in paths:
+            try:
+                job_id = client.submit(
+                    path,
+                    params,
+                    run=run,
+                    run_id=run_id,
+                    progress=lambda n: bar.advance(task, n),
+                )
+                submitted.append((path, job_id))
+            except OTFClientError as exc:  # this image refused (e.g. a bad parameter)
+                refused.append((path, exc.message))
+    jobs: dict[str, Job] = {}
+    if wait and submitted:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=as_json,
+        ) as bar:
+            task = bar.add_task("jobs ending", total=len(submitted))
+            try:
+                for _, job_id in submitted:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    jobs[job_id] = client.wait(job_id, timeout=left)
+                    bar.advance(task)
+            except KeyboardInterrupt:
+                err.print("interrupted; the jobs go on on the service")
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+    else:
+        jobs = {job_id: client.job(job_id) for _, job_id in submitted}
+    written: dict[str, Path] = {}
+    if out is not None:
+        taken: set[str] = set()
+        for path, job_id in submitted:
+            if jobs[job_id].phase != "COMPLETED":
+                continue
+            name = _stem(path) + ".xml"
+            if name in taken:
+                name = f"{_stem(path)}-{job_id}.xml"
+            taken.add(name)
+            written[job_id] = out / name
+            client.download_result(job_id, "result", written[job_id])
+    if as_json:
+        _print_json(
+            {
+                "jobs": [jobs[job_id].raw for _, job_id in submitted],
+                "refused": [{"image": str(p), "message": m} for p, m in refused],
+            }
+        )
+    else:
+        table = Table("Image", "Job ID", "Phase", "Sources", "Catalogue / error")
+        for path, job_id in submitted:
+            job = jobs[job_id]
+            sources = job.job_info.get("n_sources") if job.phase == "COMPLETED" else None
+            detail = str(written.get(job_id, "")) if job.phase == "COMPLETED" else ""
+            if job.phase == "ERROR":
+                detail = f"[red]{_error_message(client, job)}[/red]"
+            table.add_row(
+                str(path),
+                job_id,
+                _phase(job.phase),
+                "" if sources is None else str(sources),
+                detail,
+            )
+        for path, message in refused:
+            table.add_row(str(path), "", "[red]refused[/red]", "", f"[red]{message}[/red]")
+        _stdout().print(table)
+    if refused or any(j.phase in ("ERROR", "ABORTED") for j in jobs.values()):
+        raise typer.Exit(EXIT_JOB_FAILED)
+    if wait and any(j.is_active for j in jobs.values()):
+        raise typer.Exit(EXIT_WAIT_TIMEOUT)
 
 
 def _report_outcome(client: OTFClient, job: Job, out: Path | None, as_json: bool) -> None:
@@ -456,22 +669,187 @@ def provenance(
 def abort(
     ctx: typer.Context,
     job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
 ) -> None:
     """Abort a job."""
     with _client(ctx) as client:
         job = client.abort(job_id)
-    typer.echo(f"job {job.job_id} {job.phase}")
+    if as_json:
+        _print_json(job.raw)
+    else:
+        typer.echo(f"job {job.job_id} {job.phase}")
 
 
 @app.command()
 def delete(
     ctx: typer.Context,
     job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:
     """Delete a job and its results."""
     with _client(ctx) as client:
         client.delete(job_id)
-    typer.echo(f"deleted job {job_id}")
+    if as_json:
+        _print_json({"jobId": job_id, "deleted": True})
+    else:
+        typer.echo(f"deleted job {job_id}")
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the job document as JSON.")
+    ] = False,
+) -> None:
+    """Show one job (the same as ``otf job``)."""
+    show_job(ctx, job_id, as_json)
+
+
+@app.command("wait")
+def wait_jobs(
+    ctx: typer.Context,
+    job_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Job ids.")],
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="Give up after this many seconds (exit 5).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the jobs as JSON.")] = False,
+) -> None:
+    """Wait until every job has ended (UWS WAIT, no polling); exit 1 if one did not complete."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    jobs = []
+    with _client(ctx) as client:
+        try:
+            for job_id in job_ids:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                jobs.append(client.wait(job_id, timeout=left))
+        except KeyboardInterrupt:
+            typer.echo("interrupted; the jobs go on on the service", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+    if as_json:
+        _print_json({"jobs": [j.raw for j in jobs]})
+    else:
+        for job in jobs:
+            typer.echo(f"job {job.job_id} {job.phase}")
+    if any(j.is_active for j in jobs):
+        raise typer.Exit(EXIT_WAIT_TIMEOUT)
+    if any(j.phase != "COMPLETED" for j in jobs):
+        raise typer.Exit(EXIT_JOB_FAILED)
+
+
+@app.command("results")
+def results(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder to write the results into (made if missing)."),
+    ] = Path("."),
+    result_id: Annotated[
+        str | None, typer.Option("--id", help="Only this result (default: all of them).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print what was written as JSON.")
+    ] = False,
+) -> None:
+    """Download a job's results (all, or one with --id) into a folder."""
+    if not out.exists():
+        if not out.parent.is_dir():
+            _fail(f"no such directory for --out: {out.parent}", EXIT_USAGE)
+        out.mkdir()
+    elif not out.is_dir():
+        _fail(f"--out must be a folder: {out}", EXIT_USAGE)
+    written = []
+    with _client(ctx) as client:
+        job = client.job(job_id)
+        refs = [r for r in job.results if result_id is None or r.id == result_id]
+        if not refs:
+            have = ", ".join(r.id for r in job.results) or "none"
+            _fail(
+                f"job {job_id} ({job.phase}) has no result {result_id or ''} (has: {have})",
+                EXIT_USAGE,
+            )
+        for ref in refs:
+            ext = _EXTENSIONS.get((ref.mime_type or "").split(";")[0].strip(), "")
+            target = out / f"{job_id}-{ref.id}{ext}"
+            size = client.download_result(job_id, ref.id, target)
+            written.append({"id": ref.id, "path": str(target), "size": size})
+    if as_json:
+        _print_json({"jobId": job_id, "written": written})
+    else:
+        for w in written:
+            typer.echo(f"{w['id']}: {w['path']} ({w['size']} bytes)")
+
+
+_EXTENSIONS = {
+    "application/x-votable+xml": ".xml",
+    "text/csv": ".csv",
+    "application/json": ".json",
+    "text/x-ds9-region": ".reg",
+    "image/png": ".png",
+}
+
+models_app = typer.Typer(help="The models the service offers.", invoke_without_command=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback()
+def models_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """List the models (``otf models describe ID`` for one model's parameters)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _client(ctx) as client:
+        doc = client.models()
+    if as_json:
+        _print_json(doc)
+        return
+    table = Table("Model", "Version", "Precisions", "Description")
+    for m in doc.get("models", []):
+        name = m.get("id", "")
+        if name == doc.get("default"):
+            name += " (default)"
+        table.add_row(
+            name,
+            str(m.get("version", "")),
+            ", ".join(m.get("precisions", [])),
+            str(m.get("description", "")),
+        )
+    _stdout().print(table)
+
+
+@models_app.command("describe")
+def models_describe(
+    ctx: typer.Context,
+    model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the schema as JSON.")] = False,
+) -> None:
+    """One model's parameters: type, default, limits, allowed values, description."""
+    with _client(ctx) as client:
+        doc = client.model(model_id)
+    if as_json:
+        _print_json(doc)
+        return
+    typer.echo(f"{doc.get('id')} {doc.get('version')}: {doc.get('description', '')}")
+    table = Table("Parameter", "Type", "Default", "Range / values", "Unit", "Description")
+    for p in doc.get("parameters", []):
+        limits = ", ".join(str(v) for v in p.get("allowed") or []) or (
+            f"{p.get('minimum', '')} .. {p.get('maximum', '')}"
+            if p.get("minimum") is not None or p.get("maximum") is not None
+            else ""
+        )
+        table.add_row(
+            str(p.get("name")),
+            str(p.get("type")),
+            str(p.get("default", "")),
+            limits,
+            str(p.get("unit") or ""),
+            str(p.get("description", "")),
+        )
+    _stdout().print(table)
 
 
 @app.command()

@@ -337,6 +337,23 @@ def _ssl_context() -> ssl.SSLContext:
 FilesOpener = Callable[[contextlib.ExitStack], Mapping[str, Any]]
 
 
+class _Counted:
+    """A file being uploaded that reports each chunk read (upload progress bars)."""
+
+    def __init__(self, handle: IO[bytes], progress: Callable[[int], None]) -> None:
+        self._handle = handle
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._handle.read(size)
+        if chunk:
+            self._progress(len(chunk))
+        return chunk
+
+    def __getattr__(self, name: str) -> Any:  # seek, tell, fileno, name ... of the file
+        return getattr(self._handle, name)
+
+
 class OTFClient:
     """A synchronous client for one astro-otf service.
 
@@ -520,6 +537,7 @@ class OTFClient:
         params: Mapping[str, str] | None = None,
         run: bool = True,
         run_id: str | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> str:
         """Create a job for the FITS file ``image``; return its id.
 
@@ -540,6 +558,8 @@ class OTFClient:
 
         def open_image(stack: contextlib.ExitStack) -> Mapping[str, Any]:
             handle: IO[bytes] = stack.enter_context(image.open("rb"))
+            if progress is not None:
+                handle = _Counted(handle, progress)  # type: ignore[assignment]
             return {"IMAGE": (image.name, handle, "application/fits")}
 
         response = self._request("POST", self._endpoint("jobs"), data=form, files=open_image)
@@ -696,6 +716,20 @@ class OTFClient:
         return response.text
 
     # ----------------------------------------------------------------- service
+
+    def models(self) -> dict[str, Any]:
+        """The registry: ``{"default": id, "models": [description, ...]}``."""
+        response = self._request("GET", self._endpoint("models"), accept=_JSON)
+        return dict(_mapping(self._json(response), "model list"))
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        """One model's description: version, precisions and parameter schema."""
+        response = self._request("GET", self._endpoint("models", model_id), accept=_JSON)
+        return dict(_mapping(self._json(response), "model"))
+
+    def metrics(self) -> str:
+        """The Prometheus exposition text of ``/metrics``."""
+        return self._request("GET", self._endpoint("metrics"), accept="text/plain").text
 
     def health(self) -> dict[str, Any]:
         """Liveness: ``{"status": "ok", "version": ...}``."""
