@@ -11,8 +11,11 @@ from any machine that can reach the service::
         job = otf.wait(job_id)
         if job.phase == "COMPLETED":
             otf.download_result(job_id, "result", Path("field.xml"))
+
+:class:`AsyncOTFClient` offers the same calls to asyncio programs.
 """
 
+from astro_otf.client.aio import AsyncOTFClient
 from astro_otf.client.api import (
     ACTIVE_PHASES,
     DEFAULT_URL,
@@ -36,6 +39,7 @@ __all__ = [
     "FINAL_PHASES",
     "TOKEN_ENV",
     "URL_ENV",
+    "AsyncOTFClient",
     "ErrorSummary",
     "Job",
     "JobSummary",
