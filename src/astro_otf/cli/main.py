@@ -873,6 +873,41 @@ def health(
         raise typer.Exit(EXIT_JOB_FAILED)
 
 
+@app.command()
+def dashboard(
+    ctx: typer.Context,
+    refresh: Annotated[
+        float, typer.Option(min=0.5, help="Seconds between refreshes of the job table.")
+    ] = 2.0,
+    download_dir: Annotated[
+        Path, typer.Option("--download-dir", help="Where `s` saves a job's results.")
+    ] = Path("."),
+) -> None:
+    """A live terminal dashboard: jobs, queues and batches, job details, abort/delete/save."""
+    from astro_otf.cli.dashboard import run_dashboard
+
+    with _client(ctx) as client:
+        run_dashboard(client, refresh, download_dir)
+
+
+@app.command()
+def gui(
+    ctx: typer.Context,
+    image: Annotated[Path | None, typer.Argument(help="A FITS image to open at start.")] = None,
+) -> None:
+    """The desktop GUI: view a FITS image, draw the region, submit, see the sources (needs
+    astro-otf[gui])."""
+    if image is not None and not image.is_file():
+        _fail(f"no such file: {image}", EXIT_USAGE)
+    try:
+        from astro_otf.gui import run_gui
+    except ImportError as exc:
+        _fail(f"otf gui needs astro-otf[gui] (PySide6): {exc}", EXIT_USAGE)
+    with _client(ctx) as client:
+        code = run_gui(client, image)
+    raise typer.Exit(code)
+
+
 cluster_app = typer.Typer(
     help="Start a Dask cluster on a batch system for executor = dask (needs astro-otf[dask]).",
     no_args_is_help=True,

@@ -1,0 +1,895 @@
+"""``otf dashboard``: a live terminal view of an astro-otf service.
+
+This module exists so that an operator (or a user with a pile of jobs) can watch a running
+service without a web browser or a pile of ``otf list`` / ``curl /metrics`` calls: one
+screen shows the jobs and their phases, the batches the scheduler forms (read from the
+Prometheus metrics), the detail of the selected job, and lets one abort, delete or fetch
+the results of a job with a key press.
+
+It talks to the service only through :mod:`astro_otf.client`, never through server code, so
+it works against any reachable service. Every call to the service runs in a thread
+(``asyncio.to_thread``) so that a slow or vanished server never freezes the screen, and
+every client error ends up as a message in the status line, never as a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import mimetypes
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
+
+from prometheus_client.parser import text_string_to_metric_families
+from rich.text import Text
+from textual import on
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.coordinate import Coordinate
+from textual.css.query import NoMatches
+from textual.screen import ModalScreen
+from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Static
+
+from astro_otf.client import (
+    Job,
+    JobSummary,
+    OTFClient,
+    OTFClientError,
+    OTFError,
+    ResultRef,
+    ServerUnreachable,
+)
+
+#: Colour of each UWS phase (the same as ``otf list``).
+PHASE_STYLES: Mapping[str, str] = {
+    "PENDING": "yellow",
+    "QUEUED": "cyan",
+    "EXECUTING": "blue",
+    "COMPLETED": "green",
+    "ERROR": "red",
+    "ABORTED": "magenta",
+}
+#: What the phase filter key steps through; ``None`` shows every phase.
+PHASE_FILTERS: tuple[str | None, ...] = (None, *PHASE_STYLES)
+#: File names of the results the service documents (README, "A completed job lists");
+#: any other result is saved as ``<result id><extension of its media type>``.
+RESULT_FILES: Mapping[str, str] = {
+    "result": "catalogue.xml",
+    "csv": "catalogue.csv",
+    "json": "catalogue.json",
+    "ds9": "catalogue.reg",
+    "preview": "preview.png",
+    "provenance": "provenance.json",
+}
+
+_JOB_COLUMNS = (
+    ("job", "Job ID"),
+    ("phase", "Phase"),
+    ("model", "Model"),
+    ("created", "Created"),
+    ("runtime", "Run time"),
+)
+_BATCH_COLUMNS = (
+    ("model", "Model"),
+    ("queued", "Queued"),
+    ("batches", "Batches"),
+    ("jobs", "Jobs/b"),
+    ("tiles", "Tiles/b"),
+    ("recent", "Recent j/t"),
+)
+#: Histogram samples the batch view reads: batches (per model), and jobs and tiles in them.
+_BATCH_SAMPLES = {
+    "otf_batch_jobs_count": "count",
+    "otf_batch_jobs_sum": "jobs",
+    "otf_batch_tiles_sum": "tiles",
+}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True, slots=True)
+class ModelBatches:
+    """What the metrics say about one model's queue and batches."""
+
+    model: str
+    queued: int = 0
+    batches: int = 0
+    jobs: float = 0.0
+    tiles: float = 0.0
+
+    @property
+    def mean_jobs(self) -> float | None:
+        """Mean jobs per batch since the server started (None before the first batch)."""
+        return self.jobs / self.batches if self.batches else None
+
+    @property
+    def mean_tiles(self) -> float | None:
+        """Mean tiles per batch since the server started (None before the first batch)."""
+        return self.tiles / self.batches if self.batches else None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    """The batch view: per-model queue depth and batch sizes, and jobs per phase."""
+
+    models: dict[str, ModelBatches] = field(default_factory=dict)
+    phases: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RecentBatches:
+    """Batches formed between two scrapes that saw new ones."""
+
+    batches: int
+    mean_jobs: float
+    mean_tiles: float
+
+
+def parse_batch_metrics(text: str, models: Iterable[str] = ()) -> BatchStats:
+    """The batch view from Prometheus exposition ``text``.
+
+    Reads ``otf_queue_depth{model}`` (gauge), the ``_count`` and ``_sum`` samples of the
+    ``otf_batch_jobs{model}`` and ``otf_batch_tiles{model}`` histograms, and
+    ``otf_jobs{phase}`` (gauge). ``models`` (e.g. the registry) get a row even when no
+    metric names them yet, so an idle model shows a queue depth of 0. Raises
+    ``ValueError`` when ``text`` is not exposition format.
+    """
+    queued: dict[str, float] = dict.fromkeys(models, 0.0)
+    counts: dict[str, float] = {}
+    job_sums: dict[str, float] = {}
+    tile_sums: dict[str, float] = {}
+    phases: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            model = sample.labels.get("model")
+            if family.name == "otf_queue_depth" and model is not None:
+                queued[model] = queued.get(model, 0.0) + sample.value
+            elif family.name == "otf_jobs" and "phase" in sample.labels:
+                phases[sample.labels["phase"]] = int(sample.value)
+            elif model is not None and sample.name in _BATCH_SAMPLES:
+                target = _BATCH_SAMPLES[sample.name]
+                sums = counts if target == "count" else job_sums if target == "jobs" else tile_sums
+                sums[model] = sums.get(model, 0.0) + sample.value
+    names = sorted(set(queued) | set(counts) | set(job_sums) | set(tile_sums))
+    return BatchStats(
+        models={
+            m: ModelBatches(
+                model=m,
+                queued=int(queued.get(m, 0.0)),
+                batches=int(counts.get(m, 0.0)),
+                jobs=job_sums.get(m, 0.0),
+                tiles=tile_sums.get(m, 0.0),
+            )
+            for m in names
+        },
+        phases=phases,
+    )
+
+
+def recent_batches(
+    before: ModelBatches | None, now: ModelBatches, previous: RecentBatches | None
+) -> RecentBatches | None:
+    """Mean size of the batches formed since ``before`` was scraped; ``previous`` when
+    there were none (a counter that went down means a restarted server: all count)."""
+    if before is None or now.batches < before.batches:
+        before = ModelBatches(now.model)
+    new = now.batches - before.batches
+    if new <= 0:
+        return previous
+    return RecentBatches(
+        batches=new,
+        mean_jobs=(now.jobs - before.jobs) / new,
+        mean_tiles=(now.tiles - before.tiles) / new,
+    )
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def phase_text(phase: str) -> Text:
+    """The phase in its colour."""
+    return Text(phase, style=PHASE_STYLES.get(phase, ""))
+
+
+def format_time(value: datetime | None) -> str:
+    """A time in the local zone, to the second ("-" when unknown)."""
+    if value is None:
+        return "-"
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_duration(seconds: float | None) -> str:
+    """``12.3s``, ``4m05s`` or ``2h03m`` ("-" when unknown)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def format_size(size: int | None) -> str:
+    """A byte count for people ("?" when unknown)."""
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} B"  # pragma: no cover
+
+
+def run_seconds(job: Job | None, now: datetime | None = None) -> float | None:
+    """How long the job ran (so far, while it still runs)."""
+    if job is None or job.start_time is None:
+        return None
+    end = job.end_time or (now or datetime.now(UTC))
+    return (end - job.start_time).total_seconds()
+
+
+def result_filename(result: ResultRef) -> str:
+    """A safe local file name for one result."""
+    name = RESULT_FILES.get(result.id)
+    if name is None:
+        ext = mimetypes.guess_extension(result.mime_type or "") or ""
+        name = f"{result.id}{ext}"
+    name = _UNSAFE.sub("_", name).lstrip(".")
+    return name or "result"
+
+
+def _mean(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+# --------------------------------------------------------------------------- refresh data
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    """What one refresh read from the service."""
+
+    summaries: list[JobSummary]
+    details: dict[str, Job]
+    gone: set[str]
+    metrics: BatchStats | None
+    metrics_error: str | None
+    models: list[str] | None
+
+
+# --------------------------------------------------------------------------- screens
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_AppT = TypeVar("_AppT", bound=App[Any])
+
+
+def _while_running(
+    method: Callable[Concatenate[_AppT, _P], _R],
+) -> Callable[Concatenate[_AppT, _P], _R | None]:
+    """Skip a screen update once the app is closing: a refresh or a message queued
+    before the user quit may arrive after the widgets are gone."""
+
+    @functools.wraps(method)
+    def guarded(self: _AppT, *args: _P.args, **kwargs: _P.kwargs) -> _R | None:
+        if not self.is_running:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except NoMatches:
+            if self.is_running:
+                raise
+            return None
+
+    return guarded
+
+
+class ConfirmDelete(ModalScreen[bool]):
+    """Asks before a job and its results are destroyed."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("d,y", "answer(True)", "Delete"),
+        Binding("n,escape", "answer(False)", "Cancel"),
+    ]
+    DEFAULT_CSS = """
+    ConfirmDelete { align: center middle; }
+    ConfirmDelete > Vertical {
+        width: 64; height: auto; padding: 1 2;
+        border: thick $error; background: $surface;
+    }
+    ConfirmDelete Horizontal { height: auto; margin-top: 1; align-horizontal: right; }
+    ConfirmDelete Button { margin-left: 2; }
+    """
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__()
+        self.job_id = job_id
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(Text(f"Delete job {self.job_id} and all its results?"))
+            yield Label(Text("d or y: delete    n or Esc: keep it", style="dim"))
+            with Horizontal():
+                yield Button("Keep", id="keep")
+                yield Button("Delete", id="delete", variant="error")
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "delete")
+
+
+# --------------------------------------------------------------------------- the app
+
+
+class Dashboard(App[None]):
+    """Live jobs, batches and job detail of one astro-otf service."""
+
+    TITLE = "otf dashboard"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "Quit"),
+        Binding("r", "refresh_now", "Refresh"),
+        Binding("x", "abort", "Abort"),
+        Binding("d", "delete", "Delete"),
+        Binding("s", "save_results", "Save results"),
+        Binding("f", "cycle_phase", "Phase filter"),
+        Binding("a", "all_phases", "All phases"),
+        Binding("slash", "focus_filter", "Text filter", key_display="/"),
+        Binding("escape", "focus_jobs", "Jobs", show=False),
+    ]
+    DEFAULT_CSS = """
+    #main { height: 1fr; }
+    #left { width: 1fr; }
+    #right { width: 1fr; }
+    #text-filter { margin: 0 0; }
+    #jobs { height: 1fr; border: round $primary; }
+    #batches { height: auto; max-height: 12; border: round $secondary; }
+    #phases { height: auto; padding: 0 1; color: $text-muted; }
+    #detail-box { height: 1fr; border: round $secondary; padding: 0 1; }
+    #statusbar { height: 1; background: $panel; }
+    #status { width: 1fr; padding: 0 1; }
+    #sync { width: auto; padding: 0 1; color: $text-muted; }
+    #status.error, #sync.error { color: $error; text-style: bold; }
+    """
+
+    def __init__(
+        self,
+        client: OTFClient,
+        refresh: float = 2.0,
+        download_dir: Path = Path("."),
+        *,
+        limit: int = 100,
+    ) -> None:
+        if not refresh > 0:
+            raise ValueError(f"refresh must be a positive number of seconds, got {refresh}")
+        super().__init__()
+        self.client = client
+        self.refresh_interval = float(refresh)
+        self.download_dir = Path(download_dir)
+        self.limit = limit
+        #: Phase the table is restricted to (None: all).
+        self.phase_filter: str | None = None
+        #: Case-insensitive text the job id or model must contain.
+        self.text_filter = ""
+        #: The outcome of the latest action (left of the status line), as plain text.
+        self.status_message = ""
+        #: Whether that was a failure.
+        self.status_error = False
+        #: How the latest refresh went (right of the status line), as plain text.
+        self.sync_message = ""
+        #: Whether the latest refresh failed.
+        self.sync_error = False
+        #: The batch view as last read from the metrics.
+        self.batch_stats: BatchStats | None = None
+        self.recent: dict[str, RecentBatches] = {}
+        #: Completed refreshes (successful or not), for whoever waits for one.
+        self.refreshes = 0
+        self._summaries: list[JobSummary] = []
+        self._details: dict[str, Job] = {}
+        self._models: list[str] | None = None
+        self._refreshing = False
+        self._refresh_again = False
+        self._generation = 0
+        self._unreachable = False
+
+    # ----------------------------------------------------------------- layout
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield Input(placeholder="/ filter on job id or model", id="text-filter")
+                jobs: DataTable[Any] = DataTable(id="jobs", cursor_type="row", zebra_stripes=True)
+                yield jobs
+            with Vertical(id="right"):
+                batches: DataTable[Any] = DataTable(id="batches", show_cursor=False)
+                batches.can_focus = False
+                yield batches
+                yield Static(id="phases")
+                with VerticalScroll(id="detail-box"):
+                    yield Static(Text("no job selected", style="dim"), id="detail")
+        with Horizontal(id="statusbar"):
+            yield Static(id="status")
+            yield Static(id="sync")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.client.url
+        jobs = self.jobs_table
+        for key, label in _JOB_COLUMNS:
+            jobs.add_column(label, key=key)
+        batches = self.batch_table
+        for key, label in _BATCH_COLUMNS:
+            batches.add_column(label, key=key)
+        batches.border_title = "Batches"
+        self.query_one("#detail-box").border_title = "Job detail"
+        self._update_jobs_title()
+        self._set_sync("connecting to " + self.client.url)
+        jobs.focus()
+        self.set_interval(self.refresh_interval, self._timer_refresh)
+        self._request_refresh()
+
+    @property
+    def jobs_table(self) -> DataTable[Any]:
+        return self.query_one("#jobs", DataTable)
+
+    @property
+    def batch_table(self) -> DataTable[Any]:
+        return self.query_one("#batches", DataTable)
+
+    @property
+    def selected_job_id(self) -> str | None:
+        """The job under the table cursor."""
+        table = self.jobs_table
+        if table.row_count == 0:
+            return None
+        row = min(max(table.cursor_row, 0), table.row_count - 1)
+        key = table.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
+        return key
+
+    def visible_job_ids(self) -> list[str]:
+        """The job ids in the table, top to bottom."""
+        return [str(row.key.value) for row in self.jobs_table.ordered_rows]
+
+    def select_job(self, job_id: str) -> None:
+        """Move the cursor to ``job_id`` (KeyError when it is not shown)."""
+        table = self.jobs_table
+        table.move_cursor(row=table.get_row_index(job_id))
+
+    # ----------------------------------------------------------------- status
+
+    @_while_running
+    def _set_status(self, message: str, *, error: bool = False) -> None:
+        self.status_message = message
+        self.status_error = error
+        status = self.query_one("#status", Static)
+        status.update(Text(message))
+        status.set_class(error, "error")
+
+    @_while_running
+    def _set_sync(self, message: str, *, error: bool = False) -> None:
+        self.sync_message = message
+        self.sync_error = error
+        sync = self.query_one("#sync", Static)
+        sync.update(Text(message))
+        sync.set_class(error, "error")
+
+    @_while_running
+    def _failed(self, what: str, exc: BaseException) -> None:
+        message = f"{what}: {_message(exc)}"
+        self._set_status(message, error=True)
+        self.notify(message, title="otf", severity="error", markup=False)
+
+    # ----------------------------------------------------------------- refresh
+
+    def _timer_refresh(self) -> None:
+        if not self._refreshing:
+            self._request_refresh()
+
+    def _request_refresh(self) -> None:
+        if self._refreshing:
+            self._refresh_again = True
+            return
+        self._refreshing = True
+        self.run_worker(self._refresh_loop(), group="refresh", exit_on_error=False)
+
+    async def _refresh_loop(self) -> None:
+        try:
+            while True:
+                self._refresh_again = False
+                generation = self._generation
+                settled = {k: j.phase for k, j in self._details.items() if not j.is_active}
+                try:
+                    snapshot = await asyncio.to_thread(self._collect, settled, self._models)
+                except OTFError as exc:
+                    self._refresh_failed(exc)
+                except Exception as exc:  # a bug here must not take the dashboard down
+                    self._refresh_failed(exc)
+                else:
+                    if generation == self._generation:
+                        self._apply(snapshot)
+                    else:  # an action changed jobs meanwhile: this snapshot may be stale
+                        self._refresh_again = True
+                self.refreshes += 1
+                if not self._refresh_again:
+                    return
+        finally:
+            self._refreshing = False
+
+    def _collect(self, settled: Mapping[str, str], models: list[str] | None) -> _Snapshot:
+        """Read jobs, details and metrics (runs in a thread)."""
+        summaries = self.client.jobs(last=self.limit)
+        details: dict[str, Job] = {}
+        gone: set[str] = set()
+        for summary in summaries:
+            if settled.get(summary.job_id) == summary.phase:
+                continue
+            try:
+                details[summary.job_id] = self.client.job(summary.job_id)
+            except OTFClientError as exc:
+                if exc.status_code not in (404, 410):
+                    raise
+                gone.add(summary.job_id)  # destroyed since the list was read
+        if models is None:
+            try:
+                registry = self.client.models().get("models") or []
+                models = [str(m["id"]) for m in registry if isinstance(m, Mapping) and "id" in m]
+            except OTFClientError:
+                models = None
+        metrics: BatchStats | None = None
+        metrics_error: str | None = None
+        try:
+            metrics = parse_batch_metrics(self.client.metrics(), models or ())
+        except OTFClientError as exc:
+            metrics_error = f"metrics unavailable: {_message(exc)}"
+        except ValueError as exc:
+            metrics_error = f"metrics unreadable: {_message(exc)}"
+        return _Snapshot(
+            summaries=[s for s in summaries if s.job_id not in gone],
+            details=details,
+            gone=gone,
+            metrics=metrics,
+            metrics_error=metrics_error,
+            models=models,
+        )
+
+    @_while_running
+    def _refresh_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, ServerUnreachable):
+            message = f"server unreachable ({_message(exc)}); retrying every "
+            message += f"{self.refresh_interval:g} s"
+            self._set_sync(message, error=True)
+            if not self._unreachable:
+                self.notify(message, title="otf", severity="error", markup=False)
+            self._unreachable = True
+        else:
+            self._set_sync(f"refresh failed: {_message(exc)}", error=True)
+
+    @_while_running
+    def _apply(self, snapshot: _Snapshot) -> None:
+        self._unreachable = False
+        if snapshot.models is not None:
+            self._models = snapshot.models
+        self._summaries = sorted(
+            snapshot.summaries,
+            key=lambda s: (s.creation_time or datetime.min.replace(tzinfo=UTC), s.job_id),
+            reverse=True,
+        )
+        self._details.update(snapshot.details)
+        listed = {s.job_id for s in self._summaries}
+        for job_id in list(self._details):
+            if job_id not in listed:
+                del self._details[job_id]
+        self._render_jobs()
+        self._render_detail()
+        if snapshot.metrics is not None:
+            self._render_batches(snapshot.metrics)
+        else:
+            self.batch_table.border_subtitle = snapshot.metrics_error or ""
+        shown = self.jobs_table.row_count
+        stamp = datetime.now().strftime("%H:%M:%S")
+        message = f"updated {stamp}: {len(self._summaries)} jobs, {shown} shown"
+        if snapshot.metrics_error:
+            message += f"; {snapshot.metrics_error}"
+        self._set_sync(message)
+
+    # ----------------------------------------------------------------- rendering
+
+    def _matches(self, summary: JobSummary) -> bool:
+        if self.phase_filter is not None and summary.phase != self.phase_filter:
+            return False
+        if not self.text_filter:
+            return True
+        needle = self.text_filter.casefold()
+        model = self._model_of(summary.job_id) or ""
+        return needle in summary.job_id.casefold() or needle in model.casefold()
+
+    def _model_of(self, job_id: str) -> str | None:
+        job = self._details.get(job_id)
+        if job is None:
+            return None
+        return job.parameters.get("model") or job.parameters.get("MODEL")
+
+    def _cells(self, summary: JobSummary, now: datetime) -> tuple[Any, ...]:
+        job = self._details.get(summary.job_id)
+        # The detail may be newer than the summary (after an action): show the newer phase.
+        phase = job.phase if job is not None else summary.phase
+        return (
+            summary.job_id,
+            phase_text(phase),
+            self._model_of(summary.job_id) or "…",
+            format_time(summary.creation_time),
+            format_duration(run_seconds(job, now)),
+        )
+
+    @_while_running
+    def _render_jobs(self) -> None:
+        table = self.jobs_table
+        visible = [s for s in self._summaries if self._matches(s)]
+        keys = [s.job_id for s in visible]
+        now = datetime.now(UTC)
+        if keys == self.visible_job_ids():
+            for summary in visible:
+                for (column, _), value in zip(_JOB_COLUMNS, self._cells(summary, now), strict=True):
+                    table.update_cell(summary.job_id, column, value, update_width=True)
+        else:
+            selected = self.selected_job_id
+            table.clear()
+            for summary in visible:
+                table.add_row(*self._cells(summary, now), key=summary.job_id)
+            if selected in keys:
+                table.move_cursor(row=keys.index(selected), animate=False)
+        self._update_jobs_title()
+
+    @_while_running
+    def _update_jobs_title(self) -> None:
+        table = self.jobs_table
+        title = f"Jobs · phase {self.phase_filter or 'ALL'}"
+        if self.text_filter:
+            title += f" · matching {self.text_filter!r}"
+        table.border_title = title
+        table.border_subtitle = f"{table.row_count} of {len(self._summaries)}"
+
+    @_while_running
+    def _render_batches(self, stats: BatchStats) -> None:
+        previous = self.batch_stats
+        for name, now in stats.models.items():
+            before = previous.models.get(name) if previous is not None else None
+            recent = recent_batches(before, now, self.recent.get(name))
+            if recent is not None:
+                self.recent[name] = recent
+        self.batch_stats = stats
+        table = self.batch_table
+        table.clear()
+        for name, m in stats.models.items():
+            recent = self.recent.get(name)
+            table.add_row(
+                name,
+                Text(str(m.queued), style="cyan" if m.queued else ""),
+                str(m.batches),
+                _mean(m.mean_jobs),
+                _mean(m.mean_tiles),
+                "-" if recent is None else f"{recent.mean_jobs:.1f}/{recent.mean_tiles:.1f}",
+                key=name,
+            )
+        table.border_subtitle = ""
+        line = Text("jobs in the store:")
+        counted = [(phase, n) for phase, n in stats.phases.items() if n]
+        for phase, count in counted:
+            line.append(f" {phase}", style=PHASE_STYLES.get(phase, ""))
+            line.append(f" {count}")
+        if not counted:
+            line.append(" none", style="dim")
+        self.query_one("#phases", Static).update(line)
+
+    def detail_text(self) -> Text:
+        """The detail panel's content for the selected job."""
+        job_id = self.selected_job_id
+        if job_id is None:
+            return Text("no job selected", style="dim")
+        job = self._details.get(job_id)
+        if job is None:
+            return Text(f"{job_id}\n(loading…)", style="dim")
+        text = Text()
+        text.append(job.job_id, style="bold")
+        text.append("  ")
+        text.append_text(phase_text(job.phase))
+        text.append("\n")
+        if job.run_id:
+            text.append(f"run id: {job.run_id}\n")
+        if job.owner_id:
+            text.append(f"owner: {job.owner_id}\n")
+        text.append(f"created: {format_time(job.creation_time)}\n")
+        text.append(f"started: {format_time(job.start_time)}\n")
+        text.append(f"ended:   {format_time(job.end_time)}\n")
+        text.append(f"run time: {format_duration(run_seconds(job))}\n")
+        text.append("\nParameters\n", style="bold underline")
+        if not job.parameters:
+            text.append("  (none)\n", style="dim")
+        for name, value in sorted(job.parameters.items()):
+            text.append(f"  {name}", style="bold")
+            text.append(f" = {value}\n")
+        if job.error_summary is not None:
+            text.append("\nError\n", style="bold underline red")
+            text.append(f"  type: {job.error_summary.type}\n", style="red")
+            text.append(f"  {job.error_summary.message}\n", style="red")
+        text.append("\nResults\n", style="bold underline")
+        if not job.results:
+            text.append("  (none)\n", style="dim")
+        for result in job.results:
+            text.append(f"  {result.id:<11}", style="bold")
+            text.append(f" {result.mime_type or '?':<28} {format_size(result.size):>9}\n")
+        if job.job_info:
+            text.append("\nJob info\n", style="bold underline")
+            for name, value in sorted(job.job_info.items()):
+                text.append(f"  {name} = {value}\n", style="dim")
+        return text
+
+    @_while_running
+    def _render_detail(self) -> None:
+        self.query_one("#detail", Static).update(self.detail_text())
+
+    @on(DataTable.RowHighlighted, "#jobs")
+    @_while_running
+    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._render_detail()
+
+    # ----------------------------------------------------------------- filters
+
+    def action_cycle_phase(self) -> None:
+        index = PHASE_FILTERS.index(self.phase_filter)
+        self.phase_filter = PHASE_FILTERS[(index + 1) % len(PHASE_FILTERS)]
+        self._render_jobs()
+        self._render_detail()
+
+    def action_all_phases(self) -> None:
+        self.phase_filter = None
+        self._render_jobs()
+        self._render_detail()
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#text-filter", Input).focus()
+
+    def action_focus_jobs(self) -> None:
+        self.jobs_table.focus()
+
+    @on(Input.Changed, "#text-filter")
+    @_while_running
+    def _text_filter_changed(self, event: Input.Changed) -> None:
+        self.text_filter = event.value.strip()
+        self._render_jobs()
+        self._render_detail()
+
+    @on(Input.Submitted, "#text-filter")
+    def _text_filter_submitted(self, event: Input.Submitted) -> None:
+        self.jobs_table.focus()
+
+    # ----------------------------------------------------------------- actions
+
+    def action_refresh_now(self) -> None:
+        self._set_sync("refreshing…")
+        self._request_refresh()
+
+    def _target(self, verb: str) -> str | None:
+        job_id = self.selected_job_id
+        if job_id is None:
+            self._set_status(f"no job selected to {verb}", error=True)
+        return job_id
+
+    def _run_action(self, name: str, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
+        """Run ``work`` in a thread; ``done`` gets its result, an error goes to the status."""
+
+        async def act() -> None:
+            try:
+                result = await asyncio.to_thread(work)
+            except (OTFError, OSError) as exc:
+                self._failed(f"{name} failed", exc)
+                return
+            done(result)
+
+        self.run_worker(act(), group="actions", exit_on_error=False)
+
+    def action_abort(self) -> None:
+        job_id = self._target("abort")
+        if job_id is None:
+            return
+        self._generation += 1
+        self._set_status(f"aborting {job_id}…")
+
+        def done(job: Job) -> None:
+            self._details[job.job_id] = job
+            self._set_status(f"job {job.job_id} is now {job.phase}")
+            self._render_jobs()
+            self._render_detail()
+            self._request_refresh()
+
+        self._run_action(f"abort {job_id}", lambda: self.client.abort(job_id), done)
+
+    def action_delete(self) -> None:
+        job_id = self._target("delete")
+        if job_id is None:
+            return
+
+        def answered(confirmed: bool | None) -> None:
+            if not confirmed:
+                self._set_status(f"kept job {job_id}")
+                return
+            self._generation += 1
+            self._set_status(f"deleting {job_id}…")
+
+            def done(_: None) -> None:
+                self._summaries = [s for s in self._summaries if s.job_id != job_id]
+                self._details.pop(job_id, None)
+                self._set_status(f"deleted job {job_id}")
+                self._render_jobs()
+                self._render_detail()
+                self._request_refresh()
+
+            self._run_action(f"delete {job_id}", lambda: self.client.delete(job_id), done)
+
+        self.push_screen(ConfirmDelete(job_id), answered)
+
+    def action_save_results(self) -> None:
+        job_id = self._target("save")
+        if job_id is None:
+            return
+        self._set_status(f"saving the results of {job_id}…")
+
+        def done(outcome: tuple[Path, list[Path], int]) -> None:
+            folder, files, size = outcome
+            if not files:
+                self._set_status(f"job {job_id} has no results to save")
+                return
+            message = f"saved {len(files)} results of {job_id} ({format_size(size)}) to {folder}"
+            self._set_status(message)
+            self.notify(message, title="otf", markup=False)
+
+        self._run_action(f"save {job_id}", lambda: self._save_results(job_id), done)
+
+    def _save_results(self, job_id: str) -> tuple[Path, list[Path], int]:
+        """Download every result of ``job_id`` into ``download_dir/<job id>/`` (thread)."""
+        job = self.client.job(job_id)
+        folder = self.download_dir / (_UNSAFE.sub("_", job_id).lstrip(".") or "job")
+        files: list[Path] = []
+        total = 0
+        if not job.results:
+            return folder, files, total
+        folder.mkdir(parents=True, exist_ok=True)
+        used: set[str] = set()
+        for result in job.results:
+            name = result_filename(result)
+            stem, dot, ext = name.partition(".")
+            n = 1
+            while name in used:
+                n += 1
+                name = f"{stem}-{n}{dot}{ext}"
+            used.add(name)
+            dest = folder / name
+            total += self.client.download_result(job_id, result.id, dest)
+            files.append(dest)
+        return folder, files, total
+
+
+def run_dashboard(client: OTFClient, refresh: float = 2.0, download_dir: Path = Path(".")) -> None:
+    """Run the dashboard in the terminal until the user quits."""
+    Dashboard(client, refresh=refresh, download_dir=download_dir).run()
