@@ -3,9 +3,10 @@
 Each size is a generated float32 FITS image (Gaussian noise plus point sources, the sample
 image's WCS) run through the matched-filter model by the app a worker runs, then every
 result file written as a worker writes them (VOTable, CSV, JSON, DS9, PNG preview,
-provenance with the input's sha256), in a fresh process per size. Memory is sampled every 10 ms from /proc/self/status: RssAnon (the
-process's own memory, what the limit is about) and VmHWM (peak resident, which also counts
-pages of the memory-mapped file that the kernel can drop). Targets: RssAnon flat (at most
+provenance with the input's sha256), in a fresh process per size. Memory is sampled every
+10 ms from /proc/self/status: RssAnon (the process's own memory, what the limit is about)
+and VmHWM (peak resident, which also counts pages of the memory-mapped file that the kernel
+can drop). Targets: RssAnon flat (at most
 +10 % from 4k² to 16k²) and time linear in pixels.
 
 Usage: python bench/big_image.py [--sizes 4096 8192 16384] [--json OUT]
