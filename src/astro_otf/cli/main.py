@@ -299,20 +299,33 @@ def submit(
             _submit_many(client, paths, params, run, run_id, wait, timeout, out, as_json)
             return
         job_id = client.submit(paths[0], params, run=run, run_id=run_id)
-        if not wait:
-            if as_json:
-                _print_json(client.job(job_id).raw)
-            else:
-                typer.echo(job_id)
-            return
-        if not as_json:
-            typer.echo(f"submitted job {job_id}; waiting for it to end", err=True)
-        try:
-            job = client.wait(job_id, timeout=timeout)
-        except KeyboardInterrupt:
-            typer.echo(f"interrupted; job {job_id} goes on on the service", err=True)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        _report_outcome(client, job, out, as_json)
+        _follow(client, job_id, f"submitted job {job_id}", wait, timeout, out, as_json)
+
+
+def _follow(
+    client: OTFClient,
+    job_id: str,
+    what: str,
+    wait: bool,
+    timeout: float | None,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """After creating one job: print its id, or wait for it and report how it ended."""
+    if not wait:
+        if as_json:
+            _print_json(client.job(job_id).raw)
+        else:
+            typer.echo(job_id)
+        return
+    if not as_json:
+        typer.echo(f"{what}; waiting for it to end", err=True)
+    try:
+        job = client.wait(job_id, timeout=timeout)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted; job {job_id} goes on on the service", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    _report_outcome(client, job, out, as_json)
 
 
 _ROI_NAMES = ("RA", "DEC", "WIDTH", "HEIGHT")
@@ -526,20 +539,7 @@ def rerun(
         _fail("--wait/--out need the job to run; drop --no-run", EXIT_USAGE)
     with _client(ctx) as client:
         new_id = client.rerun(job_id, run=run)
-        if not wait:
-            if as_json:
-                _print_json(client.job(new_id).raw)
-            else:
-                typer.echo(new_id)
-            return
-        if not as_json:
-            typer.echo(f"job {new_id} replays job {job_id}; waiting for it to end", err=True)
-        try:
-            job = client.wait(new_id, timeout=timeout)
-        except KeyboardInterrupt:
-            typer.echo(f"interrupted; job {new_id} goes on on the service", err=True)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        _report_outcome(client, job, out, as_json)
+        _follow(client, new_id, f"job {new_id} replays job {job_id}", wait, timeout, out, as_json)
 
 
 @app.command("jobs")

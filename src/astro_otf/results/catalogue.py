@@ -203,6 +203,19 @@ def _as_kind(values: np.ndarray, kind: str) -> np.ndarray:
     return values.astype(str)
 
 
+def float_column(table: Table, name: str) -> np.ndarray:
+    """Column ``name`` as float64, NaN where masked or where the table lacks it."""
+    n = len(table)
+    if name not in table.colnames:
+        return np.full(n, np.nan)
+    column = table[name]
+    values = np.array(column, dtype=np.float64)
+    mask = getattr(column, "mask", None)
+    if mask is not None:
+        values[np.asarray(mask, dtype=bool)] = np.nan
+    return values
+
+
 def fact(name: str, value: float | int | str, unit: str, ucd: str, description: str) -> ImageFact:
     """Shorthand for an :class:`ImageFact`."""
     return ImageFact(name, value, unit, ucd, description)

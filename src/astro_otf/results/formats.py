@@ -30,7 +30,7 @@ from regions import (
     SkyRegion,
 )
 
-from astro_otf.results.catalogue import Catalogue
+from astro_otf.results.catalogue import Catalogue, float_column
 
 __all__ = ["DS9_HEADER", "write_csv", "write_ds9", "write_json"]
 
@@ -209,11 +209,11 @@ def write_ds9(catalogue: Catalogue, path: Path) -> Path:
     """
     table = catalogue.table
     n = len(table)
-    ra = _floats(table, "ra", n)
-    dec = _floats(table, "dec", n)
-    maj = _floats(table, "maj", n)
-    minor = _floats(table, "min", n)
-    pa = _floats(table, "pa", n)
+    ra = float_column(table, "ra")
+    dec = float_column(table, "dec")
+    maj = float_column(table, "maj")
+    minor = float_column(table, "min")
+    pa = float_column(table, "pa")
     ids = _labels(table, n)
 
     shapes: list[SkyRegion] = []
@@ -273,18 +273,6 @@ def _serialize_ds9(shapes: list[SkyRegion]) -> str:
         else:
             out.append(f"{line} # {shared}")
     return "\n".join(out) + "\n"
-
-
-def _floats(table: Table, name: str, n: int) -> np.ndarray:
-    """Column ``name`` as float64 with NaN where masked or absent."""
-    if name not in table.colnames:
-        return np.full(n, np.nan)
-    column = table[name]
-    values = np.array(column, dtype=np.float64)
-    mask = getattr(column, "mask", None)
-    if mask is not None:
-        values[np.asarray(mask, dtype=bool)] = np.nan
-    return values
 
 
 def _labels(table: Table, n: int) -> list[str]:

@@ -29,7 +29,7 @@ from matplotlib.collections import EllipseCollection
 from matplotlib.figure import Figure
 
 from astro_otf.imaging.fits import SkyImage
-from astro_otf.results.catalogue import Catalogue
+from astro_otf.results.catalogue import Catalogue, float_column
 
 __all__ = ["PREVIEW_DPI", "figure_size", "write_preview"]
 
@@ -166,9 +166,9 @@ def _overlay(ax: WCSAxes, table: Table, image: SkyImage, k: int) -> int:
     n = len(table)
     if n == 0:
         return 0
-    x = _floats(table, "x", n) - image.origin[0]
-    y = _floats(table, "y", n) - image.origin[1]
-    ra, dec = _floats(table, "ra", n), _floats(table, "dec", n)
+    x = float_column(table, "x") - image.origin[0]
+    y = float_column(table, "y") - image.origin[1]
+    ra, dec = float_column(table, "ra"), float_column(table, "dec")
     # A source without pixel coordinates is placed from its sky position.
     missing = ~(np.isfinite(x) & np.isfinite(y)) & np.isfinite(ra) & np.isfinite(dec)
     if np.any(missing):
@@ -182,9 +182,9 @@ def _overlay(ax: WCSAxes, table: Table, image: SkyImage, k: int) -> int:
         return 0
 
     scale = image.pixel_scale_arcsec
-    maj = _floats(table, "maj", n) / scale
-    minor = _floats(table, "min", n) / scale
-    pa = _floats(table, "pa", n)
+    maj = float_column(table, "maj") / scale
+    minor = float_column(table, "min") / scale
+    pa = float_column(table, "pa")
     beam = image.beam
     fallback = beam.major_deg * 3600.0 / scale if beam else 2.0 * DEFAULT_RADIUS_PIX
     ellipse = np.isfinite(maj) & np.isfinite(minor) & np.isfinite(pa) & (maj > 0) & (minor > 0)
@@ -229,18 +229,6 @@ def _pixel_angles(image: SkyImage, x: np.ndarray, y: np.ndarray, pa: np.ndarray)
     dy = np.asarray(ay_, dtype=float) - y[good]
     angles[good] = np.degrees(np.arctan2(dy, dx)) % 360.0
     return angles
-
-
-def _floats(table: Table, name: str, n: int) -> np.ndarray:
-    """Column ``name`` as float64 with NaN where masked or absent."""
-    if name not in table.colnames:
-        return np.full(n, np.nan)
-    column = table[name]
-    values = np.array(column, dtype=np.float64)
-    mask = getattr(column, "mask", None)
-    if mask is not None:
-        values[np.asarray(mask, dtype=bool)] = np.nan
-    return values
 
 
 def _ordinal(k: int) -> str:
