@@ -311,7 +311,14 @@ def test_models_wait_results_show_roi_and_config_file(
     names = sorted(p.name for p in (tmp_path / "all").iterdir())
     assert names == sorted(
         f"{job_id_text}-{n}"
-        for n in ("result.xml", "csv.csv", "json.json", "ds9.reg", "preview.png", "provenance.json")
+        for n in (
+            "catalogue.xml",
+            "catalogue.csv",
+            "catalogue.json",
+            "catalogue.reg",
+            "preview.png",
+            "provenance.json",
+        )
     )
     shown = otf(cli_server.url, "show", job_id_text)
     assert shown.returncode == 0 and "COMPLETED" in shown.stdout

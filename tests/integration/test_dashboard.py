@@ -17,6 +17,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
+from astro_otf.cli.common import result_filename
 from astro_otf.cli.dashboard import (
     ConfirmDelete,
     Dashboard,
@@ -24,7 +25,6 @@ from astro_otf.cli.dashboard import (
     RecentBatches,
     parse_batch_metrics,
     recent_batches,
-    result_filename,
 )
 from astro_otf.client import OTFClient, ResultRef
 from tests.conftest import REPO_ROOT, ServerProcess, free_port

@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-import mimetypes
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,38 +34,17 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Static
 
+from astro_otf.cli.common import PHASE_STYLES, result_filename, safe_name
 from astro_otf.client import (
     Job,
     JobSummary,
     OTFClient,
     OTFClientError,
     OTFError,
-    ResultRef,
     ServerUnreachable,
 )
 
-#: Colour of each UWS phase (the same as ``otf list``).
-PHASE_STYLES: Mapping[str, str] = {
-    "PENDING": "yellow",
-    "QUEUED": "cyan",
-    "EXECUTING": "blue",
-    "COMPLETED": "green",
-    "ERROR": "red",
-    "ABORTED": "magenta",
-}
-#: What the phase filter key steps through; ``None`` shows every phase.
 PHASE_FILTERS: tuple[str | None, ...] = (None, *PHASE_STYLES)
-#: File names of the results the service documents (README, "A completed job lists");
-#: any other result is saved as ``<result id><extension of its media type>``.
-RESULT_FILES: Mapping[str, str] = {
-    "result": "catalogue.xml",
-    "csv": "catalogue.csv",
-    "json": "catalogue.json",
-    "ds9": "catalogue.reg",
-    "preview": "preview.png",
-    "provenance": "provenance.json",
-}
-
 _JOB_COLUMNS = (
     ("job", "Job ID"),
     ("phase", "Phase"),
@@ -89,7 +66,6 @@ _BATCH_SAMPLES = {
     "otf_batch_jobs_sum": "jobs",
     "otf_batch_tiles_sum": "tiles",
 }
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -239,16 +215,6 @@ def run_seconds(job: Job | None, now: datetime | None = None) -> float | None:
         return None
     end = job.end_time or (now or datetime.now(UTC))
     return (end - job.start_time).total_seconds()
-
-
-def result_filename(result: ResultRef) -> str:
-    """A safe local file name for one result."""
-    name = RESULT_FILES.get(result.id)
-    if name is None:
-        ext = mimetypes.guess_extension(result.mime_type or "") or ""
-        name = f"{result.id}{ext}"
-    name = _UNSAFE.sub("_", name).lstrip(".")
-    return name or "result"
 
 
 def _mean(value: float | None) -> str:
@@ -869,7 +835,7 @@ class Dashboard(App[None]):
     def _save_results(self, job_id: str) -> tuple[Path, list[Path], int]:
         """Download every result of ``job_id`` into ``download_dir/<job id>/`` (thread)."""
         job = self.client.job(job_id)
-        folder = self.download_dir / (_UNSAFE.sub("_", job_id).lstrip(".") or "job")
+        folder = self.download_dir / safe_name(job_id, "job")
         files: list[Path] = []
         total = 0
         if not job.results:

@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from astro_otf import __version__
+from astro_otf.cli.common import PHASE_STYLES, result_filename
 from astro_otf.client import (
     Job,
     OTFClient,
@@ -46,14 +47,6 @@ EXIT_HTTP = 4
 EXIT_WAIT_TIMEOUT = 5
 EXIT_INTERRUPTED = 130
 
-_PHASE_STYLES = {
-    "PENDING": "yellow",
-    "QUEUED": "cyan",
-    "EXECUTING": "blue",
-    "COMPLETED": "green",
-    "ERROR": "red",
-    "ABORTED": "magenta",
-}
 
 app = typer.Typer(
     name="otf",
@@ -93,7 +86,7 @@ def _time(value: datetime | None) -> str:
 
 
 def _phase(phase: str) -> str:
-    style = _PHASE_STYLES.get(phase)
+    style = PHASE_STYLES.get(phase)
     return f"[{style}]{phase}[/{style}]" if style else phase
 
 
@@ -771,8 +764,7 @@ def results(
                 EXIT_USAGE,
             )
         for ref in refs:
-            ext = _EXTENSIONS.get((ref.mime_type or "").split(";")[0].strip(), "")
-            target = out / f"{job_id}-{ref.id}{ext}"
+            target = out / f"{job_id}-{result_filename(ref)}"
             size = client.download_result(job_id, ref.id, target)
             written.append({"id": ref.id, "path": str(target), "size": size})
     if as_json:
@@ -781,14 +773,6 @@ def results(
         for w in written:
             typer.echo(f"{w['id']}: {w['path']} ({w['size']} bytes)")
 
-
-_EXTENSIONS = {
-    "application/x-votable+xml": ".xml",
-    "text/csv": ".csv",
-    "application/json": ".json",
-    "text/x-ds9-region": ".reg",
-    "image/png": ".png",
-}
 
 models_app = typer.Typer(help="The models the service offers.", invoke_without_command=True)
 app.add_typer(models_app, name="models")
