@@ -271,6 +271,7 @@ class OnnxDetector:
                     "precision": precision,
                     "format": "onnx",
                 },
+                sha256=self.model.sha256(precision),  # its session loaded these bytes, verified
             ),
             file_entity("manifest", self.model.path, "application/toml"),
         ]

@@ -9,6 +9,7 @@ a temporary name and renamed, so a half-written result is never listed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import platform
@@ -103,6 +104,7 @@ class JobContext:
     batch_system: Mapping[str, str] = field(default_factory=dict)
 
 
+@functools.cache
 def service_version() -> str:
     try:
         return importlib.metadata.version(SERVICE_NAME)
@@ -112,26 +114,39 @@ def service_version() -> str:
 
 def software_versions() -> dict[str, str]:
     """Versions of what ran: the service, Python and the libraries that touched the data."""
+    return dict(_versions(tuple(n for n in ("sep", "onnxruntime") if n in sys.modules)))
+
+
+@functools.cache
+def _versions(loaded: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Looked up once per process (they cannot change while it runs)."""
     versions = {SERVICE_NAME: service_version(), "python": platform.python_version()}
-    for name in ("numpy", "astropy", "sep", "onnxruntime"):
-        if name in sys.modules or name in ("numpy", "astropy"):
-            try:
-                versions[name] = importlib.metadata.version(name)
-            except importlib.metadata.PackageNotFoundError:
-                continue
-    return versions
+    for name in ("numpy", "astropy", *loaded):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return tuple(versions.items())
 
 
 def file_entity(
-    role: str, path: Path, mime_type: str, attributes: Mapping[str, str] | None = None
+    role: str,
+    path: Path,
+    mime_type: str,
+    attributes: Mapping[str, str] | None = None,
+    *,
+    sha256: str | None = None,
 ) -> FileEntity:
-    """A file's provenance entity: its name, sha256 and size."""
-    with path.open("rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    """A file's provenance entity: its name, sha256 and size. ``sha256`` is given when the
+    bytes were already checked against it (a model file, verified when its session loaded),
+    so the file is not read again for every job."""
+    if sha256 is None:
+        with path.open("rb") as fh:
+            sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
     return FileEntity(
         role=role,
         name=path.name,
-        sha256=digest,
+        sha256=sha256,
         size=path.stat().st_size,
         mime_type=mime_type,
         attributes=dict(attributes or {}),
