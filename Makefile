@@ -11,7 +11,7 @@ PORT ?= 8000
 # through ../shared/infra/slurm-local.sh.)
 DEB_TEST_PACKAGES := stilts graphviz
 
-.PHONY: run test install install-test deb-test lint typecheck check clean
+.PHONY: run test install install-test deb-test lint typecheck check clean train peers science
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -49,8 +49,8 @@ deb-test:
 	fi
 
 lint: install-test
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench training
+	$(VENV)/bin/ruff format --check src tests bench training
 
 typecheck: install-test
 	$(VENV)/bin/mypy
@@ -58,6 +58,28 @@ typecheck: install-test
 ## Install everything the tests need (Python and Debian), then run the whole suite.
 test: install-test deb-test lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+## Retrain the shipped detector from its fixed seed (CPU PyTorch, about 30 min on 2 cores),
+## then export its ONNX files, manifest and threshold into src/astro_otf/models/zoo.
+train: install
+	$(PIP) install --quiet -e '.[train]'
+	PYTHONPATH=. $(PY) -m training.train --out build/train
+	PYTHONPATH=. $(PY) -m training.export --checkpoint build/train/detector.pt
+
+## The peer finders bench/science.py compares with (PyBDSF, Aegean, sep, photutils), in a
+## virtual environment of their own. AegeanTools 2.3.5 needs numpy < 2.4.
+PEERS := .venv-peers
+$(PEERS)/.installed:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet astropy "numpy<2.4" scipy bdsf aegeantools sep photutils scikit-image pandas
+	touch $@
+
+peers: $(PEERS)/.installed
+
+## Evaluate the detector against truth and the peers; updates the table in the model card.
+science: install-test peers
+	PYTHONPATH=. $(PY) bench/science.py --peers-python $(PEERS)/bin/python \
+	  --card src/astro_otf/models/zoo/radio-detector/1.0/MODEL_CARD.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -129,12 +129,26 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``otf serve`` in a subprocess with its own data folder and database."""
+    """``otf serve`` in a subprocess with its own data folder and database.
 
-    def __init__(self, data_dir: Path, database_url: str | None, **settings: str) -> None:
+    Its jobs default to the ``sep`` finder: most tests exercise the job machinery (phases,
+    parameters such as sep's THRESH, results) with the classical finder. ``default_model=None``
+    leaves the service's own default, the trained detector (tests/e2e/test_cli_e2e.py).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        database_url: str | None,
+        *,
+        default_model: str | None = "sep",
+        **settings: str,
+    ) -> None:
         self.data_dir = data_dir
         self.database_url = database_url
         self.settings = settings
+        if default_model is not None:
+            self.settings.setdefault("default_model", default_model)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None

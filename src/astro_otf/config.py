@@ -19,6 +19,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+#: The model a job runs when it names none: the trained detector shipped in the model zoo.
+DEFAULT_MODEL = "radio-detector"
+
 
 class Settings(BaseSettings):
     """Everything an operator may set. Field names are the TOML keys; ``OTF_`` + name is the
@@ -94,6 +97,10 @@ class Settings(BaseSettings):
     )
     batch_max_wait: float = Field(
         default=0.2, ge=0, description="Seconds a job may wait for others to share its batch."
+    )
+    default_model: str = Field(
+        default=DEFAULT_MODEL,
+        description="The model a job runs when it names no MODEL.",
     )
     diagnostic_apps: bool = Field(
         default=False,

@@ -36,6 +36,15 @@ def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
 
 
 @pytest.fixture(scope="module")
+def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server left with the service's own default model (the trained detector)."""
+    proc = ServerProcess(tmp_path_factory.mktemp("otf-default") / "data", None, default_model=None)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
 def image(real_data: Path) -> Path:
     return real_data / "aegean" / "synthetic_test.fits"
 
@@ -267,12 +276,15 @@ def test_rerun_and_provenance(cli_server: ServerProcess, image: Path, tmp_path: 
 
 
 def test_bulk_submit_every_real_image_with_progress_and_summary(
-    cli_server: ServerProcess, real_data: Path, tmp_path: Path
+    default_server: ServerProcess, real_data: Path, tmp_path: Path
 ) -> None:
-    """The issue's command: a recursive glob over ../shared/data/real, --wait, --out DIR."""
+    """A recursive glob over ../shared/data/real, --wait, --out DIR, with no --model: every
+    image gets its catalogue from the default model, the trained detector."""
+    listed = json.loads(otf(default_server.url, "models", "--json").stdout)
+    assert listed["default"] == "radio-detector"
     out = tmp_path / "results"
     run = otf(
-        cli_server.url, "submit", f"{real_data}/**/*.fits", "--wait", "--out", f"{out}/",
+        default_server.url, "submit", f"{real_data}/**/*.fits", "--wait", "--out", f"{out}/",
         timeout=300,
     )  # fmt: skip
     # three of the .fits files there are catalogues (FITS tables): those jobs are ERROR, and
@@ -285,7 +297,13 @@ def test_bulk_submit_every_real_image_with_progress_and_summary(
     assert len(written) == 9
     assert "magpis_G10.5+0.0.xml" in written and "SWIFT_554620-130504.xml" in written
     for name in written:
-        parse_single_table(str(out / name))
+        assert 'name="model_id" value="radio-detector"' in (out / name).read_text()
+        table = parse_single_table(str(out / name))
+        assert table.get_field_by_id_or_name("int_flux").unit == "Jy"
+        if name == "SWIFT_554620-130504.xml":  # the single-source AMI image
+            assert len(table.array) == 1
+        else:
+            assert len(table.array) >= 1, name
 
 
 def test_models_wait_results_show_roi_and_config_file(

@@ -86,9 +86,13 @@ def stilts() -> str:
 
 @pytest.fixture(scope="module")
 def finished(client: httpx.Client, real_data: Path) -> dict[str, dict[str, Any]]:
-    """One sep job per real image, one matched-filter job and one empty catalogue, all
-    submitted at once and waited for."""
+    """One sep job and one trained-detector job per real image, one matched-filter job and
+    one empty catalogue, all submitted at once and waited for."""
     ids = {rel: create(client, {"PHASE": "RUN"}, real_data / rel) for rel in REAL_IMAGES}
+    for rel in REAL_IMAGES:
+        ids[f"detector:{rel}"] = create(
+            client, {"PHASE": "RUN", "MODEL": "radio-detector"}, real_data / rel
+        )
     ids["matched-filter"] = create(
         client,
         {"PHASE": "RUN", "MODEL": "matched-filter"},
@@ -139,7 +143,9 @@ def entities_with(doc: ProvDocument, text: str) -> list[str]:
     )]  # fmt: skip
 
 
-@pytest.mark.parametrize("image", [*REAL_IMAGES, "matched-filter", "empty"])
+@pytest.mark.parametrize(
+    "image", [*REAL_IMAGES, *(f"detector:{r}" for r in REAL_IMAGES), "matched-filter", "empty"]
+)
 def test_every_result_is_valid_and_listed(
     image: str,
     finished: dict[str, dict[str, Any]],
@@ -175,6 +181,8 @@ def test_every_result_is_valid_and_listed(
     assert infos["job_id"] == job_id
     assert infos["owner"] == "anonymous"
     model = "matched-filter" if image == "matched-filter" else "sep"
+    if image.startswith("detector:"):
+        model = "radio-detector"
     assert infos["model_id"] == model
     assert infos["model_version"] == doc["jobInfo"]["model_version"]
     assert infos["software_version"].startswith("astro-otf ")
@@ -186,13 +194,14 @@ def test_every_result_is_valid_and_listed(
     assert [f.name for f in table.fields][: len(STANDARD)] == STANDARD
     for field in table.fields:  # a UCD on each; a unit on each but the dimensionless ones
         assert field.ucd, field.name
-        assert field.unit is not None or field.name in ("id", "class", "tile", "score", "flag")
+        unitless = ("id", "class", "tile", "score", "flag", "snr")
+        assert field.unit is not None or field.name in unitless
     catalogue = table.to_table()
     rows = len(catalogue)
     assert rows == doc["jobInfo"]["n_sources"]
     if image == "empty":
         assert rows == 0
-    if model == "matched-filter":
+    if model != "sep":
         assert infos["model_sha256"] and "tile" in catalogue.colnames
         assert not np.ma.is_masked(catalogue["tile"][0]) if rows else True
 
@@ -224,14 +233,14 @@ def test_every_result_is_valid_and_listed(
 
     # provenance: parses back and names the sha256 of the input and every other result
     prov = ProvDocument.deserialize(content=bodies["provenance"].decode(), format="json")
-    upload = image if image in REAL_IMAGES else (
-        "aegean/synthetic_test.fits" if image == "matched-filter" else REAL_IMAGES[2]
-    )  # fmt: skip
+    upload = image.removeprefix("detector:") if image != "empty" else REAL_IMAGES[2]
+    if image == "matched-filter":
+        upload = "aegean/synthetic_test.fits"
     assert entities_with(prov, sha256((real_data / upload).read_bytes()))
     for result_id in ("result", "csv", "json", "ds9", "preview"):
         assert entities_with(prov, sha256(bodies[result_id])), result_id
-    if model == "matched-filter":
-        app = build_registry(RegistryConfig()).get("matched-filter")
+    if model != "sep":
+        app = build_registry(RegistryConfig()).get(model)
         assert entities_with(prov, app.model.sha256("fp32"))  # type: ignore[attr-defined]
         assert entities_with(prov, infos["model_sha256"])
 

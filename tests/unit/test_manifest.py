@@ -150,6 +150,13 @@ def test_all_parameter_types(model_copy: Path) -> None:
             "input.dtype.fp16 is missing",
         ),
         ('kind = "heatmap"', 'kind = "boxes"', "output.kind", ""),
+        (
+            'channels = ["snr"]',
+            'channels = ["snr"]\nattributes = "attrs"',
+            "output",
+            "given together",
+        ),
+        ("beam_fwhm_pix", "max_beam_pix = -2\nbeam_fwhm_pix", "input.max_beam_pix", "greater"),
         ("memory_mb = 16", "memory_mb = 0", "memory_mb", "greater than 0"),
         ('version = "1.0"', "version = 1.0", "version", "valid string"),
         ('id = "matched-filter"', 'id = "Matched Filter"', "id", "not a model id"),

@@ -326,3 +326,53 @@ def test_stretches_are_strictly_increasing_on_the_unit_range(
     gaps = np.diff(ordered)
     # float32 output: only gaps well above its resolution must stay strictly ordered
     assert np.all(np.diff(out)[gaps > 1e-5] > 0)
+
+
+# --------------------------------------------------------------------------- S/N units
+
+
+def test_standardise_puts_pixels_in_units_of_the_robust_rms() -> None:
+    rng = np.random.default_rng(1)
+    data = rng.normal(5.0, 2.0, 200_000)
+    data[:100] = 1e6  # a few bright sources barely move a median and a MAD
+    fitted = parse_chain([{"op": "standardise"}]).fit(data)
+    step = fitted.steps[0]
+    assert step.median == pytest.approx(5.0, abs=0.02)
+    assert step.rms == pytest.approx(2.0, rel=0.01)
+    assert fitted.noise == (step.median, step.rms)
+    out = fitted.apply(data)
+    assert float(np.median(out[100:])) == pytest.approx(0.0, abs=0.02)
+    assert float(np.std(out[100:])) == pytest.approx(1.0, rel=0.01)
+
+
+def test_standardise_with_given_values_and_asinh() -> None:
+    out = run(
+        [{"op": "standardise", "median": 1.0, "rms": 2.0}, {"op": "asinh", "scale": 3.0}],
+        [1.0, 7.0, -5.0],
+    )
+    np.testing.assert_allclose(out, np.arcsinh([0.0, 1.0, -1.0]), rtol=1e-6)
+
+
+def test_noise_only_when_the_chain_opens_with_standardise() -> None:
+    data = np.random.default_rng(2).normal(size=1000)
+    assert parse_chain([{"op": "tanh"}, {"op": "standardise"}]).fit(data).noise is None
+    assert parse_chain([{"op": "asinh"}]).fit(data).noise is None
+
+
+def test_standardise_on_a_constant_image_fails_the_job() -> None:
+    with pytest.raises(JobFailure, match="no noise to measure"):
+        parse_chain([{"op": "standardise"}]).fit(np.zeros(1000))
+
+
+@pytest.mark.parametrize(
+    ("step", "match"),
+    [
+        ({"op": "standardise", "median": 1.0}, "give 'rms' too"),
+        ({"op": "standardise", "median": 0.0, "rms": 0.0}, "'rms' must be positive"),
+        ({"op": "asinh", "scale": -1}, "'scale' must be positive"),
+        ({"op": "asinh", "a": 2}, "unknown key 'a'"),
+    ],
+)
+def test_bad_snr_steps_name_the_key(step: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse_chain([step])

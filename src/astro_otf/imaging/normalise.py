@@ -37,6 +37,13 @@ Steps (``op``) and their keys:
     ``LogStretch``): maps ``[0, 1]`` onto ``[0, 1]``, mirrored below zero.
 ``tanh``
     ``tanh(x / scale)`` with ``scale > 0`` (default 1): the YOLO-CIANNA stretch.
+``standardise``
+    ``(x - median) / rms`` with the image's median and robust rms (1.4826 x MAD), fitted
+    once per image (or given as ``median`` and ``rms``): pixels in units of the noise, so a
+    trained network sees the same S/N whatever the survey's flux scale.
+``asinh``
+    ``asinh(x / scale)`` (default scale 1): linear near zero, logarithmic for bright
+    sources, so noise and a 1000-sigma source both stay in a trainable range.
 ``nan``
     Replace non-finite pixels (NaN, +-inf) by ``value`` (default 0). A chain without a
     ``nan`` step gets one (value 0) appended, so a network never sees NaN.
@@ -77,7 +84,7 @@ __all__ = [
     "parse_chain",
 ]
 
-Op = Literal["clip", "linear", "sqrt", "log", "tanh", "nan"]
+Op = Literal["clip", "linear", "sqrt", "log", "tanh", "standardise", "asinh", "nan"]
 
 #: Most pixels :meth:`Chain.fit` reads from an image to compute data-dependent values.
 DEFAULT_MAX_SAMPLES = 1 << 20
@@ -91,6 +98,8 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "sqrt": (),
     "log": ("a",),
     "tanh": ("scale",),
+    "standardise": ("median", "rms"),
+    "asinh": ("scale",),
     "nan": ("value",),
 }
 
@@ -117,6 +126,8 @@ class NormStep:
     offset: float | None = None
     to_unit: bool | None = None
     a: float | None = None
+    median: float | None = None
+    rms: float | None = None
     value: float | None = None
 
     @property
@@ -129,6 +140,8 @@ class NormStep:
             )
         if self.op == "linear":
             return bool(self.to_unit) and self.min is None
+        if self.op == "standardise":
+            return self.median is None
         return False
 
     @property
@@ -160,6 +173,15 @@ class NormStep:
             )
         if self.op == "clip":
             return self._resolve_clip(finite)
+        if self.op == "standardise":
+            median = float(np.median(finite))
+            rms = float(mad_std(finite))
+            if not rms > 0:
+                raise JobFailure(
+                    f"{self.label}: the image has no noise to measure (more than half its "
+                    "pixels have the same value), so it cannot be put in units of its rms"
+                )
+            return replace(self, median=median, rms=rms)
         lo, hi = float(finite.min()), float(finite.max())
         if not lo < hi:
             raise JobFailure(
@@ -230,6 +252,14 @@ class NormStep:
             if scale != 1.0:
                 out /= scale
             np.tanh(out, out=out)
+        elif self.op == "standardise":
+            out -= cast(float, self.median)
+            out /= cast(float, self.rms)
+        elif self.op == "asinh":
+            scale = 1.0 if self.scale is None else self.scale
+            if scale != 1.0:
+                out /= scale
+            np.arcsinh(out, out=out)
         else:  # nan
             value = 0.0 if self.value is None else self.value
             np.nan_to_num(out, copy=False, nan=value, posinf=value, neginf=value)
@@ -249,6 +279,18 @@ class FittedChain:
         for step in self.steps:
             step.apply_inplace(out)
         return out
+
+    @property
+    def noise(self) -> tuple[float, float] | None:
+        """The image's median and rms in image units, when the chain opens with
+        ``standardise`` (only ``nan`` or ``clip`` steps before it): what turns a model's S/N
+        outputs back into fluxes. None otherwise."""
+        for step in self.steps:
+            if step.op == "standardise":
+                return cast(float, step.median), cast(float, step.rms)
+            if step.op not in ("nan", "clip"):
+                return None
+        return None
 
     def to_dicts(self) -> list[dict[str, Any]]:
         """The resolved steps as manifest tables (plain numbers), for provenance."""
@@ -394,8 +436,16 @@ def _check(where: str, s: NormStep) -> None:
     elif s.op == "log":
         if s.a is not None and s.a <= 0:
             raise ValueError(f"{where}: 'a' must be positive, got {s.a:g}")
-    elif s.op == "tanh" and s.scale is not None and s.scale <= 0:
+    elif s.op in ("tanh", "asinh") and s.scale is not None and s.scale <= 0:
         raise ValueError(f"{where}: 'scale' must be positive, got {s.scale:g}")
+    elif s.op == "standardise":
+        if (s.median is None) != (s.rms is None):
+            missing = "rms" if s.rms is None else "median"
+            raise ValueError(
+                f"{where}: give {missing!r} too, or neither to measure both on the image"
+            )
+        if s.rms is not None and s.rms <= 0:
+            raise ValueError(f"{where}: 'rms' must be positive, got {s.rms:g}")
 
 
 def _check_clip(where: str, s: NormStep) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "merge",
     "nms",
     "owned",
+    "position_angles",
     "stitch",
     "to_image",
     "to_sky",
@@ -265,6 +266,19 @@ def _touching_pairs(
 
 
 # --------------------------------------------------------------------------- to the sky
+
+
+def position_angles(wcs: WCS, x: np.ndarray, y: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Position angles (degrees East of North, ICRS, 0 to 180) of axes at pixel angle
+    ``theta`` (radians from +x towards +y) through the pixels ``(x, y)``: a point one pixel
+    along each axis gives its direction on the sky, whatever the projection or rotation."""
+    if len(x) == 0:
+        return np.empty(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # wcslib warns on pixels outside the projection
+        centre = wcs.pixel_to_world(x, y).icrs
+        along = wcs.pixel_to_world(x + np.cos(theta), y + np.sin(theta)).icrs
+    return np.mod(np.asarray(centre.position_angle(along).deg, dtype=np.float64), 180.0)
 
 
 def to_sky(

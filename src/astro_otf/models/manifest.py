@@ -114,6 +114,9 @@ class InputSpec(_Strict):
     dtype: dict[Precision, TensorDType]
     #: Beam FWHM (pixels) the model was made for; the imaging step may resample to it.
     beam_fwhm_pix: float | None = Field(default=None, gt=0)
+    #: Widest beam major axis (FWHM, pixels) the model was trained on. An image whose beam
+    #: (BMAJ) is wider is block-averaged by the smallest integer factor that brings it within.
+    max_beam_pix: float | None = Field(default=None, gt=0)
 
 
 class TilingSpec(_Strict):
@@ -137,6 +140,10 @@ class OutputSpec(_Strict):
     local-maximum mask of the same shape. ``score_normalisation`` says whether the scores are
     already in S/N units (``none``) or the decoder must subtract the median of the job's score
     map and divide by its rms estimated as 1.4826 x MAD (``median_mad``).
+
+    ``attributes``, when given, names an output of per-pixel source measurements read at the
+    peaks, its channels named by ``attribute_channels`` (see the detector app for the names
+    it decodes: sub-pixel offsets, fluxes, sizes and angle).
     """
 
     kind: Literal["heatmap"]
@@ -146,6 +153,14 @@ class OutputSpec(_Strict):
     peak: str | None = Field(default=None, min_length=1)
     channels: list[str] = Field(min_length=1)
     score_normalisation: Literal["none", "median_mad"] = "none"
+    attributes: str | None = Field(default=None, min_length=1)
+    attribute_channels: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _attributes_named(self) -> OutputSpec:
+        if (self.attributes is None) != (not self.attribute_channels):
+            raise ValueError("attributes and attribute_channels are given together or not at all")
+        return self
 
 
 class PostprocessSpec(_Strict):
@@ -153,6 +168,8 @@ class PostprocessSpec(_Strict):
 
     score_threshold: float
     nms_iou: float | None = Field(default=None, ge=0.0, le=1.0)
+    #: Lowest peak S/N kept, for models whose attributes measure it (``log_peak_snr``).
+    min_snr: float | None = Field(default=None, ge=0.0)
 
 
 class ParameterEntry(_Strict):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from astropy.io import fits
+from astropy.table import Column, Table
 
 from astro_otf.batching.former import BatchKey
 from astro_otf.domain.errors import JobFailure
@@ -27,7 +28,8 @@ from astro_otf.domain.job import Job
 from astro_otf.domain.parameters import ParamSpec
 from astro_otf.imaging.fits import SkyImage, cutout, load_image
 from astro_otf.imaging.normalise import FittedChain, parse_chain
-from astro_otf.imaging.stitch import Detection, stitch, to_sky
+from astro_otf.imaging.resample import block_mean
+from astro_otf.imaging.stitch import Detection, position_angles, stitch, to_sky
 from astro_otf.imaging.tiling import TileSpec, read_tile, tile_grid
 from astro_otf.models.base import AppOutput, AppRequest
 from astro_otf.models.manifest import LoadedModel
@@ -37,6 +39,24 @@ from astro_otf.results.products import file_entity, image_facts
 
 STAT_TILES = 16
 MAD_TO_SIGMA = 1.4826
+#: What :meth:`OnnxDetector.forward` yields per tile: job, tile, tile input, score, peak
+#: mask and attributes (None when the model has none).
+_Forwarded = tuple["_Prepared", TileSpec, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
+
+#: The attribute channels the decoder knows (``output.attribute_channels``): sub-pixel
+#: offset of the centre from the peak pixel, ln(peak / image rms), ln(integrated / peak
+#: flux) in beams, ln of the observed FWHM axes in pixels, and the major axis's pixel angle
+#: (from +x towards +y) as cos 2t, sin 2t.
+ATTRIBUTE_CHANNELS = (
+    "dx",
+    "dy",
+    "log_peak_snr",
+    "log_int_over_peak",
+    "log_maj",
+    "log_min",
+    "cos2t",
+    "sin2t",
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +104,13 @@ class OnnxDetector:
         self.precisions: tuple[str, ...] = tuple(manifest.precisions)
         self.parameters: tuple[ParamSpec, ...] = manifest.parameter_specs()
         self._chain = parse_chain(manifest.normalisation)
+        unknown = set(manifest.output.attribute_channels) - set(ATTRIBUTE_CHANNELS)
+        if unknown:
+            raise ValueError(
+                f"{model.path}: output.attribute_channels {sorted(unknown)} are not decoded; "
+                f"known: {', '.join(ATTRIBUTE_CHANNELS)}"
+            )
+        self._attr = {name: i for i, name in enumerate(manifest.output.attribute_channels)}
 
     # -- what the scheduler asks before a job runs --------------------------------------
 
@@ -124,16 +151,50 @@ class OnnxDetector:
             image = cutout(image, request.roi)
         if not _any_finite(image.data):
             raise JobFailure("the image (or region) has no valid pixels: all are NaN or BLANK")
-        specs = tile_grid(image.shape, manifest.tiling.tile, manifest.tiling.overlap)
+        factor = self._resample_factor(image)
+        pixels = image.data
+        if factor > 1:
+            pixels = block_mean(image.data, factor)
+            request.log.info(
+                "beam of %.3g px is wider than the model's %.3g px: averaging %dx%d pixel "
+                "blocks (%s -> %s px)",
+                _beam_major_pix(image),
+                manifest.input.max_beam_pix,
+                factor,
+                factor,
+                image.shape,
+                pixels.shape,
+            )
+        specs = tile_grid(pixels.shape, manifest.tiling.tile, manifest.tiling.overlap)
         threshold = float(request.values.get("threshold", manifest.postprocess.score_threshold))
-        return _Prepared(request, image, self._chain.fit(image.data), specs, threshold, full_shape)
+        min_snr = request.values.get("min_snr", manifest.postprocess.min_snr)
+        chain = self._chain.fit(pixels)
+        return _Prepared(
+            request,
+            image,
+            chain,
+            specs,
+            threshold,
+            full_shape,
+            pixels,
+            factor,
+            min_snr=None if min_snr is None else float(min_snr),
+        )
+
+    def _resample_factor(self, image: SkyImage) -> int:
+        """1, or the block size that brings the image's beam within the model's widest."""
+        widest = self.model.manifest.input.max_beam_pix
+        beam = _beam_major_pix(image)
+        if widest is None or beam is None or beam <= widest:
+            return 1
+        return math.ceil(beam / widest)
 
     def forward(
         self, items: list[tuple[_Prepared, TileSpec]], precision: str
-    ) -> Iterator[tuple[_Prepared, TileSpec, np.ndarray, np.ndarray, np.ndarray]]:
-        """(job, tile, tile input, score, peak) for every item: tiles of many jobs go through
-        one forward pass, at most ``max_batch_tiles`` at a time; a pass that runs out of
-        memory is split in halves and retried."""
+    ) -> Iterator[_Forwarded]:
+        """(job, tile, tile input, score, peak, attributes or None) for every item: tiles of
+        many jobs go through one forward pass, at most ``max_batch_tiles`` at a time; a pass
+        that runs out of memory is split in halves and retried."""
         manifest = self.model.manifest
         session = session_cache(self.runtime).get(self.model, precision)
         step = self.runtime.max_batch_tiles
@@ -141,7 +202,7 @@ class OnnxDetector:
         start = 0
         while start < len(items):
             chunk = items[start : start + step]
-            raw = [read_tile(p.image.data, spec, fill=np.nan) for p, spec in chunk]
+            raw = [read_tile(p.pixels, spec, fill=np.nan) for p, spec in chunk]
             try:
                 batch = np.stack([p.chain.apply(t) for (p, _), t in zip(chunk, raw, strict=True)])
                 out = run(session, batch[:, None, :, :], input_name=manifest.input.name)
@@ -158,8 +219,9 @@ class OnnxDetector:
                 continue
             score = out[manifest.output.score][:, 0]
             peak = out[manifest.output.peak][:, 0]  # type: ignore[index]
+            attrs = out[manifest.output.attributes] if manifest.output.attributes else None
             for i, (p, spec) in enumerate(chunk):
-                yield p, spec, raw[i], score[i], peak[i]
+                yield p, spec, raw[i], score[i], peak[i], None if attrs is None else attrs[i]
             start += len(chunk)
 
     def run(self, request: AppRequest) -> AppOutput:
@@ -203,8 +265,14 @@ class OnnxDetector:
             for n in [n for n in jobs if n in results]:
                 del jobs[n]
         items = [(p, spec) for p in jobs.values() for spec in p.specs]
-        for p, spec, raw, score, peak in self.forward(items, precision):
-            if p.deferred:
+        for p, spec, raw, score, peak, attrs in self.forward(items, precision):
+            if attrs is not None:
+                ys, xs = np.nonzero((peak > 0.5) & (score >= p.threshold) & np.isfinite(raw))
+                found = self._measured(spec, xs, ys, score, attrs, _pixel_snr(p.chain, raw, xs, ys))
+                if p.min_snr is not None:
+                    found = [d for d in found if d.extra["snr"] >= p.min_snr]
+                p.per_tile.append((spec, found))
+            elif p.deferred:
                 p.pool.append(_core_values(spec, raw, score))
                 ys, xs = np.nonzero((peak > 0.5) & np.isfinite(raw))
                 p.candidates.append((spec, ys, xs, score[ys, xs], raw[ys, xs]))
@@ -241,24 +309,7 @@ class OnnxDetector:
 
     def _write(self, p: _Prepared, precision: str) -> AppOutput:
         request = p.request
-        detections = stitch(p.per_tile)
-        found = to_sky(detections, p.image.wcs, p.image.origin)
-        unit = _flux_unit(p.image)
-        table = conform(
-            found,
-            peak_unit=unit,
-            descriptions={
-                "score": "S/N of the detection (matched-filter score over the map rms).",
-                "peak_flux": "Pixel value at the detected peak.",
-                "maj": "Not measured by this model (it finds positions of compact sources).",
-                "min": "Not measured by this model.",
-                "pa": "Not measured by this model.",
-                "int_flux": "Not measured by this model.",
-                "class": "Not given by this model.",
-            },
-        )
-        for name in ("width", "height"):
-            table[name].description = f"Box {name} used to merge detections across tiles."
+        table = self._measured_table(p) if self._attr else self._peak_table(p)
         file = self.model.file(precision)
         model_files = [
             file_entity(
@@ -275,7 +326,7 @@ class OnnxDetector:
             ),
             file_entity("manifest", self.model.path, "application/toml"),
         ]
-        request.log.info("%d source(s) above %.3g sigma", len(table), p.threshold)
+        request.log.info("%d source(s) above a score of %.3g", len(table), p.threshold)
         return AppOutput(
             catalogue=Catalogue(
                 table,
@@ -298,6 +349,153 @@ class OnnxDetector:
                 "score_rms": p.rms,
             },
         )
+
+    def _peak_table(self, p: _Prepared) -> Table:
+        """The catalogue of a model that gives positions only (peaks of an S/N map)."""
+        found = to_sky(stitch(p.per_tile), p.image.wcs, p.image.origin)
+        table = conform(
+            found,
+            peak_unit=_flux_unit(p.image),
+            descriptions={
+                "score": "S/N of the detection (matched-filter score over the map rms).",
+                "peak_flux": "Pixel value at the detected peak.",
+                "maj": "Not measured by this model (it finds positions of compact sources).",
+                "min": "Not measured by this model.",
+                "pa": "Not measured by this model.",
+                "int_flux": "Not measured by this model.",
+                "class": "Not given by this model.",
+            },
+        )
+        for name in ("width", "height"):
+            table[name].description = f"Box {name} used to merge detections across tiles."
+        return table
+
+    def _measured_table(self, p: _Prepared) -> Table:
+        """The catalogue of a model that measures its sources (``output.attributes``):
+        fluxes from its S/N outputs times the image rms, sizes from pixels to arcsec, the
+        pixel angle turned into a position angle on the sky through the WCS."""
+        f = p.factor
+        detections = stitch(p.per_tile)
+        if f > 1:  # back to the uploaded image's pixels: block i covers f*i .. f*i + f - 1
+            detections = [
+                Detection(
+                    f * d.x + (f - 1) / 2,
+                    f * d.y + (f - 1) / 2,
+                    d.width * f,
+                    d.height * f,
+                    d.score,
+                    {
+                        **d.extra,
+                        "maj_pix": d.extra["maj_pix"] * f,
+                        "min_pix": d.extra["min_pix"] * f,
+                    },
+                )
+                for d in detections
+            ]
+        found = to_sky(detections, p.image.wcs, p.image.origin)
+        noise = p.chain.noise
+        if noise is None:
+            raise JobFailure(
+                f"model {self.model_id} {self.version}: its normalisation has no 'standardise' "
+                "step, so its S/N outputs cannot be turned into fluxes"
+            )
+        peak_unit = _flux_unit(p.image)
+        int_unit = "Jy" if peak_unit == "Jy/beam" else ""
+
+        def extra(name: str) -> np.ndarray:
+            return np.array([d.extra[name] for d in detections], dtype=np.float64)
+
+        rms = noise[1]
+        snr = extra("peak_snr")
+        scale = p.image.pixel_scale_arcsec
+        found.keep_columns(
+            [c for c in ("ra", "dec", "x", "y", "score", "tile") if c in found.colnames]
+        )
+        found["peak_flux"] = snr * rms
+        found["peak_flux_err"] = np.full(len(found), rms)
+        if int_unit:
+            found["int_flux"] = snr * rms * extra("int_over_peak")
+        found["maj"] = extra("maj_pix") * scale
+        found["min"] = extra("min_pix") * scale
+        x = np.array([d.x for d in detections])
+        y = np.array([d.y for d in detections])
+        found["pa"] = position_angles(p.image.wcs, x, y, extra("theta"))
+        found["snr"] = Column(
+            extra("snr"),
+            unit="",
+            description="S/N of the image itself at the source: the brightest pixel of the "
+            "3x3 around the detected peak, less the image median, over the image rms. "
+            "MIN_SNR applies to it.",
+            meta={"ucd": "stat.snr"},
+        )
+        return conform(
+            found,
+            peak_unit=peak_unit,
+            int_unit=int_unit,
+            score_ucd="stat.probability",
+            descriptions={
+                "ra": "Right ascension (ICRS) of the centre the model found.",
+                "dec": "Declination (ICRS) of the centre the model found.",
+                "ra_err": "Not estimated by this model.",
+                "dec_err": "Not estimated by this model.",
+                "score": "Objectness: the model's probability that a source is centred here.",
+                "peak_flux": "Peak surface brightness, the model's S/N times the image rms "
+                "(1.4826 MAD of the whole image).",
+                "peak_flux_err": "The image rms: the 1-sigma error of a peak.",
+                "int_flux": "Integrated flux density, peak_flux times the model's "
+                "integrated-to-peak ratio in beams"
+                + ("." if int_unit else " (blank: the image unit is not Jy/beam)."),
+                "int_flux_err": "Not estimated by this model.",
+                "maj": "Major axis FWHM as observed (convolved with the beam), not deconvolved.",
+                "min": "Minor axis FWHM as observed (convolved with the beam), not deconvolved.",
+                "pa": "Position angle of the major axis, degrees East of North (ICRS), 0 to 180.",
+                "class": "Not given by this model.",
+            },
+        )
+
+    def _measured(
+        self,
+        spec: TileSpec,
+        xs: np.ndarray,
+        ys: np.ndarray,
+        score: np.ndarray,
+        attrs: np.ndarray,
+        pixel_snr: np.ndarray,
+    ) -> list[Detection]:
+        """Detections at the peak pixels (xs, ys) of a tile, with the attributes read there
+        and the S/N of the image's own pixels there (``pixel_snr``)."""
+        values = {name: attrs[i][ys, xs].astype(np.float64) for name, i in self._attr.items()}
+        zero = np.zeros(len(xs))
+        x = xs + values.get("dx", zero)
+        y = ys + values.get("dy", zero)
+        peak_snr = np.exp(values["log_peak_snr"]) if "log_peak_snr" in values else zero + np.nan
+        ratio = (
+            np.exp(values["log_int_over_peak"]) if "log_int_over_peak" in values else zero + np.nan
+        )
+        beam = self._beam
+        maj = np.exp(values["log_maj"]) if "log_maj" in values else zero + beam
+        mn = np.exp(values["log_min"]) if "log_min" in values else maj
+        maj, mn = np.maximum(maj, mn), np.minimum(maj, mn)
+        theta = 0.5 * np.arctan2(values.get("sin2t", zero), values.get("cos2t", zero + 1.0))
+        return [
+            Detection(
+                float(x[i]),
+                float(y[i]),
+                float(maj[i]),
+                float(maj[i]),
+                float(score[ys[i], xs[i]]),
+                {
+                    "snr": float(pixel_snr[i]),
+                    "peak_snr": float(peak_snr[i]),
+                    "int_over_peak": float(ratio[i]),
+                    "maj_pix": float(maj[i]),
+                    "min_pix": float(mn[i]),
+                    "theta": float(theta[i]),
+                    "tile": float(spec.index),
+                },
+            )
+            for i in range(len(xs))
+        ]
 
     def _detections(
         self, spec: TileSpec, xs: np.ndarray, ys: np.ndarray, snr: np.ndarray, peak: np.ndarray
@@ -327,7 +525,7 @@ class OnnxDetector:
         for p in jobs.values():
             every = max(1, math.ceil(len(p.specs) / STAT_TILES))
             items += [(p, spec) for spec in p.specs[::every]]
-        for p, spec, raw, score, _ in self.forward(items, precision):
+        for p, spec, raw, score, _, _ in self.forward(items, precision):
             p.pool.append(_core_values(spec, raw, score))
         for n, p in jobs.items():
             try:
@@ -336,6 +534,19 @@ class OnnxDetector:
             except JobFailure as exc:
                 results[n] = exc
             p.pool.clear()
+
+
+def _pixel_snr(chain: FittedChain, raw: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """The S/N of the image at the pixels (xs, ys) of a tile: the brightest valid pixel of
+    each 3x3 neighbourhood, less the image median, over the image rms."""
+    noise = chain.noise
+    if noise is None or len(xs) == 0:
+        return np.full(len(xs), np.nan)
+    median, rms = noise
+    padded = np.pad(raw, 1, constant_values=np.nan)
+    around = np.stack([padded[ys + 1 + dy, xs + 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    with np.errstate(invalid="ignore"):
+        return (np.nanmax(around, axis=0) - median) / rms
 
 
 def _any_finite(data: np.ndarray, rows: int = 256) -> bool:
@@ -374,6 +585,10 @@ class _Prepared:
     specs: list[TileSpec]
     threshold: float
     full_shape: tuple[int, int]
+    #: The pixels tiles are cut from: the image's, or their block means (``factor`` > 1)
+    pixels: np.ndarray
+    factor: int = 1
+    min_snr: float | None = None
     median: float = 0.0
     rms: float = 1.0
     per_tile: list[tuple[TileSpec, list[Detection]]] = field(default_factory=list)
@@ -407,6 +622,14 @@ _OOM_MESSAGES = (
 def _out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, MemoryError) or any(m in text for m in _OOM_MESSAGES)
+
+
+def _beam_major_pix(image: SkyImage) -> float | None:
+    """The beam's major axis (FWHM) in pixels, or None without BMAJ."""
+    beam = image.beam
+    if beam is None:
+        return None
+    return beam.major_deg * 3600.0 / image.pixel_scale_arcsec
 
 
 def _flux_unit(image: SkyImage) -> str:

@@ -1,4 +1,4 @@
-"""Which apps a job can run, by ``model_id``. The first registered is the default model."""
+"""Which apps a job can run, by ``model_id``, and which one a job without MODEL gets."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from astro_otf.config import Settings
+from astro_otf.config import DEFAULT_MODEL, Settings
 from astro_otf.domain.errors import ParameterError
 from astro_otf.models.base import App
 from astro_otf.models.onnx_detector import RuntimeConfig
 
 
 class Registry:
-    def __init__(self, apps: list[App]) -> None:
+    """The apps by id; ``default`` (the first app when None) runs jobs that name no MODEL."""
+
+    def __init__(self, apps: list[App], default: str | None = None) -> None:
         if not apps:
             raise ValueError("a registry needs at least one app")
         self._apps: dict[str, App] = {}
@@ -22,7 +24,12 @@ class Registry:
             if app.model_id in self._apps:
                 raise ValueError(f"two models share the id {app.model_id!r}")
             self._apps[app.model_id] = app
-        self.default_model_id = apps[0].model_id
+        if default is not None and default not in self._apps:
+            raise ValueError(
+                f"the default model {default!r} is not installed; available: "
+                f"{', '.join(self._apps)}"
+            )
+        self.default_model_id = default if default is not None else apps[0].model_id
 
     def __iter__(self) -> Iterator[App]:
         return iter(self._apps.values())
@@ -57,12 +64,14 @@ class RegistryConfig:
 
     diagnostic_apps: bool = False
     models_dirs: tuple[str, ...] = ()
+    default_model: str | None = DEFAULT_MODEL
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RegistryConfig:
         return cls(
             diagnostic_apps=settings.diagnostic_apps,
+            default_model=settings.default_model,
             models_dirs=tuple(str(p) for p in settings.models_dirs),
             runtime=RuntimeConfig(
                 providers=tuple(settings.inference_providers),
@@ -75,8 +84,9 @@ class RegistryConfig:
 
 
 def build_registry(config: RegistryConfig | None = None) -> Registry:
-    """The apps of this installation: sep first (the default), then every ONNX model found
-    in the shipped zoo and in ``models_dirs``, then the diagnostic app if enabled."""
+    """The apps of this installation: sep, then every ONNX model found in the shipped zoo
+    and in ``models_dirs``, then the diagnostic app if enabled. The default is
+    ``config.default_model`` (the trained detector unless configured otherwise)."""
     from astro_otf.models.manifest import SHIPPED_MODELS, load_manifests
     from astro_otf.models.onnx_detector import OnnxDetector
     from astro_otf.models.sep_finder import SepFinder
@@ -89,4 +99,4 @@ def build_registry(config: RegistryConfig | None = None) -> Registry:
         from astro_otf.models.diagnostic import SleepApp
 
         apps.append(SleepApp())
-    return Registry(apps)
+    return Registry(apps, default=config.default_model)

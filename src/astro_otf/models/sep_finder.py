@@ -26,6 +26,7 @@ from astropy.table import Column, Table
 from astro_otf.domain.errors import JobFailure
 from astro_otf.domain.parameters import Extent, ParamSpec
 from astro_otf.imaging.fits import FWHM_PER_SIGMA, SkyImage, cutout, load_image
+from astro_otf.imaging.stitch import position_angles
 from astro_otf.models.base import AppOutput, AppRequest
 from astro_otf.results.catalogue import Catalogue, conform
 from astro_otf.results.products import image_facts
@@ -447,11 +448,9 @@ def _catalogue(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             centre = image.wcs.pixel_to_world(x, y).icrs
-            # A point one pixel along the major axis gives the axis's direction on the sky.
-            along = image.wcs.pixel_to_world(x + np.cos(theta), y + np.sin(theta)).icrs
         ra = np.asarray(centre.ra.deg, dtype=np.float64)
         dec = np.asarray(centre.dec.deg, dtype=np.float64)
-        pa = np.mod(np.asarray(centre.position_angle(along).deg, dtype=np.float64), 180.0)
+        pa = position_angles(image.wcs, x, y, theta)
     sx, sy = image.pixel_scales_arcsec
     scale = image.pixel_scale_arcsec
     x0, y0 = image.origin

@@ -1,0 +1,165 @@
+"""The shipped trained detector (``radio-detector``), run in process as a worker runs it.
+
+It must find the sources of a simulated SDC1-like field it never saw, with their fluxes; keep
+to one detection on the single-source AMI image (whose 12 px beam it only handles after
+block averaging); give the same sources in every precision; and turn its pixel angles into
+sky position angles. bench/science.py measures the full evaluation; these are its floors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.table import Table
+
+from astro_otf.config import DEFAULT_MODEL
+from astro_otf.models.base import AppRequest
+from astro_otf.models.manifest import SHIPPED_MODELS
+from astro_otf.models.onnx_detector import OnnxDetector, RuntimeConfig
+from astro_otf.models.registry import RegistryConfig, build_registry
+from training import simulate as sim
+
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
+AMI = REAL / "pyse" / "SWIFT_554620-130504.fits"
+SYNTHETIC = REAL / "aegean" / "synthetic_test.fits"
+
+registry = build_registry(RegistryConfig(runtime=RuntimeConfig(intra_op_threads=1)))
+app = registry.get("radio-detector")
+
+
+def run(path: Path, tmp_path: Path, **values: object) -> Table:
+    request = AppRequest(
+        job_id="test",
+        image_path=path,
+        values=dict(values),
+        roi=None,
+        staging_dir=tmp_path,
+        log=logging.getLogger("test.detector"),
+    )
+    catalogue = app.run(request).catalogue
+    assert catalogue is not None
+    return catalogue.table
+
+
+def match(found: Table, truth: Table, radius_arcsec: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one nearest matches within the radius: (found index, truth index)."""
+    a = SkyCoord(found["ra"], found["dec"], unit="deg")
+    b = SkyCoord(truth["ra"], truth["dec"], unit="deg")
+    idx, sep, _ = a.match_to_catalog_sky(b)
+    pairs = sorted(
+        (s, i, j)
+        for i, (j, s) in enumerate(zip(idx, sep.arcsec, strict=True))
+        if s <= radius_arcsec
+    )
+    used_a: set[int] = set()
+    used_b: set[int] = set()
+    for _, i, j in pairs:
+        if i not in used_a and j not in used_b:
+            used_a.add(i)
+            used_b.add(int(j))
+    return np.array(sorted(used_a)), np.array([int(idx[i]) for i in sorted(used_a)])
+
+
+def test_the_trained_detector_is_the_default_model() -> None:
+    assert DEFAULT_MODEL == "radio-detector"
+    assert build_registry().default_model_id == "radio-detector"
+    assert app.precisions == ("fp32", "fp16", "int8")
+    card = SHIPPED_MODELS / "radio-detector" / "1.0" / "MODEL_CARD.md"
+    assert "F1" in card.read_text()
+
+
+def test_finds_the_sources_of_a_held_out_field(tmp_path: Path) -> None:
+    image, truth_csv = sim.write_field(tmp_path / "f", *sim.HELDOUT_BOX[:2], 384, seed=11)
+    truth = Table.read(truth_csv, format="ascii.csv")
+    found = run(image, tmp_path)
+    fi, ti = match(found, truth, radius_arcsec=sim.SDC1_BEAM_ARCSEC)
+    completeness, purity = len(ti) / len(truth), len(fi) / len(found)
+    f1 = 2 * completeness * purity / (completeness + purity)
+    assert f1 >= 0.9, (completeness, purity)
+    bright = np.asarray(truth["snr"][ti]) >= 10
+    ratio = np.asarray(found["int_flux"][fi])[bright] / np.asarray(truth["int_flux"][ti])[bright]
+    assert abs(float(np.median(ratio)) - 1) < 0.1
+    assert str(found["int_flux"].unit) == "Jy" and str(found["peak_flux"].unit) == "Jy / beam"
+    for name in ("peak_flux", "int_flux", "maj", "min", "pa", "score", "snr"):
+        assert np.isfinite(np.asarray(found[name], dtype=float)).all(), name
+    assert (found["maj"] >= found["min"]).all() and (found["min"] > 0.5).all()
+    assert ((found["pa"] >= 0) & (found["pa"] < 180)).all()
+
+
+def test_the_single_ami_source_is_found_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="test.detector"):
+        found = run(AMI, tmp_path)
+    assert "averaging 2x2 pixel blocks" in caplog.text  # a 12.3 px beam, 7 px at most
+    assert len(found) == 1
+    reference = Table.read(REAL / "baseline" / "SWIFT_554620-130504.bdsf.csv", format="ascii.csv")
+    offset = SkyCoord(found["ra"][0], found["dec"][0], unit="deg").separation(
+        SkyCoord(reference["ra"][0], reference["dec"][0], unit="deg")
+    )
+    assert offset < 10 * u.arcsec  # beam 61.5" x 23.7"
+    # uploaded pixels, not the averaged ones
+    assert 0 <= found["x"][0] < 512 and 0 <= found["y"][0] < 512
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_every_precision_finds_the_synthetic_grid(tmp_path: Path, precision: str) -> None:
+    truth = Table.read(REAL / "aegean" / "synthetic_test_truth.csv", format="ascii.csv")
+    found = run(SYNTHETIC, tmp_path, precision=precision)
+    fi, ti = match(found, truth, radius_arcsec=30.0)
+    assert len(ti) >= 0.97 * len(truth), precision
+    assert len(fi) >= 0.95 * len(found), precision
+
+
+def test_position_angle_is_measured_on_the_sky(tmp_path: Path) -> None:
+    """One elongated source at PA 30 deg (East of North) in an SDC1-like field."""
+    from astropy.io import fits
+
+    spec = sim.FieldSpec(shape=(128, 128), rms=sim.SDC1_RMS)
+    pa = 30.0
+    src = sim.Sources(
+        *(np.array([v]) for v in (64.2, 63.7, 2e-4, 8.0, 3.0, math.radians(pa + 90))),
+        np.array([2]), np.array([3]), np.array([1]),
+    )  # fmt: skip
+    pixels, truth = sim.render(src, spec, np.random.default_rng(4))
+    header = sim.sdc1_wcs(*sim.HELDOUT_BOX[:2], spec.shape).to_header()
+    header.update(BMAJ=1.5 / 3600, BMIN=1.5 / 3600, BPA=0.0, BUNIT="JY/BEAM")
+    path = tmp_path / "one.fits"
+    fits.PrimaryHDU(pixels, header).writeto(path)
+    found = run(path, tmp_path)
+    assert len(found) == 1
+    expected = math.degrees(truth["theta"][0] - math.pi / 2) % 180
+    assert abs((found["pa"][0] - expected + 90) % 180 - 90) < 10
+    assert found["maj"][0] == pytest.approx(truth["maj"][0] * 0.6, rel=0.2)
+
+
+def test_a_field_of_noise_gives_an_empty_but_complete_catalogue(tmp_path: Path) -> None:
+    from astropy.io import fits
+
+    spec = sim.FieldSpec(shape=(256, 256))
+    pixels = sim.noise(spec, np.random.default_rng(8)).astype(np.float32)
+    header = sim.sdc1_wcs(*sim.HELDOUT_BOX[:2], spec.shape).to_header()
+    header.update(BMAJ=1.5 / 3600, BMIN=1.5 / 3600, BPA=0.0, BUNIT="JY/BEAM")
+    path = tmp_path / "noise.fits"
+    fits.PrimaryHDU(pixels, header).writeto(path)
+    found = run(path, tmp_path)
+    assert len(found) == 0
+    assert {"ra", "dec", "peak_flux", "int_flux", "maj", "min", "pa", "snr"} <= set(found.colnames)
+
+
+def test_unknown_attribute_channels_are_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "radio-detector" / "1.0"
+    shutil.copytree(SHIPPED_MODELS / "radio-detector" / "1.0", folder)
+    manifest = folder / "manifest.toml"
+    manifest.write_text(manifest.read_text().replace('"sin2t"', '"colour"'))
+    from astro_otf.models.manifest import load_manifest
+
+    with pytest.raises(ValueError, match="'colour'"):
+        OnnxDetector(load_manifest(manifest), RuntimeConfig())

@@ -1,0 +1,87 @@
+"""The detector network: a small CenterNet-style heatmap model at full resolution.
+
+Why this shape: SDC1 sources are mostly unresolved, the beam is 2.5 px and neighbours closer
+than a few beams are common, so the output keeps the input's resolution (stride 1) instead
+of YOLO's 16 px cells; a three-level encoder with additive skips sees about 40 px around a
+pixel, enough for beams up to 7 px, while costing ~17k multiply-adds per pixel (cheap on a
+CPU). Per pixel it predicts the objectness of a source centred there (sigmoid) and eight
+values read at the peaks: the sub-pixel offset (dx, dy), ln(peak / rms), ln(int / peak),
+ln of the observed FWHM axes in pixels, and cos 2θ, sin 2θ of the major axis's pixel angle.
+
+The exported graph ends in the peak finding the service's decoder expects: ``score`` (the
+sigmoid), ``peak`` (1 where the score is the maximum of its 3x3 neighbourhood) and
+``attrs`` (the eight values), so the decoder only reads pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: Names of the ``attrs`` channels, in order (the manifest lists them too).
+ATTRIBUTES = (
+    "dx",
+    "dy",
+    "log_peak_snr",
+    "log_int_over_peak",
+    "log_maj",
+    "log_min",
+    "cos2t",
+    "sin2t",
+)
+
+
+#: Channels of the three encoder levels of the shipped model.
+WIDTHS = (16, 32, 48)
+
+
+def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Detector(nn.Module):
+    """Input (N, 1, H, W), H and W multiples of 4; outputs heat logits (N, 1, H, W) and
+    attributes (N, 8, H, W)."""
+
+    def __init__(self, c1: int = WIDTHS[0], c2: int = WIDTHS[1], c3: int = WIDTHS[2]) -> None:
+        super().__init__()
+        self.enc1 = nn.Sequential(_block(1, c1), _block(c1, c1))
+        self.enc2 = nn.Sequential(_block(c1, c2, stride=2), _block(c2, c2))
+        self.enc3 = nn.Sequential(_block(c2, c3, stride=2), _block(c3, c3), _block(c3, c3))
+        self.lat3 = nn.Conv2d(c3, c2, 1)
+        self.dec2 = _block(c2, c2)
+        self.lat2 = nn.Conv2d(c2, c1, 1)
+        self.dec1 = _block(c1, c1)
+        self.head = nn.Sequential(_block(c1, c1), nn.Conv2d(c1, 1 + len(ATTRIBUTES), 1))
+        with torch.no_grad():
+            self.head[-1].bias.zero_()
+            self.head[-1].bias[0] = -4.0  # start near "no source" everywhere
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f1 = self.enc1(x)
+        f2 = self.enc2(f1)
+        f3 = self.enc3(f2)
+        d2 = self.dec2(f2 + self.up(self.lat3(f3)))
+        d1 = self.dec1(f1 + self.up(self.lat2(d2)))
+        out = self.head(d1)
+        return out[:, :1], out[:, 1:]
+
+
+class Exported(nn.Module):
+    """The graph shipped as ONNX: score, peak mask and attributes."""
+
+    def __init__(self, net: Detector) -> None:
+        super().__init__()
+        self.net = net
+        self.pool = nn.MaxPool2d(3, stride=1, padding=1)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        heat, attrs = self.net(image)
+        score = torch.sigmoid(heat)
+        peak = (score >= self.pool(score)).to(score.dtype)
+        return score, peak, attrs
