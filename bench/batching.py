@@ -1,6 +1,6 @@
 """Batched inference end to end, against its limit and against the naive way.
 
-- service: N jobs of 512x512 images submitted at once over HTTP (MODEL=matched-filter) to a
+- service: N jobs of 512x512 images submitted at once over HTTP (MODEL, default matched-filter) to a
   real server (SQLite, local executor), from the first upload to the last COMPLETED: jobs/s
   and tiles/s end to end.
 - raw (the limit): the same tiles through one bare ONNX Runtime session in this process, at
@@ -13,6 +13,7 @@ Prints service/raw (tiles/s) and service/naive (jobs/s). Targets at N=200: servi
 and service/naive >= 20.
 
 Usage: python bench/batching.py --jobs N [--naive-sample K] [--json OUT] [--no-preview]
+           [--model radio-detector]
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from astro_otf.domain.parameters import validate
 from astro_otf.models.base import AppRequest
 from astro_otf.models.registry import build_registry
 from astro_otf.results.products import JobContext, write_products
-app = build_registry().get("matched-filter")
+app = build_registry().get(sys.argv[3])
 v = validate({"preview": sys.argv[2]}, ["image"], app.parameters, precisions=app.precisions,
              model_id=app.model_id)
 out = Path(tempfile.mkdtemp())
@@ -115,7 +116,7 @@ def service(url: str, images: list[Path]) -> float:
 
 
 def raw(images: list[Path]) -> tuple[float, int, int]:
-    model = load_manifests(SHIPPED_MODELS)[0]
+    model = next(m for m in load_manifests(SHIPPED_MODELS) if m.model_id == FIELDS["MODEL"])
     manifest = model.manifest
     chain = parse_chain(manifest.normalisation)
     tiles = []
@@ -141,7 +142,14 @@ def naive(images: list[Path]) -> float:
     t0 = time.perf_counter()
     for path in images:
         subprocess.run(
-            [sys.executable, "-c", NAIVE_JOB, str(path), FIELDS.get("PREVIEW", "true")],
+            [
+                sys.executable,
+                "-c",
+                NAIVE_JOB,
+                str(path),
+                FIELDS.get("PREVIEW", "true"),
+                FIELDS["MODEL"],
+            ],
             check=True,
             env={**os.environ, "PYTHONWARNINGS": "ignore"},
         )
@@ -161,7 +169,9 @@ def main() -> None:
         default=True,
         help="draw each job's PNG preview (the service default), in the service and naive runs",
     )
+    parser.add_argument("--model", default="matched-filter", help="the ONNX model the jobs run")
     args = parser.parse_args()
+    FIELDS["MODEL"] = args.model
     if not args.preview:
         FIELDS["PREVIEW"] = "false"
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,6 +189,7 @@ def main() -> None:
     service_jobs, naive_jobs = args.jobs / service_s, args.naive_sample / naive_s
     result = {
         "jobs": args.jobs,
+        "model": args.model,
         "preview": args.preview,
         "image": f"{SIZE}x{SIZE}",
         "tiles": n_tiles,

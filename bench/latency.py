@@ -145,7 +145,9 @@ def main() -> None:
 
 def _submit(client: httpx.Client) -> str:
     with SAMPLE_IMAGE.open("rb") as f:
-        r = client.post("/jobs", data={"PHASE": "RUN"}, files={"IMAGE": ("sample.fits", f)})
+        r = client.post(
+            "/jobs", data={"PHASE": "RUN", "MODEL": "sep"}, files={"IMAGE": ("sample.fits", f)}
+        )
     if r.status_code != 303:
         raise SystemExit(f"submission refused: {r.status_code} {r.text}")
     return r.headers["location"].rsplit("/", 1)[-1]

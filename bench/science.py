@@ -61,6 +61,8 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
+from training.card import check_section, cpu_model, replace_section
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"
 CATALOGUES = {"aegean/1904_comp.fits"}  # FITS files in REAL that are tables, not images
@@ -76,7 +78,6 @@ BIG_SEED = 20261126
 BIG_SIZE = 1024
 BIG_PIXELS = 1000 * 1000  # images at least this big count for the speed target
 FLUX_SNR_MIN = 10.0
-BEGIN, END = "<!-- science:begin -->", "<!-- science:end -->"
 TARGETS = {"heldout_f1": 0.92, "speedup": 20.0, "flux_err": 0.10, "ami_n": 1}
 LOG = logging.getLogger("bench.science")
 
@@ -818,34 +819,18 @@ def report(result: dict[str, Any], precisions: list[str]) -> str:
     return "\n".join(lines)
 
 
-def card_marks(card: Path) -> tuple[list[str], int, int]:
-    """The card's lines and the indices of its BEGIN and END lines (exit when missing)."""
+def card_text(card: Path) -> str:
+    """The card's text, checked for the science section's markers (exit when missing)."""
     try:
-        lines = card.read_text().splitlines(keepends=True)
-    except OSError as exc:
+        text = card.read_text()
+        check_section(text, "science")
+    except (OSError, ValueError) as exc:
         raise SystemExit(f"{card}: {exc}") from exc
-    marks = [i for i, line in enumerate(lines) if line.strip() in (BEGIN, END)]
-    if len(marks) != 2 or lines[marks[0]].strip() != BEGIN:
-        raise SystemExit(f"{card}: needs one line {BEGIN} and, after it, one line {END}")
-    return lines, marks[0], marks[1]
-
-
-def update_card(card: Path, text: str) -> None:
-    """Replace what lies between the BEGIN and END lines of ``card`` with ``text``."""
-    lines, start, stop = card_marks(card)
-    card.write_text("".join([*lines[: start + 1], text.rstrip("\n") + "\n", *lines[stop:]]))
+    return text
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "node": platform.node()}
+    return {"nproc": os.cpu_count(), "cpu": cpu_model(), "node": platform.node()}
 
 
 def _clean(value: Any) -> Any:
@@ -893,7 +878,7 @@ def main() -> None:
     args.out = args.out.resolve()
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     if args.card:
-        card_marks(args.card)  # fail now, not after the peers' minutes
+        card_text(args.card)  # fail now, not after the peers' minutes
     warnings.simplefilter("ignore")  # FITS header fix-ups, WCS notes
     started = time.perf_counter()
 
@@ -924,7 +909,7 @@ def main() -> None:
     args.json.write_text(json.dumps(_clean(result), indent=2, ensure_ascii=False))
     print(f"wrote {args.json} ({result['wall_s']:.0f} s)")
     if args.card:
-        update_card(args.card, text)
+        args.card.write_text(replace_section(card_text(args.card), "science", text))
         print(f"updated {args.card}")
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from training import dataset
 from training import simulate as sim
+from training.card import cpu_model, replace_section
 from training.model import ATTRIBUTES, WIDTHS
 
 MODEL_ID = "radio-detector"
@@ -291,33 +292,17 @@ def main() -> None:
     print(f"threshold {threshold} (validation F1 {curve[threshold]:.4f}); wrote {args.out}")
 
 
-def replace_section(text: str, name: str, body: str) -> str:
-    """``text`` with the lines between ``<!-- name:begin -->`` and ``<!-- name:end -->``
-    replaced by ``body``."""
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    return f"{head}{begin}\n{body.strip()}\n{end}{tail}"
-
-
 def training_facts(
     run: dict[str, Any], paths: dict[str, Path], threshold: float, curve: dict[float, float]
 ) -> str:
-    import platform
-
     import onnxruntime
     import torch
 
     last = run["log"][-1]
     sizes = ", ".join(f"{p} {path.stat().st_size / 1024:.0f} KiB" for p, path in paths.items())
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    )  # fmt: skip
     return (
         f"Measured by the run that made the shipped files: {run['steps']} steps in "
-        f"**{run['train_seconds'] / 60:.0f} min** on {run['threads']} CPU threads ({cpu}), "
+        f"**{run['train_seconds'] / 60:.0f} min** on {run['threads']} CPU threads ({cpu_model()}), "
         f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; final losses "
         f"heatmap {last['heat']:.3f}, attributes {last['attr']:.3f}. Files: {sizes}.\n\n"
         f"Threshold {threshold} (objectness), chosen on the validation fields, where it gives "
