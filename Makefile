@@ -59,7 +59,7 @@ typecheck: install-test
 test: install-test deb-test lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
-## Retrain the shipped detector from its fixed seed (CPU PyTorch, about 15 min on 2 cores),
+## Retrain the shipped detector from its fixed seed (CPU PyTorch, about 26 min on 2 cores),
 ## then export its ONNX files, manifest and threshold into src/astro_otf/models/zoo.
 train: install
 	$(PIP) install --quiet -e '.[train]'

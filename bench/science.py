@@ -8,9 +8,9 @@ labelled "vs PyBDSF", never "truth").
 
 - Held-out fields (``training.simulate``, never seen in training): the four 512² fields
   pooled (matched, found and true counts summed over fields): completeness, purity, F1,
-  median offset, and flux accuracy (found / true - 1, median and median of its absolute
-  value) of the matched sources with true peak S/N >= 10, for int_flux and peak_flux. Speed
-  on the 1024² field that covers the same sky.
+  median offset, flux accuracy (found / true - 1, median and median of its absolute value)
+  of the matched sources with true peak S/N >= 10, for int_flux and peak_flux, and the
+  position-angle error of the elongated ones. Speed on the 1024² field of the same sky.
 - Real images (every FITS in ``../shared/data/real`` but the catalogues): counts per finder,
   F1 vs truth (synthetic_test), F1 vs PyBDSF (the others), one detection on the AMI image.
 - Speed: finder wall time per Mpix. Ours: ``app.run`` in this process (the code the service
@@ -78,6 +78,10 @@ BIG_SEED = 20261126
 BIG_SIZE = 1024
 BIG_PIXELS = 1000 * 1000  # images at least this big count for the speed target
 FLUX_SNR_MIN = 10.0
+#: Position angles are compared for true sources this bright and this elongated (observed
+#: maj/min), where an angle is measurable.
+PA_SNR_MIN = 20.0
+PA_ELONGATION = 1.5
 TARGETS = {"heldout_f1": 0.92, "speedup": 20.0, "flux_err": 0.10, "ami_n": 1}
 LOG = logging.getLogger("bench.science")
 
@@ -87,20 +91,24 @@ LOG = logging.getLogger("bench.science")
 
 @dataclass
 class Cat:
-    """Positions (ICRS deg) and fluxes (Jy/beam, Jy) of a catalogue; snr is the true peak
-    S/N for truth catalogues, NaN otherwise."""
+    """Positions (ICRS deg), fluxes (Jy/beam, Jy), observed FWHM axes (arcsec) and position
+    angle (deg) of a catalogue; snr is the true peak S/N for truth catalogues, NaN
+    otherwise."""
 
     ra: np.ndarray
     dec: np.ndarray
     peak: np.ndarray
     int_flux: np.ndarray
     snr: np.ndarray
+    maj: np.ndarray
+    min: np.ndarray
+    pa: np.ndarray
 
     def __len__(self) -> int:
         return len(self.ra)
 
     def take(self, keep: np.ndarray) -> Cat:
-        return Cat(*(a[keep] for a in (self.ra, self.dec, self.peak, self.int_flux, self.snr)))
+        return Cat(*(getattr(self, f)[keep] for f in self.__dataclass_fields__))
 
     @classmethod
     def from_columns(cls, cols: dict[str, Any]) -> Cat:
@@ -115,6 +123,9 @@ class Cat:
             col("peak_flux"),
             col("int_flux"),
             col("snr"),
+            col("maj"),
+            col("min"),
+            col("pa"),
         )
 
 
@@ -123,7 +134,7 @@ def read_csv(path: Path) -> Cat:
     (a header-only file is an empty catalogue)."""
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    names = ("ra", "dec", "peak_flux", "int_flux", "snr")
+    names = ("ra", "dec", "peak_flux", "int_flux", "snr", "maj", "min", "pa")
     cols: dict[str, Any] = {"ra": [float(r["ra"]) for r in rows]}
     for name in names[1:]:
         if rows and name in rows[0]:
@@ -250,7 +261,9 @@ class Ours:
             return Run("failed", error=f"{type(exc).__name__}: {exc}")
         assert out.catalogue is not None
         table = out.catalogue.table
-        cat = Cat.from_columns({c: table[c] for c in ("ra", "dec", "peak_flux", "int_flux")})
+        cat = Cat.from_columns(
+            {c: table[c] for c in ("ra", "dec", "peak_flux", "int_flux", "maj", "min", "pa")}
+        )
         return Run("ok", cat, statistics.median(times), runs_s=times)
 
 
@@ -361,6 +374,8 @@ class Pool:
     seps: list[float] = field(default_factory=list)
     int_err: list[float] = field(default_factory=list)
     peak_err: list[float] = field(default_factory=list)
+    #: position angle differences (deg, -90..90) of elongated bright true sources
+    pa_err: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         comp = self.n_matched / self.n_ref if self.n_ref else math.nan
@@ -379,6 +394,8 @@ class Pool:
             out[f"{name}_n"] = len(errs)
             out[f"{name}_err_median"] = _median(errs)
             out[f"{name}_err_median_abs"] = _median([abs(e) for e in errs])
+        out["pa_n"] = len(self.pa_err)
+        out["pa_err_median_abs_deg"] = _median([abs(e) for e in self.pa_err])
         return out
 
 
@@ -412,6 +429,9 @@ class Scorer:
             f, t = found[ic][bright], true[ir][bright]
             ok = np.isfinite(f) & np.isfinite(t) & (t > 0)
             errs.extend((f[ok] / t[ok] - 1.0).tolist())
+        elongated = (r.snr[ir] >= PA_SNR_MIN) & (r.maj[ir] >= PA_ELONGATION * r.min[ir])
+        d_pa = np.mod(c.pa[ic][elongated] - r.pa[ir][elongated] + 90.0, 180.0) - 90.0
+        pool.pa_err.extend(d_pa[np.isfinite(d_pa)].tolist())
         return {k: v for k, v in res.items() if k != "radius_arcsec"}
 
 
@@ -678,7 +698,7 @@ def heldout_table(held: dict[str, Any], keys: list[str]) -> list[str]:
         s = held["pooled"][k]
         if s["failed_fields"]:
             status = held["per_field"][s["failed_fields"][0]][k]["status"]
-            rows.append([label(k), status, *["-"] * 6, _f(s["s_per_mpix"], ".3g")])
+            rows.append([label(k), status, *["-"] * 7, _f(s["s_per_mpix"], ".3g")])
             continue
         rows.append(
             [
@@ -690,6 +710,7 @@ def heldout_table(held: dict[str, Any], keys: list[str]) -> list[str]:
                 _f(s["median_offset_arcsec"], ".2f"),
                 _pct(s["int_flux_err_median"], s["int_flux_err_median_abs"]),
                 _pct(s["peak_flux_err_median"], s["peak_flux_err_median_abs"]),
+                _f(s["pa_err_median_abs_deg"], ".1f"),
                 _f(s["s_per_mpix"], ".3g"),
             ]
         )
@@ -703,6 +724,7 @@ def heldout_table(held: dict[str, Any], keys: list[str]) -> list[str]:
             'median offset (")',
             "int flux error, median / median abs",
             "peak flux error, median / median abs",
+            f"median abs PA error (°), maj/min ≥ {PA_ELONGATION}, S/N ≥ {PA_SNR_MIN:g}",
             f"s/Mpix ({BIG_SIZE}²)",
         ],
         rows,
@@ -782,7 +804,9 @@ def report(result: dict[str, Any], precisions: list[str]) -> str:
         f"512², pooled: {held['n_truth']} true sources; match radius 1 x BMAJ = "
         f'{held["radius_arcsec"]:g}"). Flux '
         f"error is found / true - 1 over matched sources with true peak S/N ≥ "
-        f"{FLUX_SNR_MIN:g}; s/Mpix on the {BIG_SIZE}² field of the same sky.",
+        f"{FLUX_SNR_MIN:g}; the PA error is over matched true sources with observed maj/min ≥ "
+        f"{PA_ELONGATION:g} and S/N ≥ {PA_SNR_MIN:g} (where an angle is measurable); s/Mpix "
+        f"on the {BIG_SIZE}² field of the same sky.",
         "",
         *heldout_table(held, keys),
         "",

@@ -32,7 +32,7 @@ ATTRIBUTES = (
 
 
 #: Channels of the three encoder levels of the shipped model.
-WIDTHS = (8, 16, 32)
+WIDTHS = (16, 32, 48)
 
 
 def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:

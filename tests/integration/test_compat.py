@@ -197,18 +197,42 @@ def test_cianna_request_runs_a_sep_job_on_the_roi(
         pytest.fail(f"the server opened the client-side FITS_Path {fifo}")
 
 
+def test_unmodified_cianna_request_runs_the_trained_detector(
+    server: ServerProcess, real_data: Path, shared_xml: bytes, tmp_path: Path
+) -> None:
+    """The shared document as a CIANNA client sends it: ModelId radio-detector (our trained
+    detector), FP32C_FP32A, a 128 px region at RA 284.5, Dec -66 of the image it names."""
+    image = real_data / "aegean" / "1904-66_SIN.fits"
+    response = post_cianna(server, shared_xml, image)
+    assert response.status_code == 303, response.text
+    url = response.headers["location"]
+    params = httpx.get(f"{url}/parameters", headers=JSON, timeout=10).json()
+    assert (params["model"], params["precision"]) == ("radio-detector", "fp32")
+    doc = wait_final(url)
+    assert doc["phase"] == "COMPLETED", doc.get("errorSummary")
+    catalogue = tmp_path / "cat.xml"
+    catalogue.write_bytes(httpx.get(f"{url}/results/result", timeout=10).content)
+    assert 'name="model_id" value="radio-detector"' in catalogue.read_text()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = parse_single_table(str(catalogue)).to_table()
+    assert len(table) >= 1
+    for axis in ("x", "y"):  # all within the 128 px region
+        assert np.ptp(np.asarray(table[axis], dtype=float)) <= ROI
+
+
 def test_unknown_model_is_400_naming_model_and_cianna_field(
     server: ServerProcess, image: Path, shared_xml: bytes
 ) -> None:
     before = job_dirs(server)
-    response = post_cianna(server, shared_xml, image)  # unmodified: model radio-detector
+    response = post_cianna(server, cianna_xml(shared_xml, model="yolo-cianna"), image)
     assert response.status_code == 400, response.text
     assert response.headers["content-type"].startswith("text/plain")
     message = response.text
     assert "MODEL" in message
-    assert "radio-detector" in message
+    assert "yolo-cianna" in message
     assert "ModelId" in message or "ModelName" in message
-    assert "sep" in message  # it says what is available
+    assert "sep" in message and "radio-detector" in message  # it says what is available
     assert job_dirs(server) == before
 
 

@@ -39,6 +39,9 @@ from astro_otf.results.products import file_entity, image_facts
 
 STAT_TILES = 16
 MAD_TO_SIGMA = 1.4826
+#: Working memory one forward pass may take, from the manifest's ``tile_memory_mb``: a pass
+#: holds at most this much worth of tiles (and at most ``max_batch_tiles``).
+FORWARD_MEMORY_MB = 512
 #: What :meth:`OnnxDetector.forward` yields per tile: job, tile, tile input, score, peak
 #: mask and attributes (None when the model has none).
 _Forwarded = tuple["_Prepared", TileSpec, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
@@ -198,6 +201,8 @@ class OnnxDetector:
         manifest = self.model.manifest
         session = session_cache(self.runtime).get(self.model, precision)
         step = self.runtime.max_batch_tiles
+        if manifest.tile_memory_mb:  # big tiles: fewer per pass, about the same memory
+            step = max(1, min(step, int(FORWARD_MEMORY_MB // manifest.tile_memory_mb)))
         failures: tuple[type[BaseException], ...] = (MemoryError, *ort_errors())
         start = 0
         while start < len(items):
