@@ -9,6 +9,13 @@ Decoding (``output.kind = "heatmap"``): a detection is a pixel flagged by the ``
 output whose score reaches THRESHOLD. With ``score_normalisation = "median_mad"`` the score
 is first put in S/N units with the median and 1.4826 x MAD of the job's score map, measured
 on up to ``STAT_TILES`` tiles spread over the image (valid pixels of the tile cores).
+
+A model with ``output.attributes`` (the trained detector) also measures its sources: at each
+peak the decoder reads the sub-pixel offset, the peak S/N, the integrated-to-peak ratio, the
+FWHM axes and the axis angle, and turns them into fluxes (times the image rms its
+``standardise`` step measured), arcsec and a position angle on the sky. MIN_SNR then applies
+to the image's own pixels next to the peak. An image whose beam is wider than the manifest's
+``max_beam_pix`` is block-averaged first, and its detections mapped back to its pixels.
 """
 
 from __future__ import annotations
