@@ -39,6 +39,7 @@ from astro_otf.data import SAMPLE_IMAGE
 from astro_otf.imaging.normalise import parse_chain
 from astro_otf.imaging.tiling import read_tile, tile_grid
 from astro_otf.models.manifest import SHIPPED_MODELS, load_manifests
+from astro_otf.models.onnx_detector import FORWARD_MEMORY_MB
 from astro_otf.models.onnx_runtime import SessionCache, run
 
 SIZE = 512
@@ -128,7 +129,9 @@ def raw(images: list[Path]) -> tuple[float, int, int]:
     stack = np.stack(tiles)[:, None]
     session = SessionCache(1024, ["cpu"], 0).get(model, "fp32")
     best = (float("inf"), 0)
-    for size in (8, 16, 32, 64, 128):
+    # the batch sizes the app could use: at most FORWARD_MEMORY_MB worth of tiles per pass
+    cap = int(FORWARD_MEMORY_MB // manifest.tile_memory_mb) if manifest.tile_memory_mb else 128
+    for size in sorted({max(1, min(s, cap)) for s in (8, 16, 32, 64, 128)}):
         run(session, stack[:size], input_name=manifest.input.name)  # warm
         t0 = time.perf_counter()
         for start in range(0, len(stack), size):
