@@ -18,17 +18,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: Names of the ``attrs`` channels, in order (the manifest lists them too).
-ATTRIBUTES = (
-    "dx",
-    "dy",
-    "log_peak_snr",
-    "log_int_over_peak",
-    "log_maj",
-    "log_min",
-    "cos2t",
-    "sin2t",
-)
+from astro_otf.models.onnx_detector import ATTRIBUTE_CHANNELS
+
+#: Names of the ``attrs`` channels, in order: the ones the service's decoder reads.
+ATTRIBUTES = ATTRIBUTE_CHANNELS
 
 
 #: Channels of the three encoder levels of the shipped model.
