@@ -106,6 +106,7 @@ def test_beam_area_in_pixels(real_data: Path) -> None:
     image = load_image(real_data / "aegean/synthetic_test.fits")
     expected = math.pi / (4 * math.log(2)) * 30.0 * 30.0 / (8.5714285714**2)
     assert image.beam_area_pix == pytest.approx(expected, rel=1e-6)
+    assert image.beam_major_pix == pytest.approx(30.0 / 8.5714285714, rel=1e-6)
     assert image.bunit is None
     assert image.frame.name == "icrs"
 
@@ -185,7 +186,8 @@ def test_image_without_beam(tmp_path: Path, test_data: Path) -> None:
     fits.PrimaryHDU(data, header).writeto(tmp_path / "nobeam.fits")
     image = load_image(tmp_path / "nobeam.fits")
     assert image.beam is None and image.bmaj_deg is None and image.bpa_deg is None
-    assert image.beam_area_pix is None and image.bunit is None
+    assert image.beam_area_pix is None and image.beam_major_pix is None
+    assert image.bunit is None
 
 
 # --------------------------------------------------------------------------- refusals

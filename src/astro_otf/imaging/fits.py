@@ -116,6 +116,14 @@ class SkyImage:
         return beam.pa_deg if beam else None
 
     @property
+    def beam_major_pix(self) -> float | None:
+        """The beam's major axis (FWHM) in pixels, or None without a beam."""
+        beam = self.beam
+        if beam is None:
+            return None
+        return beam.major_deg * 3600.0 / self.pixel_scale_arcsec
+
+    @property
     def beam_area_pix(self) -> float | None:
         """Area of the Gaussian beam in pixels, pi/(4 ln 2) BMAJ BMIN / pixel area: the factor
         from a sum of Jy/beam pixels to Jy. None without a beam."""

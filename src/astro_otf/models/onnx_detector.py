@@ -168,7 +168,7 @@ class OnnxDetector:
             request.log.info(
                 "beam of %.3g px is wider than the model's %.3g px: averaging %dx%d pixel "
                 "blocks (%s -> %s px)",
-                _beam_major_pix(image),
+                image.beam_major_pix,
                 manifest.input.max_beam_pix,
                 factor,
                 factor,
@@ -194,7 +194,7 @@ class OnnxDetector:
     def _resample_factor(self, image: SkyImage) -> int:
         """1, or the block size that brings the image's beam within the model's widest."""
         widest = self.model.manifest.input.max_beam_pix
-        beam = _beam_major_pix(image)
+        beam = image.beam_major_pix
         if widest is None or beam is None or beam <= widest:
             return 1
         return math.ceil(beam / widest)
@@ -634,14 +634,6 @@ _OOM_MESSAGES = (
 def _out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, MemoryError) or any(m in text for m in _OOM_MESSAGES)
-
-
-def _beam_major_pix(image: SkyImage) -> float | None:
-    """The beam's major axis (FWHM) in pixels, or None without BMAJ."""
-    beam = image.beam
-    if beam is None:
-        return None
-    return beam.major_deg * 3600.0 / image.pixel_scale_arcsec
 
 
 def _flux_unit(image: SkyImage) -> str:

@@ -320,11 +320,8 @@ def _background_box(image: SkyImage, back_size: Extent | None) -> int:
     ny, nx = image.shape
     side = min(nx, ny)
     if back_size is None:
-        beam = image.beam
-        if beam is None:
-            box = 64
-        else:
-            box = round(BACK_SIZE_BEAMS * beam.major_deg * 3600.0 / image.pixel_scale_arcsec)
+        beam_pix = image.beam_major_pix
+        box = 64 if beam_pix is None else round(BACK_SIZE_BEAMS * beam_pix)
         return int(max(MIN_SIDE, min(box, max(MIN_SIDE, side // 4))))
     if back_size.is_pixels:
         box = round(back_size.value)

@@ -185,8 +185,8 @@ def _overlay(ax: WCSAxes, table: Table, image: SkyImage, k: int) -> int:
     maj = float_column(table, "maj") / scale
     minor = float_column(table, "min") / scale
     pa = float_column(table, "pa")
-    beam = image.beam
-    fallback = beam.major_deg * 3600.0 / scale if beam else 2.0 * DEFAULT_RADIUS_PIX
+    beam_pix = image.beam_major_pix
+    fallback = beam_pix if beam_pix is not None else 2.0 * DEFAULT_RADIUS_PIX
     ellipse = np.isfinite(maj) & np.isfinite(minor) & np.isfinite(pa) & (maj > 0) & (minor > 0)
     widths = np.where(ellipse, maj, fallback)
     heights = np.where(ellipse, minor, fallback)
