@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,6 +49,28 @@ def real_data(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def test_data() -> Path:
     return TEST_DATA
+
+
+# -- model versions --------------------------------------------------------------------------
+
+
+def install_model_version(root: Path, version: str, model_id: str = "radio-detector") -> Path:
+    """Copy the shipped version 1.0 of ``model_id`` into ``root/<model_id>/<version>`` with
+    its manifest saying ``version``: a folder for ``models_dirs`` (same weights, another
+    version). A version the zoo already ships is not copied (a second copy would be
+    refused): its shipped folder is returned."""
+    from astro_otf.models.manifest import SHIPPED_MODELS
+
+    shipped = SHIPPED_MODELS / model_id / version
+    if (shipped / "manifest.toml").is_file():
+        return shipped
+    folder = root / model_id / version
+    shutil.copytree(SHIPPED_MODELS / model_id / "1.0", folder)
+    manifest = folder / "manifest.toml"
+    text = manifest.read_text()
+    assert 'version = "1.0"' in text
+    manifest.write_text(text.replace('version = "1.0"', f"version = {json.dumps(version)}", 1))
+    return folder
 
 
 # -- XML schemas -----------------------------------------------------------------------------

@@ -11,15 +11,18 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from astro_otf.batching.former import BatchRules
 from astro_otf.domain.job import Job, JobParameter
 from astro_otf.domain.phases import Phase
 from astro_otf.execution.local import LocalExecutor
+from astro_otf.execution.task import BatchTask, TaskOutcome
 from astro_otf.models.registry import RegistryConfig, build_registry
 from astro_otf.service.events import JobEvents
 from astro_otf.service.scheduler import Scheduler
 from astro_otf.store.database import make_engine, migrate
 from astro_otf.store.files import JobFolders
 from astro_otf.store.repository import JobStore
+from tests.conftest import install_model_version
 
 
 def _sleep_job(job_id: str, seconds: float) -> Job:
@@ -143,3 +146,78 @@ def test_two_cancels_of_one_run_both_return_after_the_worker_is_gone(tmp_path: P
             await executor.shutdown()
 
     assert asyncio.run(scenario()) == [False, False]
+
+
+class _RecordingExecutor:
+    """Runs nothing: records each batch it is given and fails its jobs."""
+
+    capacity = 4
+
+    def __init__(self) -> None:
+        self.batches: list[BatchTask] = []
+
+    def start(self) -> None:
+        pass
+
+    def alive(self) -> bool:
+        return True
+
+    async def run(self, task: BatchTask, timeout: float | None) -> list[TaskOutcome]:
+        self.batches.append(task)
+        return [TaskOutcome(t.job_id, False, error_message="not run") for t in task.tasks]
+
+    async def shutdown(self) -> None:
+        pass
+
+
+def _detector_job(job_id: str, version: str | None) -> Job:
+    job = _sleep_job(job_id, 0)
+    job.model_id = "radio-detector"
+    job.parameters = [JobParameter("model", "radio-detector")]
+    if version is not None:
+        job.parameters.append(JobParameter("model_version", version))
+    return job
+
+
+def test_queued_jobs_run_their_stored_model_version(tmp_path: Path) -> None:
+    """A job runs the version stored at its creation; one stored before versions were (no
+    MODEL_VERSION) runs the default, the newest; one whose version was removed ends in
+    ERROR without stopping the others."""
+    models = tmp_path / "models"
+    install_model_version(models, "2.0")
+    config = RegistryConfig(models_dirs=(str(models),))
+    engine = make_engine(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    migrate(engine)
+    store = JobStore(engine)
+    folders = JobFolders(tmp_path)
+    executor = _RecordingExecutor()
+    jobs = {"dddd000000000001": "1.0", "dddd000000000002": None, "dddd000000000003": "0.9"}
+
+    async def scenario() -> None:
+        scheduler = Scheduler(
+            store,
+            folders,
+            executor,  # type: ignore[arg-type]
+            JobEvents(),
+            apps=build_registry(config),
+            registry=config,
+            rules=BatchRules(max_wait=0),
+        )
+        try:
+            for job_id, version in jobs.items():
+                folders.create(job_id)
+                store.create(_detector_job(job_id, version))
+            await scheduler._fill()
+            await asyncio.gather(*scheduler._batches, return_exceptions=True)
+            await asyncio.gather(*scheduler._endings, return_exceptions=True)
+        finally:
+            await scheduler.stop()
+
+    asyncio.run(scenario())
+    ran = {t.job_id: b.model_version for b in executor.batches for t in b.tasks}
+    assert ran == {"dddd000000000001": "1.0", "dddd000000000002": "2.0"}
+    assert all(b.model_id == "radio-detector" for b in executor.batches)
+    gone = store.get("dddd000000000003")
+    assert gone.phase == Phase.ERROR and gone.error is not None
+    assert "radio-detector version 0.9" in gone.error.message
+    assert "installed: 2.0, 1.0" in gone.error.message

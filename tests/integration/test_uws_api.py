@@ -105,12 +105,20 @@ def test_trailing_slash_and_form_encoded_create(client: httpx.Client) -> None:
     r = client.post("/jobs/", data={"model": "sleep", "duration": "0.1"})
     assert r.status_code == 303
     job_id = r.headers["location"].rsplit("/", 1)[-1]
-    assert job_json(client, job_id)["parameters"] == {"duration": "0.1", "model": "sleep"}
+    assert job_json(client, job_id)["parameters"] == {
+        "duration": "0.1",
+        "model": "sleep",
+        "model_version": "1.0",
+    }
 
 
 def test_parameter_names_are_case_insensitive(client: httpx.Client) -> None:
     job_id = create(client, {"Model": "SLEEP", "DuRaTiOn": "0.2"})
-    assert job_json(client, job_id)["parameters"] == {"duration": "0.2", "model": "sleep"}
+    assert job_json(client, job_id)["parameters"] == {
+        "duration": "0.2",
+        "model": "sleep",
+        "model_version": "1.0",
+    }
 
 
 def test_run_at_creation_and_uploaded_image_served_back(client: httpx.Client, image: Path) -> None:

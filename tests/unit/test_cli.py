@@ -91,6 +91,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, b'{"status": "ok", "version": "t"}', "application/json")
             elif parts == ["health", "ready"]:
                 self._send(503, b'{"status": "fail", "checks": {"db": "down"}}', "application/json")
+            elif parts[:1] == ["models"]:
+                self._models(parts[1:], parse_qs(split.query))
             elif len(parts) == 2 and (job := self._job(parts[1])) is not None:
                 if "WAIT" in parse_qs(split.query) and job["phase"] == "QUEUED":
                     failing = job["parameters"].get("MODEL") == "broken"
@@ -102,6 +104,31 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, VOTABLE, "application/x-votable+xml")
             elif parts[2:] == ["error"] and self._job(parts[1]) is not None:
                 self._send(200, b"model crashed")
+
+    def _models(self, rest: list[str], query: dict[str, list[str]]) -> None:
+        """/models: one detector with two versions; /models/ID?version=V one of them."""
+        versions = ["2.0", "1.0"]
+
+        def describe(version: str) -> dict[str, Any]:
+            return {
+                "id": "radio-detector",
+                "version": version,
+                "versions": versions,
+                "description": f"detector {version}",
+                "precisions": ["fp32"],
+                "parameters": [{"name": "threshold", "type": "float", "default": 0.4}],
+            }
+
+        version = query.get("version", [versions[0]])[0]
+        if not rest:
+            doc = {"default": "radio-detector", "models": [describe(versions[0])]}
+            self._send(200, json.dumps(doc).encode(), "application/json")
+        elif rest != ["radio-detector"]:
+            self._send(404, b"no such model")
+        elif version not in versions:
+            self._send(400, f"VERSION: {version!r} is not installed".encode())
+        else:
+            self._send(200, json.dumps(describe(version)).encode(), "application/json")
 
     def do_POST(self) -> None:
         svc = self.server.svc
@@ -401,3 +428,23 @@ def test_health_exits_1_when_not_ready(runner: CliRunner, svc: Service) -> None:
     doc = json.loads(result.stdout)
     assert doc["health"]["status"] == "ok"
     assert doc["ready"]["ready"] is False
+
+
+def test_models_show_the_installed_versions(runner: CliRunner, svc: Service) -> None:
+    listed = runner.invoke(app, ["--url", svc.url, "models"])
+    assert listed.exit_code == 0, listed.output
+    assert "2.0 (default), 1.0" in listed.stdout
+    described = runner.invoke(app, ["--url", svc.url, "models", "describe", "radio-detector"])
+    assert described.exit_code == 0, described.output
+    assert described.stdout.startswith("radio-detector 2.0: detector 2.0\n")
+    assert "installed versions: 2.0 (default), 1.0" in described.stdout
+    old = runner.invoke(
+        app,
+        ["--url", svc.url, "models", "describe", "radio-detector", "--version", "1.0", "--json"],
+    )
+    assert old.exit_code == 0, old.output
+    assert json.loads(old.stdout)["version"] == "1.0"
+    unknown = runner.invoke(
+        app, ["--url", svc.url, "models", "describe", "radio-detector", "--version", "3.0"]
+    )
+    assert unknown.exit_code != 0 and "VERSION" in unknown.stderr

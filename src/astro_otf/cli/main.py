@@ -791,33 +791,47 @@ def models_list(
     if as_json:
         _print_json(doc)
         return
-    table = Table("Model", "Version", "Precisions", "Description")
+    table = Table("Model", "Versions", "Precisions", "Description")
     for m in doc.get("models", []):
         name = m.get("id", "")
         if name == doc.get("default"):
             name += " (default)"
         table.add_row(
             name,
-            str(m.get("version", "")),
+            _versions_text(m),
             ", ".join(m.get("precisions", [])),
             str(m.get("description", "")),
         )
     _stdout().print(table)
 
 
+def _versions_text(model: dict[str, Any]) -> str:
+    """The installed versions, newest (the default) first: "2.0 (default), 1.0"."""
+    versions = [str(v) for v in model.get("versions") or []]
+    if len(versions) < 2:
+        return str(model.get("version", ""))
+    return ", ".join([f"{versions[0]} (default)", *versions[1:]])
+
+
 @models_app.command("describe")
 def models_describe(
     ctx: typer.Context,
     model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id.")],
+    version: Annotated[
+        str | None,
+        typer.Option("--version", help="Describe this installed version (default: the newest)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the schema as JSON.")] = False,
 ) -> None:
     """One model's parameters: type, default, limits, allowed values, description."""
     with _client(ctx) as client:
-        doc = client.model(model_id)
+        doc = client.model(model_id, version)
     if as_json:
         _print_json(doc)
         return
     typer.echo(f"{doc.get('id')} {doc.get('version')}: {doc.get('description', '')}")
+    if len(doc.get("versions") or []) > 1:
+        typer.echo(f"installed versions: {_versions_text(doc)}")
     table = Table("Parameter", "Type", "Default", "Range / values", "Unit", "Description")
     for p in doc.get("parameters", []):
         limits = ", ".join(str(v) for v in p.get("allowed") or []) or (

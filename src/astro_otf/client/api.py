@@ -718,13 +718,18 @@ class OTFClient:
     # ----------------------------------------------------------------- service
 
     def models(self) -> dict[str, Any]:
-        """The registry: ``{"default": id, "models": [description, ...]}``."""
+        """The registry: ``{"default": id, "models": [description, ...]}``, one description
+        per model id (its default version; ``versions`` lists the installed ones)."""
         response = self._request("GET", self._endpoint("models"), accept=_JSON)
         return dict(_mapping(self._json(response), "model list"))
 
-    def model(self, model_id: str) -> dict[str, Any]:
-        """One model's description: version, precisions and parameter schema."""
-        response = self._request("GET", self._endpoint("models", model_id), accept=_JSON)
+    def model(self, model_id: str, version: str | None = None) -> dict[str, Any]:
+        """One model's description: version, installed versions, precisions and parameter
+        schema; of its default version, or of ``version``."""
+        params = [("version", version)] if version is not None else None
+        response = self._request(
+            "GET", self._endpoint("models", model_id), accept=_JSON, params=params
+        )
         return dict(_mapping(self._json(response), "model"))
 
     def metrics(self) -> str:

@@ -54,6 +54,12 @@ class Job:
         """The stored non-file parameter strings, by canonical name."""
         return {p.name: p.value for p in self.parameters if not p.is_file}
 
+    @property
+    def model_version(self) -> str | None:
+        """The model version the job was created with; None for a job stored before
+        versions were recorded (it runs the model's default version)."""
+        return self.parameter_values().get("model_version")
+
 
 @dataclass(frozen=True)
 class JobSummary:

@@ -166,8 +166,9 @@ class Roi:
     height: Extent | None
 
 
-#: Parameters every job takes, whatever the model. ``model`` and ``precision`` are checked
-#: against the chosen app; the ROI ones are checked together by :func:`roi_from`.
+#: Parameters every job takes, whatever the model. ``model``, ``model_version`` and
+#: ``precision`` are checked against the registry and the chosen app; the ROI ones are
+#: checked together by :func:`roi_from`.
 NATIVE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "image",
@@ -176,6 +177,12 @@ NATIVE_PARAMETERS: tuple[ParamSpec, ...] = (
         required=True,
     ),
     ParamSpec("model", "str", "Which registered model or app runs (see /models)."),
+    ParamSpec(
+        "model_version",
+        "str",
+        "Which installed version of the model runs. Default: its newest version; the job "
+        "keeps the version it was created with.",
+    ),
     ParamSpec("precision", "str", "Numeric precision of the run; the model lists what it offers."),
     ParamSpec(
         "ra",

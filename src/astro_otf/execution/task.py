@@ -21,12 +21,14 @@ class JobTask:
 
 @dataclass(frozen=True)
 class BatchTask:
-    """Jobs of one model (and precision and tile shape) run together in one worker."""
+    """Jobs of one model version (and precision and tile shape) run together in one
+    worker. ``model_version`` None runs the model's default version."""
 
     batch_id: str
     model_id: str
     tasks: tuple[JobTask, ...]
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    model_version: str | None = None
 
 
 @dataclass(frozen=True)

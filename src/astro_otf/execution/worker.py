@@ -206,7 +206,7 @@ def run_batch(batch: BatchTask) -> list[TaskOutcome]:
     jobs = [_open(task, batch) for task in batch.tasks]
     outcomes: dict[str, TaskOutcome] = {}
     try:
-        app = _registry(batch.registry).get(batch.model_id)
+        app = _registry(batch.registry).get(batch.model_id, batch.model_version)
         ready: list[_Job] = []
         for job in jobs:
             try:

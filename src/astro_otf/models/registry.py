@@ -1,7 +1,9 @@
-"""Which apps a job can run, by ``model_id``, and which one a job without MODEL gets."""
+"""Which apps a job can run, by ``model_id`` and version, and which one a job without MODEL
+(or without MODEL_VERSION) gets."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,18 +14,40 @@ from astro_otf.domain.errors import ParameterError
 from astro_otf.models.base import App
 from astro_otf.models.onnx_detector import RuntimeConfig
 
+_NUMBER = re.compile(r"(\d+)")
+
+
+def version_key(version: str) -> tuple[tuple[tuple[int, int, str], ...], str]:
+    """Natural order of versions: numbers compare as numbers, the rest as text, so that
+    "2.0" > "1.10" > "1.9" > "1.0" (a number sorts before text at the same place)."""
+    parts = tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part)
+        for part in _NUMBER.split(version)
+        if part
+    )
+    return parts, version
+
 
 class Registry:
-    """The apps by id; ``default`` (the first app when None) runs jobs that name no MODEL."""
+    """The apps by id and version. A job naming no MODEL runs ``default`` (the first app's
+    id when None); one naming no MODEL_VERSION runs the model's highest installed version."""
 
     def __init__(self, apps: list[App], default: str | None = None) -> None:
         if not apps:
             raise ValueError("a registry needs at least one app")
-        self._apps: dict[str, App] = {}
+        versions: dict[str, dict[str, App]] = {}
         for app in apps:
-            if app.model_id in self._apps:
-                raise ValueError(f"two models share the id {app.model_id!r}")
-            self._apps[app.model_id] = app
+            same_id = versions.setdefault(app.model_id, {})
+            if app.version in same_id:
+                raise ValueError(
+                    f"two models share the id {app.model_id!r} and version {app.version!r}"
+                )
+            same_id[app.version] = app
+        #: model id -> version -> app, the versions newest first
+        self._apps: dict[str, dict[str, App]] = {
+            model_id: {v: by_version[v] for v in sorted(by_version, key=version_key, reverse=True)}
+            for model_id, by_version in versions.items()
+        }
         if default is not None and default not in self._apps:
             raise ValueError(
                 f"the default model {default!r} is not installed; available: "
@@ -32,25 +56,66 @@ class Registry:
         self.default_model_id = default if default is not None else apps[0].model_id
 
     def __iter__(self) -> Iterator[App]:
-        return iter(self._apps.values())
+        """Every app: each version of each model."""
+        for by_version in self._apps.values():
+            yield from by_version.values()
 
-    def get(self, model_id: str | None) -> App:
-        """The app for ``model_id`` (the default when None), or a 400 naming MODEL."""
+    def defaults(self) -> Iterator[App]:
+        """One app per model id: its default (highest) version."""
+        for by_version in self._apps.values():
+            yield next(iter(by_version.values()))
+
+    def _versions_of(self, model_id: str | None) -> dict[str, App]:
         key = self.default_model_id if model_id is None else model_id.strip()
-        app = self._apps.get(key) or {k.lower(): a for k, a in self._apps.items()}.get(key.lower())
-        if app is None:
+        found = self._apps.get(key)
+        if found is None:
+            found = {k.lower(): a for k, a in self._apps.items()}.get(key.lower())
+        if found is None:
             raise ParameterError(
                 "model", f"{key!r} is not a registered model; available: {', '.join(self._apps)}"
+            )
+        return found
+
+    def versions(self, model_id: str | None) -> list[str]:
+        """The installed versions of ``model_id`` (the default model when None), newest
+        first; a 400 naming MODEL when it is not installed."""
+        return list(self._versions_of(model_id))
+
+    def get(self, model_id: str | None, version: str | None = None) -> App:
+        """The app for ``model_id`` (the default model when None) at ``version`` (its highest
+        installed version when None); a 400 naming MODEL or MODEL_VERSION."""
+        by_version = self._versions_of(model_id)
+        if version is None:
+            return next(iter(by_version.values()))
+        wanted = version.strip()
+        app = by_version.get(wanted)
+        if app is None:
+            app = {v.lower(): a for v, a in by_version.items()}.get(wanted.lower())
+        if app is None:
+            some = next(iter(by_version.values()))
+            raise ParameterError(
+                "model_version",
+                f"{wanted!r} is not an installed version of model {some.model_id!r}; "
+                f"installed: {', '.join(by_version)}",
             )
         return app
 
     def describe(self, app: App) -> dict[str, Any]:
         from astro_otf.domain.parameters import NATIVE_PARAMETERS
 
-        native = [p.describe() for p in NATIVE_PARAMETERS if app.needs_image or p.name != "image"]
+        versions = self.versions(app.model_id)
+        native = []
+        for p in NATIVE_PARAMETERS:
+            if p.name == "image" and not app.needs_image:
+                continue
+            entry = p.describe()
+            if p.name == "model_version":
+                entry.update(default=versions[0], allowed=versions)
+            native.append(entry)
         return {
             "id": app.model_id,
             "version": app.version,
+            "versions": versions,
             "description": app.description,
             "default": app.model_id == self.default_model_id,
             "precisions": list(app.precisions),
@@ -84,9 +149,9 @@ class RegistryConfig:
 
 
 def build_registry(config: RegistryConfig | None = None) -> Registry:
-    """The apps of this installation: sep, then every ONNX model found in the shipped zoo
-    and in ``models_dirs``, then the diagnostic app if enabled. The default is
-    ``config.default_model`` (the trained detector unless configured otherwise)."""
+    """The apps of this installation: sep, then every version of every ONNX model found in
+    the shipped zoo and in ``models_dirs``, then the diagnostic app if enabled. The default
+    is ``config.default_model`` (the trained detector unless configured otherwise)."""
     from astro_otf.models.manifest import SHIPPED_MODELS, load_manifests
     from astro_otf.models.onnx_detector import OnnxDetector
     from astro_otf.models.sep_finder import SepFinder

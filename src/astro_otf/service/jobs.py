@@ -155,22 +155,28 @@ class JobService:
     async def rerun(
         self, job_id: str, owner: str | None, new_id: str, *, start: bool, run_id: str | None
     ) -> Job:
-        """A new job with the recorded inputs, model and parameters of finished job
-        ``job_id`` (its uploaded files are copied). Refused (409) when the job has not
-        finished, or when the model version it ran is no longer the one installed, since the
+        """A new job with the recorded inputs, model, model version and parameters of
+        finished job ``job_id`` (its uploaded files are copied). Refused (409) when the job
+        has not finished, or when the model version it ran is no longer installed, since the
         replay would then not be the same computation."""
         old = await self.get(job_id, owner)
         if old.phase not in FINAL_PHASES:
             raise PhaseConflict(
                 f"job {job_id} is {old.phase.value}; only a finished job can be run again"
             )
-        app = self.registry.get(old.model_id)
-        ran = old.info.get("model_version")
-        if ran is not None and str(ran) != app.version:
+        # the version stored at creation; for a job stored before versions were, the one
+        # its worker recorded; for one that never ran a model, the default
+        recorded = old.model_version or old.info.get("model_version")
+        version = None if recorded is None else str(recorded)
+        installed = self.registry.versions(old.model_id)
+        try:
+            app = self.registry.get(old.model_id, version)
+        except ParameterError:
             raise PhaseConflict(
-                f"job {job_id} ran {old.model_id} version {ran}, but this server now has "
-                f"version {app.version}: the replay would not be the same computation"
-            )
+                f"job {job_id} ran {old.model_id} version {version}, but this server now has "
+                f"only version(s) {', '.join(installed)}: the replay would not be the same "
+                "computation"
+            ) from None
         files = [p for p in old.parameters if p.is_file]
         await in_thread(self.prepare, new_id)
         try:
@@ -185,7 +191,7 @@ class JobService:
             return await self.create(
                 new_id,
                 owner,
-                old.parameter_values(),
+                {**old.parameter_values(), "model_version": app.version},
                 [p.name for p in files],
                 run_id=run_id if run_id is not None else old.run_id,
                 start=start,
@@ -197,7 +203,7 @@ class JobService:
     def _check(
         self, fields: Mapping[str, str], files: Collection[str]
     ) -> tuple[str, list[JobParameter], int]:
-        app = self.registry.get(fields.get("model"))
+        app = self.registry.get(fields.get("model"), fields.get("model_version"))
         checked = validate(
             fields,
             files,
@@ -207,6 +213,8 @@ class JobService:
             image_required=app.needs_image,
         )
         checked.stored["model"] = app.model_id
+        # always the resolved version: the job keeps it even if a newer one is installed
+        checked.stored["model_version"] = app.version
         params = [JobParameter(k, v) for k, v in sorted(checked.stored.items())]
         params += [JobParameter(name, UPLOAD_NAMES[name], is_file=True) for name in sorted(files)]
         return app.model_id, params, int(checked.values.get("priority", 0))
@@ -405,6 +413,12 @@ class JobService:
                 "the job is PENDING"
             )
         merged = {**job.parameter_values(), **fields}
+        if (  # another MODEL takes its own default version, not the old model's
+            "model" in fields
+            and "model_version" not in fields
+            and self.registry.get(fields["model"]).model_id != job.model_id
+        ):
+            merged.pop("model_version", None)
         have_files = {p.name for p in job.parameters if p.is_file} | set(files)
         model_id, params, priority = self._check(merged, have_files)
         if not await in_thread(

@@ -20,7 +20,7 @@ import signal
 from datetime import UTC, datetime
 
 from astro_otf.batching.former import BatchFormer, BatchKey, BatchRules, QueuedJob
-from astro_otf.domain.errors import JobNotFound
+from astro_otf.domain.errors import JobNotFound, ParameterError
 from astro_otf.domain.job import Job, JobResult
 from astro_otf.domain.phases import Phase
 from astro_otf.execution.base import (
@@ -144,7 +144,9 @@ class Scheduler:
         ids = await in_thread(self.store.queued_ids, 2000, frozenset(self.running))
         new = [job_id for job_id in ids if job_id not in self._known]
         for fresh in await in_thread(self.store.get_many, new):
-            self._known[fresh.job_id] = await self._queued(fresh, loop.time())
+            queued = await self._queued(fresh, loop.time())
+            if queued is not None:
+                self._known[fresh.job_id] = queued
         self._known = {job_id: self._known[job_id] for job_id in ids if job_id in self._known}
         queue = list(self._known.values())
         while free > 0 and queue:
@@ -162,9 +164,15 @@ class Scheduler:
                 self.events.notify(job_id)
         self._deadline = self.former.next_deadline(queue)
 
-    async def _queued(self, job: Job, now: float) -> QueuedJob:
-        """The former's view of a queued job: its batch key and tile count."""
-        app = self.apps.get(job.model_id)
+    async def _queued(self, job: Job, now: float) -> QueuedJob | None:
+        """The former's view of a queued job: its batch key and tile count. None for a job
+        whose model version is no longer installed: it ends in ERROR."""
+        try:
+            # the version stored at creation (None for older jobs: the default version)
+            app = self.apps.get(job.model_id, job.model_version)
+        except ParameterError as exc:
+            await self._unrunnable(job, exc)
+            return None
         waited = (utcnow() - job.queue_time).total_seconds() if job.queue_time else 0.0
         if not isinstance(app, BatchableApp):  # a classical finder: runs alone
             key = BatchKey(job.model_id, app.version, "", (0, 0))
@@ -172,6 +180,27 @@ class Scheduler:
         tiles = await in_thread(app.count_tiles, self._image_path(job), job)
         key = app.batch_key(job.parameter_values().get("precision"))
         return QueuedJob(job.job_id, key, job.owner, job.priority, now - waited, tiles)
+
+    async def _unrunnable(self, job: Job, exc: ParameterError) -> None:
+        what = job.model_id
+        if job.model_version is not None:
+            what += f" version {job.model_version}"
+        message = (
+            f"this server can no longer run {what}, which the job was created with "
+            f"({exc.message}). Create a new job to run an installed version."
+        )
+        log.warning("job %s cannot run: %s", job.job_id, exc.message)
+        moved = await in_thread(
+            self.store.transition,
+            job.job_id,
+            [Phase.QUEUED],
+            Phase.ERROR,
+            end_time=utcnow(),
+            error_type="fatal",
+            error_message=message,
+        )
+        if moved:
+            self.events.notify(job.job_id)
 
     async def _claim(self, ids: list[str]) -> list[Job]:
         """QUEUED -> EXECUTING for each job of a batch; the jobs as they are then, less any
@@ -223,7 +252,9 @@ class Scheduler:
             )
             for job in jobs
         )
-        batch = BatchTask(secrets.token_hex(6), jobs[0].model_id, tasks, self.registry)
+        batch = BatchTask(
+            secrets.token_hex(6), key.model_id, tasks, self.registry, model_version=key.version
+        )
         if self.metrics is not None:
             self.metrics.batch_jobs.labels(batch.model_id).observe(len(jobs))
             self.metrics.batch_tiles.labels(batch.model_id).observe(tiles)

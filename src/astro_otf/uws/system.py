@@ -57,18 +57,28 @@ async def metrics(request: Request) -> Response:
 
 @router.get("/models")
 async def models(request: Request) -> dict[str, Any]:
+    """One entry per model id: its default (newest) version, with every installed version
+    in ``versions``."""
     registry = request.app.state.service.registry
     return {
         "default": registry.default_model_id,
-        "models": [registry.describe(app) for app in registry],
+        "models": [registry.describe(app) for app in registry.defaults()],
     }
 
 
 @router.get("/models/{model_id}")
 async def model(model_id: str, request: Request) -> dict[str, Any]:
+    """One model: its default version, or the one named by ``?version=``."""
     registry = request.app.state.service.registry
+    asked = [v for k, v in request.query_params.multi_items() if k.lower() == "version"]
+    if len(asked) > 1:
+        raise ParameterError("version", "is given more than once")
     try:
-        app = registry.get(model_id)
+        registry.versions(model_id)
     except ParameterError as exc:
         raise NotFound(exc.message.removeprefix("MODEL: ")) from None
+    try:
+        app = registry.get(model_id, asked[0] if asked else None)
+    except ParameterError as exc:
+        raise ParameterError("version", exc.message.removeprefix("MODEL_VERSION: ")) from None
     return dict(registry.describe(app))
