@@ -1,9 +1,11 @@
 """Train the detector from a fixed seed: ``python -m training.train`` (``make train``).
 
 Why a script of its own: the shipped model must be regenerable by anyone from this
-repository alone: same seed, same simulated draws, same schedule. It writes a PyTorch
-checkpoint and a JSON log; :mod:`training.export` turns the checkpoint into the ONNX files,
-manifest and model card the service ships.
+repository alone: same seed, same simulated fields, same schedule. It renders the pool of
+training fields (:mod:`training.dataset`, in parallel, each field from its own seed), then
+trains on random crops of it; it writes a PyTorch checkpoint and a JSON log, and
+:mod:`training.export` turns the checkpoint into the ONNX files, manifest and model card the
+service ships.
 
 Loss: CenterNet's penalty-reduced focal loss on the heatmap (alpha 2, beta 4), and L1 on
 the eight attributes at source centres. AdamW with a one-cycle schedule.
@@ -23,6 +25,8 @@ from training import dataset
 from training.model import WIDTHS, Detector
 
 DEFAULT_OUT = Path("build/train")
+SEED = 20261129
+STEPS = 5000
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -47,16 +51,22 @@ def attr_loss(pred: torch.Tensor, target: torch.Tensor, centre: torch.Tensor) ->
 def train(
     steps: int,
     batch: int,
-    size: int,
     seed: int,
     out: Path,
     threads: int,
-    widths: tuple[int, int, int] = WIDTHS,
+    widths: tuple[int, ...] = WIDTHS,
+    pool_fields: int = dataset.POOL_FIELDS,
 ) -> dict[str, object]:
     torch.manual_seed(seed)
-    torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
-    net = Detector(*widths)
+    t0 = time.time()
+    pool = dataset.make_pool(seed, pool_fields, workers=threads)
+    pool_seconds = time.time() - t0
+    print(
+        json.dumps({"pool_fields": len(pool), "pool_seconds": round(pool_seconds, 1)}), flush=True
+    )
+    torch.set_num_threads(threads)
+    net = Detector(widths)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +74,7 @@ def train(
     start = time.time()
     run = {"heat": 0.0, "attr": 0.0}
     for step in range(1, steps + 1):
-        b = {k: torch.from_numpy(v) for k, v in dataset.batch(rng, batch, size).items()}
+        b = {k: torch.from_numpy(v) for k, v in dataset.batch(rng, pool, batch).items()}
         net.train()
         heat, attrs = net(b["image"])
         l_heat = focal_loss(heat, b["heat"], b["weight"])
@@ -95,7 +105,9 @@ def train(
     summary = {
         "steps": steps,
         "batch": batch,
-        "patch": size,
+        "patch": dataset.PATCH,
+        "pool_fields": len(pool),
+        "pool_seconds": round(pool_seconds, 1),
         "seed": seed,
         "threads": threads,
         "widths": list(widths),
@@ -109,22 +121,20 @@ def train(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--size", type=int, default=128, help="patch side, pixels")
-    parser.add_argument("--seed", type=int, default=20261122)
+    parser.add_argument("--pool", type=int, default=dataset.POOL_FIELDS, help="fields rendered")
+    parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument(
         "--widths",
         default=",".join(map(str, WIDTHS)),
-        help="channels of the three encoder levels (default %(default)s)",
+        help="channels of the encoder levels, three or four (default %(default)s)",
     )
     args = parser.parse_args()
-    c1, c2, c3 = (int(v) for v in args.widths.split(","))
-    summary = train(
-        args.steps, args.batch, args.size, args.seed, args.out, args.threads, (c1, c2, c3)
-    )
+    widths = tuple(int(v) for v in args.widths.split(","))
+    summary = train(args.steps, args.batch, args.seed, args.out, args.threads, widths, args.pool)
     print(f"trained {summary['steps']} steps in {summary['train_seconds']} s -> {args.out}")
 
 

@@ -41,6 +41,13 @@ Steps (``op``) and their keys:
     ``(x - median) / rms`` with the image's median and robust rms (1.4826 x MAD), fitted
     once per image (or given as ``median`` and ``rms``): pixels in units of the noise, so a
     trained network sees the same S/N whatever the survey's flux scale.
+``local_standardise``
+    ``(x - background) / rms`` with a background and rms *map* of the image
+    (:mod:`.background`: robust statistics in boxes of ``box_beams`` beam widths,
+    interpolated), so that noise rising towards a primary-beam edge or around a bright
+    source is divided out; the step must come first. Fitting it needs the 2-D image and its
+    beam in pixels (:meth:`Chain.fit`'s ``beam_pix``); applying it needs each tile's place in
+    the image (:meth:`FittedChain.apply`'s ``origin``).
 ``asinh``
     ``asinh(x / scale)`` (default scale 1): linear near zero, logarithmic for bright
     sources, so noise and a 1000-sigma source both stay in a trainable range.
@@ -74,6 +81,7 @@ import numpy as np
 from astropy.stats import mad_std
 
 from astro_otf.domain.errors import JobFailure
+from astro_otf.imaging.background import NoiseMap, box_size, noise_map
 
 __all__ = [
     "DEFAULT_MAX_SAMPLES",
@@ -84,7 +92,9 @@ __all__ = [
     "parse_chain",
 ]
 
-Op = Literal["clip", "linear", "sqrt", "log", "tanh", "standardise", "asinh", "nan"]
+Op = Literal[
+    "clip", "linear", "sqrt", "log", "tanh", "standardise", "local_standardise", "asinh", "nan"
+]
 
 #: Most pixels :meth:`Chain.fit` reads from an image to compute data-dependent values.
 DEFAULT_MAX_SAMPLES = 1 << 20
@@ -99,11 +109,15 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "log": ("a",),
     "tanh": ("scale",),
     "standardise": ("median", "rms"),
+    "local_standardise": ("box_beams",),
     "asinh": ("scale",),
     "nan": ("value",),
 }
 
 _DEFAULT_LOG_A = 1000.0
+#: Box side of ``local_standardise`` in beam widths when the manifest gives none (sep's and
+#: the peers' ~10 beams).
+DEFAULT_BOX_BEAMS = 10.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,9 @@ class NormStep:
     median: float | None = None
     rms: float | None = None
     value: float | None = None
+    box_beams: float | None = None
+    #: The fitted map of ``local_standardise`` (None until fitted).
+    noise: NoiseMap | None = None
 
     @property
     def is_data_dependent(self) -> bool:
@@ -142,6 +159,8 @@ class NormStep:
             return bool(self.to_unit) and self.min is None
         if self.op == "standardise":
             return self.median is None
+        if self.op == "local_standardise":
+            return self.noise is None
         return False
 
     @property
@@ -152,8 +171,10 @@ class NormStep:
         """The step as a manifest table: ``op`` and the keys that are set."""
         out: dict[str, Any] = {"op": self.op}
         for f in fields(self):
-            if f.name in ("op", "index"):
+            if f.name in ("op", "index", "noise"):
                 continue
+            if self.op == "local_standardise" and f.name in ("median", "rms"):
+                continue  # the map's medians, for the log; the map itself is refitted
             value = getattr(self, f.name)
             if value is not None:
                 out[f.name] = value
@@ -216,11 +237,34 @@ class NormStep:
 
     # ------------------------------------------------------------------ applying
 
-    def apply_inplace(self, out: np.ndarray) -> None:
-        """Apply this (data-independent) step to the float32 array ``out`` in place."""
+    def fit_local(self, image: np.ndarray, beam_pix: float | None) -> NormStep:
+        """``local_standardise`` with its noise map measured on the 2-D ``image``."""
+        box = box_size(image.shape, beam_pix, float(self.box_beams or DEFAULT_BOX_BEAMS))
+        try:
+            noise = noise_map(image, box)
+        except ValueError as exc:
+            raise JobFailure(f"{self.label}: {exc}") from None
+        if not float(np.min(noise.rms)) > 0:
+            raise JobFailure(
+                f"{self.label}: the image has no noise to measure (more than half its pixels "
+                "have the same value), so it cannot be put in units of its rms"
+            )
+        return replace(self, noise=noise, median=noise.global_bg, rms=noise.global_rms)
+
+    def apply_inplace(self, out: np.ndarray, origin: tuple[int, int] | None = None) -> None:
+        """Apply this (data-independent) step to the float32 array ``out`` in place;
+        ``origin`` is the image (row, column) of ``out[0, 0]``, for a local step."""
         if self.is_data_dependent:
             raise RuntimeError(f"{self.label} depends on the image: fit the chain first")
-        if self.op == "clip":
+        if self.op == "local_standardise":
+            if origin is None or out.ndim != 2:
+                raise RuntimeError(f"{self.label} applies to 2-D tiles with their origin")
+            assert self.noise is not None
+            y0, x0 = origin
+            bg, rms = self.noise.window(y0, y0 + out.shape[0], x0, x0 + out.shape[1])
+            out -= bg
+            out /= rms
+        elif self.op == "clip":
             np.clip(out, self.min, self.max, out=out)
         elif self.op == "linear":
             if self.to_unit:
@@ -273,20 +317,27 @@ class FittedChain:
     chain: Chain
     steps: tuple[NormStep, ...]
 
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        """The normalised pixels of ``array`` (any shape) as a new float32 array."""
+    def apply(self, array: np.ndarray, origin: tuple[int, int] | None = None) -> np.ndarray:
+        """The normalised pixels of ``array`` (any shape) as a new float32 array; ``origin``
+        is the image (row, column) of a tile's ``[0, 0]`` (needed by ``local_standardise``)."""
         out = np.array(array, dtype=np.float32, copy=True)
         for step in self.steps:
-            step.apply_inplace(out)
+            step.apply_inplace(out, origin)
         return out
+
+    @property
+    def noise_map(self) -> NoiseMap | None:
+        """The background and rms map of a chain with ``local_standardise``."""
+        return next((s.noise for s in self.steps if s.op == "local_standardise"), None)
 
     @property
     def noise(self) -> tuple[float, float] | None:
         """The image's median and rms in image units, when the chain opens with
-        ``standardise`` (only ``nan`` or ``clip`` steps before it): what turns a model's S/N
-        outputs back into fluxes. None otherwise."""
+        ``standardise`` or ``local_standardise`` (only ``nan`` or ``clip`` steps before it;
+        for a map, its medians): what turns a model's S/N outputs back into fluxes. None
+        otherwise."""
         for step in self.steps:
-            if step.op == "standardise":
+            if step.op in ("standardise", "local_standardise"):
                 return cast(float, step.median), cast(float, step.rms)
             if step.op not in ("nan", "clip"):
                 return None
@@ -308,16 +359,28 @@ class Chain:
         return any(step.is_data_dependent for step in self.steps)
 
     def fit(
-        self, image: np.ndarray, *, max_samples: int | None = DEFAULT_MAX_SAMPLES
+        self,
+        image: np.ndarray,
+        *,
+        max_samples: int | None = DEFAULT_MAX_SAMPLES,
+        beam_pix: float | None = None,
     ) -> FittedChain:
         """Compute the data-dependent values of the chain on ``image``, once.
 
         Values are computed on the finite pixels of the image as they reach each step (after
         the steps before it). An image of more than ``max_samples`` pixels is sampled on a
-        regular grid (every k-th pixel of every k-th row); ``None`` uses every pixel.
+        regular grid (every k-th pixel of every k-th row); ``None`` uses every pixel. A
+        ``local_standardise`` step (always first) measures its map on the whole 2-D image,
+        with boxes sized by ``beam_pix`` (the beam's FWHM in pixels; None: 64 px boxes).
         """
         if not self.is_data_dependent:
             return FittedChain(self, self.steps)
+        steps = list(self.steps)
+        if steps[0].op == "local_standardise":
+            steps[0] = steps[0].fit_local(np.asanyarray(image), beam_pix)
+            if not any(step.is_data_dependent for step in steps):
+                return FittedChain(self, tuple(steps))
+            raise ValueError("local_standardise cannot be combined with other fitted steps")
         last = max(i for i, step in enumerate(self.steps) if step.is_data_dependent)
         sample = _sample(np.asanyarray(image), max_samples)
         resolved: list[NormStep] = []
@@ -332,7 +395,7 @@ class Chain:
     def apply(self, array: np.ndarray) -> np.ndarray:
         """Fit on ``array`` and normalise it: for a whole image, not for its tiles one by one
         (see :meth:`fit`). Returns a new float32 array."""
-        return self.fit(array).apply(array)
+        return self.fit(array).apply(array, (0, 0))
 
     def to_dicts(self) -> list[dict[str, Any]]:
         return [step.to_dict() for step in self.steps]
@@ -366,6 +429,16 @@ def parse_chain(spec: Sequence[Mapping[str, Any]]) -> Chain:
             f"the normalisation must be a list of step tables, got {type(spec).__name__}"
         )
     steps = [_parse_step(index, item) for index, item in enumerate(spec, start=1)]
+    for step in steps[1:]:
+        if step.op == "local_standardise":
+            raise ValueError(f"{step.label}: must be the first step (it reads the raw image)")
+    if steps and steps[0].op == "local_standardise":
+        for step in steps[1:]:
+            if step.is_data_dependent:
+                raise ValueError(
+                    f"{step.label}: no other step may be fitted on the image after "
+                    "local_standardise"
+                )
     if not any(step.op == "nan" for step in steps):
         steps.append(NormStep(op="nan", index=len(steps) + 1, value=0.0))
     return Chain(tuple(steps))
@@ -438,6 +511,9 @@ def _check(where: str, s: NormStep) -> None:
             raise ValueError(f"{where}: 'a' must be positive, got {s.a:g}")
     elif s.op in ("tanh", "asinh") and s.scale is not None and s.scale <= 0:
         raise ValueError(f"{where}: 'scale' must be positive, got {s.scale:g}")
+    elif s.op == "local_standardise":
+        if s.box_beams is not None and not s.box_beams >= 1:
+            raise ValueError(f"{where}: 'box_beams' must be at least 1, got {s.box_beams:g}")
     elif s.op == "standardise":
         if (s.median is None) != (s.rms is None):
             missing = "rms" if s.rms is None else "median"

@@ -37,6 +37,7 @@ __all__ = [
     "InputSpec",
     "LoadedModel",
     "ManifestError",
+    "MeasureSpec",
     "ModelFileError",
     "ModelManifest",
     "OutputSpec",
@@ -172,6 +173,27 @@ class PostprocessSpec(_Strict):
     min_snr: float | None = Field(default=None, ge=0.0)
 
 
+class MeasureSpec(_Strict):
+    """How a detector's candidates become measured sources (``imaging/measure.py``): which
+    candidates are one peak of the image (merged), and the Gaussian fit to the image pixels
+    that gives positions, fluxes, sizes and their errors. Distances are in beam FWHM, dips
+    and excesses in local rms. Without this table the network's own estimates are reported
+    (radio-detector 1.0)."""
+
+    method: Literal["gaussian"] = "gaussian"
+    #: Half side of each source's fitting stamp.
+    stamp_beams: float = Field(default=1.5, gt=0)
+    #: Candidates farther apart than this are never merged.
+    max_sep_beams: float = Field(default=2.0, ge=0)
+    #: Within this, no saddle is enough to merge; beyond, the fainter must not stand out
+    #: above the brighter's wing either.
+    near_beams: float = Field(default=1.0, ge=0)
+    dip_sigma: float = Field(default=2.0, ge=0)
+    excess_sigma: float = Field(default=3.0, ge=0)
+    #: Fits that end closer than this are one source.
+    duplicate_beams: float = Field(default=0.5, ge=0)
+
+
 class ParameterEntry(_Strict):
     """One job parameter the model takes, as written in the manifest."""
 
@@ -252,6 +274,7 @@ class ModelManifest(_Strict):
     tiling: TilingSpec
     output: OutputSpec
     postprocess: PostprocessSpec
+    measure: MeasureSpec | None = None
     #: Resident size of one loaded session, in MB (the session cache's budget counts this).
     memory_mb: float = Field(gt=0)
     #: Working memory of one tile in a forward pass, in MB (for the batch former's budget).

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -33,7 +34,18 @@ from astro_otf.batching.former import BatchKey
 from astro_otf.domain.errors import JobFailure
 from astro_otf.domain.job import Job
 from astro_otf.domain.parameters import ParamSpec
+from astro_otf.imaging.background import NoiseMap
 from astro_otf.imaging.fits import SkyImage, cutout, load_image
+from astro_otf.imaging.gaussfit import covariance_of
+from astro_otf.imaging.measure import (
+    MeasureSettings,
+    beam_pixel_cov,
+    deconvolved_sky,
+    measure,
+    pixel_jacobians,
+    sky_shapes,
+    to_sky_errors,
+)
 from astro_otf.imaging.normalise import FittedChain, parse_chain
 from astro_otf.imaging.resample import block_mean
 from astro_otf.imaging.stitch import Detection, position_angles, stitch, to_sky
@@ -178,7 +190,13 @@ class OnnxDetector:
         specs = tile_grid(pixels.shape, manifest.tiling.tile, manifest.tiling.overlap)
         threshold = float(request.values.get("threshold", manifest.postprocess.score_threshold))
         min_snr = request.values.get("min_snr", manifest.postprocess.min_snr)
-        chain = self._chain.fit(pixels)
+        beam = image.beam_major_pix
+        chain = self._chain.fit(pixels, beam_pix=None if beam is None else beam / factor)
+        # a measured model's MIN_SNR reads the brightest pixel within half a beam of its
+        # candidate, as the classical finders read their islands' peak pixels
+        radius = 1
+        if manifest.measure is not None:
+            radius = max(1, round(0.5 * (beam / factor if beam else self._beam)))
         return _Prepared(
             request,
             image,
@@ -189,6 +207,7 @@ class OnnxDetector:
             pixels,
             factor,
             min_snr=None if min_snr is None else float(min_snr),
+            peak_radius=radius,
         )
 
     def _resample_factor(self, image: SkyImage) -> int:
@@ -216,7 +235,12 @@ class OnnxDetector:
             chunk = items[start : start + step]
             raw = [read_tile(p.pixels, spec, fill=np.nan) for p, spec in chunk]
             try:
-                batch = np.stack([p.chain.apply(t) for (p, _), t in zip(chunk, raw, strict=True)])
+                batch = np.stack(
+                    [
+                        p.chain.apply(t, (spec.y0, spec.x0))
+                        for (p, spec), t in zip(chunk, raw, strict=True)
+                    ]
+                )
                 out = run(session, batch[:, None, :, :], input_name=manifest.input.name)
             except failures as exc:
                 if len(chunk) == 1 or not _out_of_memory(exc):
@@ -280,7 +304,8 @@ class OnnxDetector:
         for p, spec, raw, score, peak, attrs in self.forward(items, precision):
             if attrs is not None:
                 ys, xs = np.nonzero((peak > 0.5) & (score >= p.threshold) & np.isfinite(raw))
-                found = self._measured(spec, xs, ys, score, attrs, _pixel_snr(p.chain, raw, xs, ys))
+                snr = _pixel_snr(p.chain, raw, xs, ys, (spec.x0, spec.y0), p.peak_radius)
+                found = self._measured(spec, xs, ys, score, attrs, snr)
                 if p.min_snr is not None:
                     found = [d for d in found if d.extra["snr"] >= p.min_snr]
                 p.per_tile.append((spec, found))
@@ -321,7 +346,12 @@ class OnnxDetector:
 
     def _write(self, p: _Prepared, precision: str) -> AppOutput:
         request = p.request
-        table = self._measured_table(p) if self._attr else self._peak_table(p)
+        if self.model.manifest.measure is not None:
+            table = self._fitted_table(p)
+        elif self._attr:
+            table = self._measured_table(p)
+        else:
+            table = self._peak_table(p)
         file = self.model.file(precision)
         model_files = [
             file_entity(
@@ -342,7 +372,12 @@ class OnnxDetector:
         return AppOutput(
             catalogue=Catalogue(
                 table,
-                facts=image_facts(p.image, full_shape=p.full_shape),
+                facts=image_facts(
+                    p.image,
+                    full_shape=p.full_shape,
+                    rms=None if p.chain.noise is None else p.chain.noise[1],
+                    rms_unit=_flux_unit(p.image),
+                ),
                 infos={
                     "precision": precision,
                     "model_sha256": self.model.sha256(precision),
@@ -465,6 +500,150 @@ class OnnxDetector:
             },
         )
 
+    def _beam_cov(self, image: SkyImage) -> np.ndarray:
+        """The beam's covariance in the uploaded image's pixels (at its centre): from
+        BMAJ/BMIN/BPA, else the manifest's beam, round."""
+        ny, nx = image.shape
+        beam = image.beam
+        if beam is not None:
+            return beam_pixel_cov(
+                image.wcs,
+                (nx - 1) / 2,
+                (ny - 1) / 2,
+                beam.major_deg * 3600,
+                beam.minor_deg * 3600,
+                beam.pa_deg,
+            )
+        fwhm = self._beam
+        return covariance_of(np.array(fwhm), np.array(fwhm), np.array(0.0))
+
+    def _fitted_table(self, p: _Prepared) -> Table:
+        """The catalogue of a model whose candidates are measured by Gaussian fits to the
+        image (``[measure]``): merged where they are one peak, fitted on the local
+        background, with Condon (1997) errors; the network's estimates where a fit fails."""
+        spec = self.model.manifest.measure
+        assert spec is not None
+        f = p.factor
+        detections = stitch(p.per_tile)
+        noise = p.chain.noise_map
+        if noise is None:
+            if p.chain.noise is None:
+                raise JobFailure(
+                    f"model {self.model_id} {self.version}: its normalisation measures no "
+                    "noise, so its sources cannot be fitted"
+                )
+            median, rms = p.chain.noise
+            noise = NoiseMap(p.pixels.shape, max(p.pixels.shape), np.full((1, 1), median),
+                             np.full((1, 1), rms))  # fmt: skip
+
+        def extra(name: str) -> np.ndarray:
+            return np.array([d.extra[name] for d in detections], dtype=np.float64)
+
+        x = np.array([d.x for d in detections], dtype=np.float64)
+        y = np.array([d.y for d in detections], dtype=np.float64)
+        beam_cov = self._beam_cov(p.image)
+        guess_peak = guess_cov = guess_int = None
+        if detections:
+            rms_at = noise.at(x, y)[1].astype(np.float64)
+            guess_peak = extra("peak_snr") * rms_at
+            guess_int = extra("int_over_peak")
+            guess_cov = covariance_of(extra("maj_pix") * f, extra("min_pix") * f, extra("theta"))
+        m = measure(
+            p.pixels,
+            noise,
+            x,
+            y,
+            beam_cov,
+            factor=f,
+            guess_cov=guess_cov,
+            guess_peak=guess_peak,
+            guess_int_beams=guess_int,
+            settings=MeasureSettings(
+                stamp_beams=spec.stamp_beams,
+                max_sep_beams=spec.max_sep_beams,
+                near_beams=spec.near_beams,
+                dip_sigma=spec.dip_sigma,
+                excess_sigma=spec.excess_sigma,
+                duplicate_beams=spec.duplicate_beams,
+            ),
+        )
+        kept = [detections[i] for i in m.kept.tolist()]
+        placed = [
+            Detection(float(m.x[i]), float(m.y[i]), d.width * f, d.height * f, d.score, d.extra)
+            for i, d in enumerate(kept)
+        ]
+        found = to_sky(placed, p.image.wcs, p.image.origin)
+        found.keep_columns(
+            [c for c in ("ra", "dec", "x", "y", "score", "tile") if c in found.colnames]
+        )
+        peak_unit = _flux_unit(p.image)
+        # Jy/beam to Jy needs the beam: without BMAJ/BMIN the integrated flux stays blank
+        int_unit = "Jy" if peak_unit == "Jy/beam" and p.image.beam is not None else ""
+        jac = pixel_jacobians(p.image.wcs, m.x, m.y)
+        maj, mn, pa = sky_shapes(jac, m.cov)
+        ra_err, dec_err = to_sky_errors(jac, m.cov, m.cov_err["x_major"], m.cov_err["y_minor"])
+        dmaj, dmin, dpa = deconvolved_sky(jac, m.cov, beam_cov)
+        found["ra_err"] = ra_err
+        found["dec_err"] = dec_err
+        found["peak_flux"] = m.peak
+        found["peak_flux_err"] = m.peak_err
+        if int_unit:
+            found["int_flux"] = m.peak * m.int_beams
+            found["int_flux_err"] = m.peak * m.int_beams * m.int_rel_err
+        found["maj"] = maj
+        found["min"] = mn
+        found["pa"] = pa
+        snr = np.array([d.extra["snr"] for d in kept], dtype=np.float64)
+        columns = (
+            ("snr", snr, "", "stat.snr", "S/N of the image itself at the source: the "
+             "brightest pixel next to the detected peak, less the local background, over the "
+             "local rms. MIN_SNR applies to it."),
+            ("local_rms", m.rms, peak_unit, "stat.stdev;phot.flux.density",
+             "Local rms of the image at the source (background and rms map)."),
+            ("maj_deconv", dmaj, "arcsec", "phys.angSize.smajAxis;src",
+             "Major axis FWHM deconvolved from the beam (0: unresolved)."),
+            ("min_deconv", dmin, "arcsec", "phys.angSize.sminAxis;src",
+             "Minor axis FWHM deconvolved from the beam (0: unresolved)."),
+            ("pa_deconv", dpa, "deg", "pos.posAng;src",
+             "Position angle of the deconvolved major axis, East of North."),
+        )  # fmt: skip
+        for name, values, unit, ucd, description in columns:
+            found[name] = Column(values, unit=unit, description=description, meta={"ucd": ucd})
+        found["fitted"] = Column(
+            m.fitted,
+            unit="",
+            description="True where a Gaussian was fitted to the image; False where the fit "
+            "failed and the network's own estimates of flux and size are given.",
+            meta={"ucd": "meta.code.qual"},
+        )
+        return conform(
+            found,
+            peak_unit=peak_unit,
+            int_unit=int_unit,
+            score_ucd="stat.probability",
+            descriptions={
+                "ra": "Right ascension (ICRS) of the fitted Gaussian's centre.",
+                "dec": "Declination (ICRS) of the fitted Gaussian's centre.",
+                "ra_err": "1-sigma error of ra (Condon 1997), as an angle on the sky.",
+                "dec_err": "1-sigma error of dec (Condon 1997).",
+                "score": "Objectness: the model's probability that a source is centred here.",
+                "peak_flux": "Peak of the Gaussian fitted to the image on its local background.",
+                "peak_flux_err": "1-sigma error of peak_flux (Condon 1997, local rms).",
+                "int_flux": "Integrated flux density of the fitted Gaussian: peak_flux x maj x "
+                "min / (BMAJ x BMIN)"
+                + (
+                    "."
+                    if int_unit
+                    else " (blank: the image is not in Jy/beam, or its header gives no beam)."
+                ),
+                "int_flux_err": "1-sigma error of int_flux (Condon 1997, his eq. 42).",
+                "maj": "Major axis FWHM of the fitted Gaussian (convolved with the beam).",
+                "min": "Minor axis FWHM of the fitted Gaussian (convolved with the beam).",
+                "pa": "Position angle of the fitted major axis, degrees East of North (ICRS).",
+                "class": "Not given by this model.",
+            },
+        )
+
     def _measured(
         self,
         spec: TileSpec,
@@ -548,17 +727,32 @@ class OnnxDetector:
             p.pool.clear()
 
 
-def _pixel_snr(chain: FittedChain, raw: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """The S/N of the image at the pixels (xs, ys) of a tile: the brightest valid pixel of
-    each 3x3 neighbourhood, less the image median, over the image rms."""
+def _pixel_snr(
+    chain: FittedChain,
+    raw: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    origin: tuple[int, int] = (0, 0),
+    radius: int = 1,
+) -> np.ndarray:
+    """The S/N of the image at the pixels (xs, ys) of a tile whose [0, 0] is image pixel
+    ``origin`` (x, y): the brightest valid pixel within ``radius`` pixels (a square), less
+    the background, over the rms (the local map's where the chain has one)."""
     noise = chain.noise
     if noise is None or len(xs) == 0:
         return np.full(len(xs), np.nan)
-    median, rms = noise
-    padded = np.pad(raw, 1, constant_values=np.nan)
-    around = np.stack([padded[ys + 1 + dy, xs + 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
-    with np.errstate(invalid="ignore"):
-        return (np.nanmax(around, axis=0) - median) / rms
+    padded = np.pad(raw, radius, constant_values=np.nan)
+    span = range(-radius, radius + 1)
+    around = np.stack([padded[ys + radius + dy, xs + radius + dx] for dy in span for dx in span])
+    local = chain.noise_map
+    if local is not None:
+        median, rms = local.at(xs + origin[0], ys + origin[1])
+    else:
+        median = np.full(len(xs), noise[0], dtype=np.float32)
+        rms = np.full(len(xs), noise[1], dtype=np.float32)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN neighbourhoods
+        return np.asarray((np.nanmax(around, axis=0) - median) / rms, dtype=np.float64)
 
 
 def _any_finite(data: np.ndarray, rows: int = 256) -> bool:
@@ -601,6 +795,8 @@ class _Prepared:
     pixels: np.ndarray
     factor: int = 1
     min_snr: float | None = None
+    #: MIN_SNR reads the brightest pixel within this many pixels of a candidate
+    peak_radius: int = 1
     median: float = 0.0
     rms: float = 1.0
     per_tile: list[tuple[TileSpec, list[Detection]]] = field(default_factory=list)
