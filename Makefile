@@ -79,7 +79,7 @@ peers: $(PEERS)/.installed
 ## Evaluate the detector against truth and the peers; updates the table in the model card.
 science: install-test peers
 	PYTHONPATH=. $(PY) bench/science.py --peers-python $(PEERS)/bin/python \
-	  --card src/astro_otf/models/zoo/radio-detector/1.0/MODEL_CARD.md
+	  --card src/astro_otf/models/zoo/radio-detector/2.0/MODEL_CARD.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

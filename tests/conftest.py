@@ -61,6 +61,7 @@ def install_model_version(root: Path, version: str, model_id: str = "radio-detec
     refused): its shipped folder is returned."""
     from astro_otf.models.manifest import SHIPPED_MODELS
 
+    root.mkdir(parents=True, exist_ok=True)  # a models_dirs entry must exist, even if empty
     shipped = SHIPPED_MODELS / model_id / version
     if (shipped / "manifest.toml").is_file():
         return shipped

@@ -44,8 +44,8 @@ from training.model import ATTRIBUTES, WIDTHS
 MODEL_ID = "radio-detector"
 VERSION = "2.0"
 DEFAULT_OUT = Path("src/astro_otf/models/zoo") / MODEL_ID / VERSION
-TILE = 528
-OVERLAP = 48
+TILE = 576
+OVERLAP = 64
 VALIDATION_SEED = 777
 VALIDATION_FIELDS = 32
 VALIDATION_SIZE = 256

@@ -58,6 +58,8 @@ def train(
     pool_fields: int = dataset.POOL_FIELDS,
 ) -> dict[str, object]:
     torch.manual_seed(seed)
+    # without this, two threads reduce gradients in varying order and runs drift apart
+    torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng(seed)
     t0 = time.time()
     pool = dataset.make_pool(seed, pool_fields, workers=threads)

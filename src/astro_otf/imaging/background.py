@@ -25,7 +25,6 @@ the image is read one band of rows at a time, never whole.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,18 +167,30 @@ def _clipped_stats(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Median, MAD rms and count of the clipped valid values of each row of ``cells``."""
     values = cells.copy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
-        for _ in range(iterations):
-            med = np.nanmedian(values, axis=1)
-            sig = MAD_TO_SIGMA * np.nanmedian(np.abs(values - med[:, None]), axis=1)
+    for _ in range(iterations):
+        med = _row_median(values)
+        sig = MAD_TO_SIGMA * _row_median(np.abs(values - med[:, None]))
+        with np.errstate(invalid="ignore"):
             out = np.abs(values - med[:, None]) > clip * sig[:, None]
-            if not out.any():
-                break
-            values[out] = np.nan
-        med = np.nanmedian(values, axis=1)
-        sig = MAD_TO_SIGMA * np.nanmedian(np.abs(values - med[:, None]), axis=1)
+        if not out.any():
+            break
+        values[out] = np.nan
+    med = _row_median(values)
+    sig = MAD_TO_SIGMA * _row_median(np.abs(values - med[:, None]))
     return med, np.nan_to_num(sig, nan=0.0), np.isfinite(values).sum(axis=1)
+
+
+def _row_median(values: np.ndarray) -> np.ndarray:
+    """The median of the finite values of each row (NaN for a row without any): a sort puts
+    NaN last, so the middle of each row's valid part is read directly (numpy's nanmedian
+    goes through masked arrays for small rows, ten times slower)."""
+    ordered = np.sort(values, axis=1)
+    n = np.isfinite(values).sum(axis=1)
+    lo = np.clip((n - 1) // 2, 0, values.shape[1] - 1)
+    hi = np.clip(n // 2, 0, values.shape[1] - 1)
+    rows = np.arange(len(values))
+    med = 0.5 * (ordered[rows, lo] + ordered[rows, hi])
+    return np.where(n > 0, med, np.nan)
 
 
 def _fill(mesh: np.ndarray, known: np.ndarray) -> np.ndarray:

@@ -16,6 +16,12 @@ FWHM axes and the axis angle, and turns them into fluxes (times the image rms it
 ``standardise`` step measured), arcsec and a position angle on the sky. MIN_SNR then applies
 to the image's own pixels next to the peak. An image whose beam is wider than the manifest's
 ``max_beam_pix`` is block-averaged first, and its detections mapped back to its pixels.
+
+A model with a ``[measure]`` table (radio-detector 2.0) only *proposes* with its network:
+its normalisation divides the image by a local background and rms map, MIN_SNR reads the
+brightest pixel within half a beam over the local rms, candidates that are one peak of the
+image are merged, and each source is measured by a Gaussian fit to the image's pixels
+(:mod:`astro_otf.imaging.measure`), with the network's estimates kept only where a fit fails.
 """
 
 from __future__ import annotations
