@@ -35,6 +35,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from astro_otf.imaging.gaussfit import axes_of, covariance_of
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CATALOGUE = SHARED / "data" / "real" / "sdc1" / "TrainingSet_B1_v2_ML.csv"
 
@@ -194,32 +196,10 @@ def _density_per_arcmin2() -> float:
 # --------------------------------------------------------------------------- rendering
 
 
-def covariance(
-    maj: np.ndarray | float, mn: np.ndarray | float, theta: np.ndarray | float
-) -> np.ndarray:
-    """Covariance (pixels^2) of Gaussians with FWHM axes ``maj``, ``mn`` at pixel angle
-    ``theta``; shape (..., 2, 2)."""
-    maj, mn, theta = np.broadcast_arrays(
-        *(np.asarray(v, dtype=np.float64) for v in (maj, mn, theta))
-    )
-    s1 = (maj / FWHM_PER_SIGMA) ** 2
-    s2 = (mn / FWHM_PER_SIGMA) ** 2
-    c, s = np.cos(theta), np.sin(theta)
-    cov = np.empty((*maj.shape, 2, 2))
-    cov[..., 0, 0] = s1 * c * c + s2 * s * s
-    cov[..., 1, 1] = s1 * s * s + s2 * c * c
-    cov[..., 0, 1] = cov[..., 1, 0] = (s1 - s2) * c * s
-    return cov
-
-
-def axes(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """FWHM major, minor axes and pixel angle (0..pi) of covariances (..., 2, 2)."""
-    a, b, c = cov[..., 0, 0], cov[..., 1, 1], cov[..., 0, 1]
-    half = np.sqrt(((a - b) / 2) ** 2 + c * c)
-    l1 = (a + b) / 2 + half
-    l2 = np.maximum((a + b) / 2 - half, 1e-12)
-    theta = np.mod(0.5 * np.arctan2(2 * c, a - b), math.pi)
-    return FWHM_PER_SIGMA * np.sqrt(l1), FWHM_PER_SIGMA * np.sqrt(l2), theta
+#: Gaussian covariances (pixels^2) from FWHM axes and pixel angle, and back: the service's
+#: own functions (``astro_otf.imaging.gaussfit``), so truth and fits share one convention.
+covariance = covariance_of
+axes = axes_of
 
 
 @cache

@@ -117,9 +117,10 @@ def _lm(
     """Levenberg-Marquardt for G problems of k Gaussians each, all at once: data, weight,
     gx, gy (G, P); p0 (G, k, 6) as (amplitude, x, y, a, b, c). Returns the parameters, which
     problems converged, and their chi^2. Problems that converge leave the working arrays, so
-    the stragglers cost only themselves."""
+    the stragglers cost only themselves. (A trial step can overflow exp(); it is then
+    rejected, so those warnings are silenced.)"""
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        return _lm_steps(data, weight, gx, gy, p0, min_var, max_var, reach, iterations)
+        return _lm_steps(data, weight, gx, gy, p0, (min_var, max_var, reach), iterations)
 
 
 def _lm_steps(
@@ -128,11 +129,10 @@ def _lm_steps(
     gx: np.ndarray,
     gy: np.ndarray,
     p0: np.ndarray,
-    min_var: float,
-    max_var: float,
-    reach: float,
+    bounds: tuple[float, float, float],
     iterations: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    min_var, max_var, reach = bounds
     g, k, _ = p0.shape
     p_out = p0.copy()
     chi2_out = np.zeros(g)
