@@ -119,3 +119,46 @@ def test_held_out_configurations_are_reproducible() -> None:
     assert set(syn.CONFIGS) >= {"meerkat", "askap", "lofar", "vla"}
     seeds = [s for c in syn.CONFIGS.values() for s in c.seeds]
     assert len(seeds) == len(set(seeds))
+
+
+def test_the_training_pool_is_the_same_whatever_the_processes() -> None:
+    from training import dataset
+
+    one = dataset.make_pool(11, 3, workers=1)
+    two = dataset.make_pool(11, 3, workers=2)
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.x, b.x)
+
+
+@pytest.mark.parametrize(("k", "flip"), [(0, False), (1, False), (2, True), (3, True)])
+def test_rotated_patches_keep_truth_on_the_source(k: int, flip: bool) -> None:
+    """The augmentation moves the truth with the pixels: position and angle of an elongated
+    source, measured from the transformed image's moments."""
+    from training import dataset
+
+    n = 64
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
+    x0, y0, theta = 20.0, 41.0, 0.5
+    inv = np.linalg.inv(sim_cov(8.0, 3.0, theta))
+    dx, dy = xx - x0, yy - y0
+    image = np.exp(-0.5 * (inv[0, 0] * dx * dx + 2 * inv[0, 1] * dx * dy + inv[1, 1] * dy * dy))
+    field = dataset.PoolField(
+        image.astype(np.float16), np.array([x0]), np.array([y0]), np.array([10.0]),
+        np.array([1.0]), np.array([8.0]), np.array([3.0]), np.array([theta]), 3.0,
+    )  # fmt: skip
+    out, x, y, angle = dataset._dihedral(field, k, flip)
+    w = np.asarray(out, dtype=np.float64)
+    mx, my = (w * xx).sum() / w.sum(), (w * yy).sum() / w.sum()
+    assert mx == pytest.approx(x[0], abs=0.01) and my == pytest.approx(y[0], abs=0.01)
+    cxx = (w * (xx - mx) ** 2).sum()
+    cyy = (w * (yy - my) ** 2).sum()
+    cxy = (w * (xx - mx) * (yy - my)).sum()
+    measured = 0.5 * math.atan2(2 * cxy, cxx - cyy) % math.pi
+    assert abs((measured - angle[0] + math.pi / 2) % math.pi - math.pi / 2) < 0.02
+
+
+def sim_cov(maj: float, mn: float, theta: float) -> np.ndarray:
+    from astro_otf.imaging.gaussfit import covariance_of
+
+    return covariance_of(np.array(maj), np.array(mn), np.array(theta))
