@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
+from sqlalchemy.engine import make_url
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from astro_otf import __version__
@@ -27,14 +30,38 @@ from astro_otf.service.scheduler import Scheduler, utcnow
 from astro_otf.service.threads import in_thread
 from astro_otf.store.database import make_engine, migrate
 from astro_otf.store.files import JobFolders
+from astro_otf.store.lock import DataFolderBusy, DataFolderLock
 from astro_otf.store.repository import JobStore
 from astro_otf.uws import routes, system
 
 log = logging.getLogger("astro_otf")
 
+#: With replicas, a job folder without a database row is removed at recovery only once
+#: nothing in it changed for this long: another replica may be creating that job right now
+#: (its upload streaming in). A lone server (SQLite, holding the data folder's lock) recovers
+#: before it takes any request, so every such folder it finds is an orphan.
+ORPHAN_MIN_AGE_S = 900.0
 
-def recover(store: JobStore, folders: JobFolders) -> tuple[int, int]:
-    """After a restart: jobs left EXECUTING run again; a job whose input is gone is ERROR."""
+
+def remove_orphans(store: JobStore, folders: JobFolders, min_age_s: float) -> int:
+    """Remove job folders that have no database row (a creation cut short by a kill, a
+    deletion cut between its row and its folder), untouched for ``min_age_s`` seconds."""
+    idle = folders.idle_folders(min_age_s)
+    known = store.existing_ids(idle)
+    orphans = [name for name in idle if name not in known]
+    for name in orphans:
+        if name not in store.existing_ids([name]):  # created meanwhile? keep it
+            log.info("removing the folder of job %s, which has no database row", name)
+            folders.remove(name)
+    return len(orphans)
+
+
+def recover(
+    store: JobStore, folders: JobFolders, orphan_min_age_s: float | None = None
+) -> tuple[int, int]:
+    """After a restart: jobs left EXECUTING run again (their runs lose the job: their tokens
+    are cleared); a job whose input is gone is ERROR; with ``orphan_min_age_s``, job folders
+    without a row that long are removed."""
     requeued = failed = 0
     for phase in (Phase.EXECUTING, Phase.QUEUED):
         for job_id in store.ids_in_phase(phase):
@@ -58,10 +85,26 @@ def recover(store: JobStore, folders: JobFolders) -> tuple[int, int]:
             elif phase == Phase.EXECUTING:
                 folders.clear_results(job_id)
                 store.transition(
-                    job_id, [phase], Phase.QUEUED, start_time=None, queue_time=utcnow()
+                    job_id,
+                    [phase],
+                    Phase.QUEUED,
+                    start_time=None,
+                    queue_time=utcnow(),
+                    run_token=None,
                 )
                 requeued += 1
+    if orphan_min_age_s is not None:
+        removed = remove_orphans(store, folders, orphan_min_age_s)
+        if removed:
+            log.info("recovered: removed %d job folder(s) without a database row", removed)
     return requeued, failed
+
+
+def data_folder_lock(settings: Settings) -> DataFolderLock:
+    """The data folder's lock for this server: exclusive on SQLite, shared by the replicas of
+    a PostgreSQL deployment (see :mod:`astro_otf.store.lock`). Raises DataFolderBusy."""
+    shared = make_url(settings.effective_database_url).get_backend_name() == "postgresql"
+    return DataFolderLock.acquire(Path(settings.data_dir), shared=shared)
 
 
 def on_change(scheduler: Scheduler, events: JobEvents, job_id: str, what: str) -> None:
@@ -74,90 +117,110 @@ def on_change(scheduler: Scheduler, events: JobEvents, job_id: str, what: str) -
         scheduler.cancel_soon(job_id)
 
 
+@asynccontextmanager
+async def _running(app: FastAPI, settings: Settings, *, alone: bool) -> AsyncIterator[None]:
+    """Every part of the service, started in order and stopped in reverse. ``alone``: this
+    server holds the data folder's lock exclusively (no other server can be creating jobs
+    in it while it recovers)."""
+    engine = make_engine(settings.effective_database_url)
+    await in_thread(migrate, engine)
+    store = JobStore(engine)
+    folders = JobFolders(settings.data_dir)
+    replicated = engine.dialect.name == "postgresql"
+    registry_config = RegistryConfig.from_settings(settings)
+    registry = await in_thread(build_registry, registry_config)
+    executor = make_executor(settings, registry_config)
+    events = JobEvents()
+    metrics = Metrics(store)
+    scheduler = Scheduler(
+        store,
+        folders,
+        executor,
+        events,
+        apps=registry,
+        registry=registry_config,
+        rules=BatchRules(
+            max_jobs=settings.batch_max_jobs,
+            max_tiles=settings.batch_max_tiles,
+            max_wait=settings.batch_max_wait,
+        ),
+        metrics=metrics,
+    )
+    service = JobService(settings, store, folders, registry, events, scheduler)
+    reaper = Reaper(service)
+    app.state.settings = settings
+    app.state.service = service
+    app.state.scheduler = scheduler
+    app.state.executor = executor
+    app.state.reaper = reaper
+    app.state.metrics = metrics
+
+    async def take_over() -> None:
+        """This process now runs jobs: first those a previous run left behind."""
+        orphan_age = 0.0 if alone else ORPHAN_MIN_AGE_S
+        requeued, failed = await in_thread(recover, store, folders, orphan_age)
+        if requeued or failed:
+            log.info("recovered: %d job(s) queued again, %d lost", requeued, failed)
+        scheduler.active = True
+        scheduler.wake()
+
+    def follow() -> None:
+        scheduler.active = False
+        scheduler.cancel_soon()
+
+    replicas = None
+    if replicated:  # replicas may share this database: only the leader runs jobs
+        scheduler.active = False
+        replicas = Replicas(
+            engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+            on_change=lambda job_id, what: on_change(scheduler, events, job_id, what),
+            on_lead=take_over,
+            on_follow=follow,
+        )
+    else:
+        await take_over()
+    app.state.replicas = replicas
+    scheduler.start()
+    if replicas is not None:
+        replicas.start()
+    reaper.start()
+    log.info(
+        "astro-otf %s: data in %s, %s executor with %d worker(s), database %s",
+        __version__,
+        settings.data_dir,
+        executor.name,
+        executor.capacity,
+        engine.url.render_as_string(hide_password=True),
+    )
+    try:
+        yield
+    finally:
+        await reaper.stop()
+        if replicas is not None:
+            await replicas.stop()
+        await scheduler.stop()
+        await executor.shutdown()
+        engine.dispose()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(settings.effective_database_url)
-        await in_thread(migrate, engine)
-        store = JobStore(engine)
-        folders = JobFolders(settings.data_dir)
-        replicated = engine.dialect.name == "postgresql"
-        registry_config = RegistryConfig.from_settings(settings)
-        registry = await in_thread(build_registry, registry_config)
-        executor = make_executor(settings, registry_config)
-        events = JobEvents()
-        metrics = Metrics(store)
-        scheduler = Scheduler(
-            store,
-            folders,
-            executor,
-            events,
-            apps=registry,
-            registry=registry_config,
-            rules=BatchRules(
-                max_jobs=settings.batch_max_jobs,
-                max_tiles=settings.batch_max_tiles,
-                max_wait=settings.batch_max_wait,
-            ),
-            metrics=metrics,
-        )
-        service = JobService(settings, store, folders, registry, events, scheduler)
-        reaper = Reaper(service)
-        app.state.settings = settings
-        app.state.service = service
-        app.state.scheduler = scheduler
-        app.state.executor = executor
-        app.state.reaper = reaper
-        app.state.metrics = metrics
-
-        async def take_over() -> None:
-            """This process now runs jobs: first those a previous run left behind."""
-            requeued, failed = await in_thread(recover, store, folders)
-            if requeued or failed:
-                log.info("recovered: %d job(s) queued again, %d lost", requeued, failed)
-            scheduler.active = True
-            scheduler.wake()
-
-        def follow() -> None:
-            scheduler.active = False
-            scheduler.cancel_soon()
-
-        replicas = None
-        if replicated:  # replicas may share this database: only the leader runs jobs
-            scheduler.active = False
-            replicas = Replicas(
-                engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
-                on_change=lambda job_id, what: on_change(scheduler, events, job_id, what),
-                on_lead=take_over,
-                on_follow=follow,
-            )
-        else:
-            await take_over()
-        app.state.replicas = replicas
-        scheduler.start()
-        if replicas is not None:
-            replicas.start()
-        reaper.start()
-        log.info(
-            "astro-otf %s: data in %s, %s executor with %d worker(s), database %s",
-            __version__,
-            settings.data_dir,
-            executor.name,
-            executor.capacity,
-            engine.url.render_as_string(hide_password=True),
-        )
+        # Before anything is migrated, recovered or removed: one server per data folder (a
+        # second one refuses to start here; run_server has checked it already).
         try:
-            yield
+            folder_lock = data_folder_lock(settings)
+        except DataFolderBusy as exc:
+            log.error("%s", exc)
+            raise
+        try:
+            async with _running(app, settings, alone=folder_lock.exclusive):
+                yield
         finally:
-            await reaper.stop()
-            if replicas is not None:
-                await replicas.stop()
-            await scheduler.stop()
-            await executor.shutdown()
-            engine.dispose()
+            folder_lock.release()
 
     app = FastAPI(
         title="astro-otf",
@@ -199,12 +262,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def run_server(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Start the service with the configured settings (``otf serve``)."""
-    import uvicorn
-
     settings = Settings()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Checked before uvicorn starts (its lifespan runs before it binds the port): a second
+    # server on this data folder stops here, having touched nothing, with one line saying why.
+    try:
+        folder_lock = data_folder_lock(settings)
+    except DataFolderBusy as exc:
+        print(f"astro-otf: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    try:
+        _serve(settings, host, port)
+    finally:
+        folder_lock.release()
+
+
+def _serve(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
     uvicorn.run(
         create_app(settings),
         host=host,

@@ -61,7 +61,24 @@ class Settings(BaseSettings):
         description="Dask worker resources each batch asks for, e.g. {GPU = 1}. A batch that no "
         "connected worker can satisfy fails with a clear error instead of hanging.",
     )
-    max_upload_bytes: int = Field(default=2 * 1024**3, ge=1024, description="Largest upload.")
+    max_upload_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1024,
+        description="Largest upload, in bytes; a gzip, bzip2 or xz upload is inflated under the "
+        "same limit.",
+    )
+    max_image_pixels: int = Field(
+        default=2**30,
+        ge=4,
+        description="Largest image an upload may declare, in pixels (its axes multiplied; "
+        "ZNAXISn for a tile-compressed image). Checked from the header at upload: 413 above it.",
+    )
+    max_form_bytes: int = Field(
+        default=1024**2,
+        ge=1024,
+        description="Most bytes of a request's text fields together (form-encoded or multipart, "
+        "file parts aside), held in memory while a request is read: 413 above it.",
+    )
     default_execution_duration: int = Field(default=3600, ge=1, description="Seconds.")
     max_execution_duration: int = Field(default=86400, ge=1, description="Seconds; a cap.")
     default_destruction_days: float = Field(default=7.0, gt=0)

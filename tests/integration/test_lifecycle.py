@@ -88,7 +88,15 @@ def test_execution_duration_limit_aborts_with_reason(client: httpx.Client) -> No
     assert client.get(f"/jobs/{job_id}/error").text == doc["errorSummary"]["message"]
 
 
+def run_pids(server: ServerProcess, job_id: str) -> list[int]:
+    """The pid of the worker of each run of a job so far, from the job's log."""
+    log = server.data_dir / "jobs" / job_id / "logs" / "job.log"
+    return [int(p) for p in re.findall(r", pid (\d+)", log.read_text())] if log.is_file() else []
+
+
 def test_worker_that_dies_fails_only_its_job(client: httpx.Client, server: ServerProcess) -> None:
+    """A worker that dies blames its job only once it has died twice running it alone: the
+    first death queues the job again; the second ends it in ERROR, with the reason."""
     victim = sleep_job(client, 60, run=True)
     pid = running_pid(server, victim)
     # an idle worker dying harms nobody: the victim keeps running and the pool refills
@@ -98,12 +106,24 @@ def test_worker_that_dies_fails_only_its_job(client: httpx.Client, server: Serve
         os.kill(other, signal.SIGKILL)
     time.sleep(0.5)
     assert job_json(client, victim)["phase"] == "EXECUTING"
-    # the busy worker dying fails its job only, with a reason
+    # the busy worker dying once: the job runs again (alone), in another worker
     os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while len(run_pids(server, victim)) < 2:
+        assert time.monotonic() < deadline, "the job did not run again"
+        time.sleep(0.05)
+    second = run_pids(server, victim)[1]
+    assert second != pid
+    doc = job_json(client, victim)
+    assert doc["phase"] == "EXECUTING"
+    assert doc["jobInfo"]["worker_deaths"]["alone"] == 1
+    # its worker dying a second time while it runs alone fails it, with a reason
+    os.kill(second, signal.SIGKILL)
     doc = wait_final(client, victim, timeout=30)
     assert doc["phase"] == "ERROR"
     message = doc["errorSummary"]["message"]
-    assert "worker process" in message and "SIGKILL" in message
+    assert "worker process" in message and "SIGKILL" in message and "twice" in message
+    assert victim in message
     assert doc["errorSummary"]["type"] == "transient"
     # the server is alive, replaced its workers, and runs the next jobs
     assert client.get("/health/ready").status_code == 200

@@ -64,7 +64,7 @@ def test_migration_creates_schema_and_is_idempotent(store: JobStore) -> None:
     tables = set(inspect(store.engine).get_table_names())
     assert {"jobs", "job_parameters", "job_results", "alembic_version"} <= tables
     with store.engine.connect() as conn:
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0002"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0003"
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:

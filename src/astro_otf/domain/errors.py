@@ -24,6 +24,12 @@ class ParameterError(OTFError):
         self.name = name
 
 
+class ParameterTooLarge(ParameterError):
+    """A parameter (an uploaded IMAGE) over one of the service's size limits."""
+
+    status_code = 413
+
+
 class RequestError(OTFError):
     """A malformed request that is not about one parameter (bad multipart, bad XML, ...)."""
 
@@ -40,7 +46,8 @@ class JobNotFound(OTFError):
     status_code = 404
 
     def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job with id {job_id!r}")
+        shown = job_id if len(job_id) <= 64 else job_id[:64] + "..."
+        super().__init__(f"no job with id {shown!r}")
         self.job_id = job_id
 
 

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import re
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from astro_otf.domain.phases import Phase
+
+#: A job id is 8 random bytes in lower-case hex: opaque to clients, made only by the server.
+JOB_ID_BYTES = 8
+_JOB_ID = re.compile(f"[0-9a-f]{{{2 * JOB_ID_BYTES}}}")
+
+
+def new_job_id() -> str:
+    """A fresh job id (the only way job ids are made)."""
+    return secrets.token_hex(JOB_ID_BYTES)
+
+
+def is_job_id(text: str) -> bool:
+    """Whether ``text`` can be a job id at all: one that cannot is an unknown job, answered
+    without asking the store (a NUL or a 100 kB path never reaches the database)."""
+    return _JOB_ID.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)

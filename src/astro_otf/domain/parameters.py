@@ -8,6 +8,7 @@ into typed values again by the same spec when a job runs.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,6 +21,75 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 #: Units accepted in a WIDTH/HEIGHT value, with their size in arcseconds.
 ANGLE_UNITS = {"arcsec": 1.0, "arcmin": 60.0, "deg": 3600.0}
+
+#: The longest text value of a parameter, in characters (after surrounding white space).
+MAX_TEXT_CHARS = 1024
+#: The longest RUNID, in characters (the job store keeps at most 255, on every database).
+MAX_RUN_ID_CHARS = 255
+#: The longest parameter name, in characters.
+MAX_NAME_CHARS = 64
+#: Unicode categories refused in text values: control characters (C0, DEL, C1: XML 1.0
+#: refuses most, PostgreSQL refuses NUL), surrogates, and line or paragraph separators.
+_REFUSED_CATEGORIES = {
+    "Cc": "a control character",
+    "Cs": "a surrogate",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+}
+
+
+def _refused(ch: str) -> str | None:
+    """What is wrong with one character of a text value, or None when it is fine."""
+    kind = _REFUSED_CATEGORIES.get(unicodedata.category(ch))
+    if kind is not None:
+        return kind
+    code = ord(ch)
+    if 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE:  # XML refuses U+FFFE, U+FFFF
+        return "a Unicode non-character"
+    return None
+
+
+def text_problem(text: str, limit: int) -> str | None:
+    """Why ``text`` cannot be stored as a text value of at most ``limit`` characters (it
+    must be printable, so that every job document and list can be written, the same on every
+    database), or None when it can."""
+    if len(text) > limit:
+        return f"is {len(text)} characters long; at most {limit} are allowed"
+    for position, ch in enumerate(text, start=1):
+        kind = _refused(ch)
+        if kind is not None:
+            return (
+                f"contains U+{ord(ch):04X}, {kind}, at character {position}; only printable "
+                "characters are allowed"
+            )
+    return None
+
+
+def check_text(name: str, text: str, limit: int = MAX_TEXT_CHARS) -> None:
+    """Raise :class:`ParameterError` naming ``name`` unless ``text`` is printable and at
+    most ``limit`` characters long."""
+    problem = text_problem(text, limit)
+    if problem is not None:
+        raise ParameterError(name, problem)
+
+
+def check_run_id(run_id: str) -> None:
+    """RUNID, the client's label: printable (no tab or newline either), at most
+    :data:`MAX_RUN_ID_CHARS` characters."""
+    check_text("runid", run_id, MAX_RUN_ID_CHARS)
+
+
+def check_texts(raw: Mapping[str, str]) -> None:
+    """Every name and value of a raw parameter set is printable text of a bounded length.
+    Values are judged as they are stored: without their surrounding white space."""
+    for name, text in raw.items():
+        if text_problem(name, MAX_NAME_CHARS) is not None:
+            shown = repr(name[:MAX_NAME_CHARS])
+            raise ParameterError(
+                shown,
+                f"is not a parameter name: names are at most {MAX_NAME_CHARS} printable characters",
+            )
+        check_text(name, text.strip())
 
 
 @dataclass(frozen=True)
@@ -248,6 +318,7 @@ def validate(
 
     ``raw`` holds lower-case names to client strings; ``files`` the names of uploaded files.
     """
+    check_texts(raw)
     app_specs = {p.name: p for p in app_parameters}
     out = ValidatedParameters()
     file_names = set(files)

@@ -13,12 +13,15 @@ if TYPE_CHECKING:
 
 class WorkerDied(Exception):
     """The process running a job ended without answering (killed, crashed, out of memory).
-    ``reason`` says so in words where an exit code does not (a lost Dask worker)."""
+    ``reason`` says so in words where an exit code does not (a lost Dask worker).
+    ``deaths`` is how many workers died running the batch before the executor gave up (a
+    Dask task is retried once by Dask itself before it is reported lost)."""
 
-    def __init__(self, exitcode: int | None, reason: str | None = None) -> None:
+    def __init__(self, exitcode: int | None, reason: str | None = None, deaths: int = 1) -> None:
         super().__init__(reason or f"worker exited with code {exitcode}")
         self.exitcode = exitcode
         self.reason = reason
+        self.deaths = deaths
 
 
 class BatchInterrupted(Exception):

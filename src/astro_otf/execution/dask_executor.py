@@ -160,6 +160,7 @@ class DaskExecutor:
                 None,
                 reason=f"the Dask worker running its batch was lost ({exc}), and again on "
                 "the retry",
+                deaths=2,
             ) from None
         except OSError as exc:
             raise BatchInterrupted(f"lost the Dask scheduler ({exc})") from None

@@ -6,15 +6,28 @@ later task fails with "Unexpected error within the Pool"). Here each worker owns
 killing one (ABORT, executionDuration, the OOM killer) only ends its own job, and the pool
 replaces it. It is driven by the event loop (readers on each pipe and on each process
 sentinel): no thread waits on a worker.
+
+Workers die with their server. A worker whose server was killed (kill -9, the OOM killer)
+must not finish its batch on its own: the restarted server has queued those jobs again. On
+Linux each worker asks the kernel for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``,
+set first thing at start; the signal follows the death of the thread that spawned the
+worker, which is the event loop's thread, alive as long as the server); everywhere a
+watcher thread also ends the worker within a second once its parent pid changes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
+import os
 import signal
+import sys
+import threading
+import time
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 
@@ -25,8 +38,38 @@ from astro_otf.models.registry import RegistryConfig
 log = logging.getLogger(__name__)
 
 
-def worker_main(conn: Connection, registry: RegistryConfig) -> None:
+#: prctl(2) option: the signal this process gets when its parent dies
+PR_SET_PDEATHSIG = 1
+#: Seconds between the watcher thread's looks at the parent pid.
+PARENT_CHECK_S = 0.5
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this process when ``parent_pid`` (the server) dies: the kernel's parent-death
+    signal on Linux, and a watcher thread everywhere (and as a second line on Linux)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        except OSError as exc:
+            log.warning("cannot set the parent-death signal (%s)", exc)
+    if os.getppid() != parent_pid:  # the server died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_S)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="otf-parent-watch", daemon=True).start()
+
+
+def worker_main(conn: Connection, registry: RegistryConfig, parent_pid: int | None = None) -> None:
     """A worker's life: warm up, then run one task at a time until told to stop."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     from astro_otf.execution.worker import run_batch, warm_up
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the server, which stops us
@@ -81,7 +124,7 @@ class LocalExecutor:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
             target=worker_main,
-            args=(child, self.registry),
+            args=(child, self.registry, os.getpid()),
             name="otf-worker",
             daemon=True,
         )

@@ -17,6 +17,10 @@ class JobTask:
     job_dir: str
     owner: str | None
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    #: This run's token (set when the job was claimed): the run writes its results in
+    #: ``staging/<run_token>/`` and the service moves them into ``results/`` only while the
+    #: run still owns the job. None: the worker moves them itself (direct use, tests).
+    run_token: str | None = None
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,20 @@ A batch holds jobs of one model that can share forward passes (one job for a cla
 finder). The worker never raises for a job's own failure: each job gets a TaskOutcome, with
 an error message when it failed, and its details (traceback included) in the job's
 ``logs/job.log``. One job's bad input fails that job only.
+
+Each run of a job has a token (given by the scheduler when it claimed the job). The run
+writes its results in ``staging/<token>/`` and leaves them there: the service moves them
+into ``results/`` in the same transaction that records the job COMPLETED, and only while
+the run still owns the job, so a stale run (its server killed, the job queued again and run
+by another) can never list its files. Every line a run writes in the job's log carries its
+token (``[run <token>]``), from "... pid P, batch B of N job(s), run T" to "run T ended", so
+that runs of one job can be told apart, and while it runs the run holds an ``flock`` on
+``logs/run.lock``: a second live run of the job would wait for it, and says so in the log.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -28,6 +38,11 @@ from astro_otf.models.registry import Registry, RegistryConfig, build_registry
 from astro_otf.results.products import JobContext, write_products
 
 _registries: dict[RegistryConfig, Registry] = {}
+
+#: Seconds a run waits for an earlier run of its job that still holds the job's run lock
+#: (a process being killed frees it at once; a live stale run is then stopped by its own
+#: server, or could only finish without its results being listed).
+RUN_LOCK_WAIT_S = 30.0
 
 
 def warm_up(config: RegistryConfig) -> None:
@@ -65,41 +80,98 @@ class _Job:
     started: float
     started_at: datetime
     request: AppRequest | None = None
+    run_lock: int | None = None
 
     @property
     def job_dir(self) -> Path:
         return Path(self.task.job_dir)
 
-    def close(self) -> None:
-        shutil.rmtree(self.job_dir / "staging", ignore_errors=True)
+    @property
+    def staging(self) -> Path:
+        """Where this run writes its results: ``staging/<run token>/`` (``staging/``
+        without a token)."""
+        base = self.job_dir / "staging"
+        return base / self.task.run_token if self.task.run_token else base
+
+    def close(self, outcome: TaskOutcome | None = None) -> None:
+        """End the run. A run with a token keeps the results it succeeded with in its staging
+        folder, for the service to move into place (or throw away)."""
+        if outcome is None or not outcome.ok or self.task.run_token is None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+        if self.task.run_token is not None:
+            ended = "results staged" if outcome is not None and outcome.ok else "failed"
+            self.log.info("run %s ended: %s", self.task.run_token, ended)
+        if self.run_lock is not None:
+            os.close(self.run_lock)  # frees the lock
+            self.run_lock = None
         self.log.removeHandler(self.handler)
         self.handler.close()
+
+
+def _lock_run(task: JobTask, logs: Path, log: logging.Logger) -> int | None:
+    """Hold the job's run lock while the run lasts (a file descriptor; None where the file
+    system has no flock). A second live run of the job waits for the first, at most
+    RUN_LOCK_WAIT_S seconds, and says so in the log."""
+    try:
+        fd = os.open(logs / "run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+    deadline = time.monotonic() + RUN_LOCK_WAIT_S
+    warned = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not warned:
+                log.warning(
+                    "OVERLAP: another run of job %s still holds its run lock; waiting up to "
+                    "%g s for it to stop",
+                    task.job_id,
+                    RUN_LOCK_WAIT_S,
+                )
+                warned = True
+            if time.monotonic() >= deadline:
+                log.warning("the other run is still going; this run goes on without the lock")
+                os.close(fd)
+                return None
+            time.sleep(0.1)
+            continue
+        except OSError:  # no flock on this file system
+            os.close(fd)
+            return None
+        if warned:
+            log.info("the other run stopped; this run goes on")
+        return fd
 
 
 def _open(task: JobTask, batch: BatchTask) -> _Job:
     job_dir = Path(task.job_dir)
     logs = job_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    staging = job_dir / "staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     log = logging.getLogger(f"astro_otf.job.{task.job_id}")
     log.setLevel(logging.INFO)
     log.propagate = False
     handler = logging.FileHandler(logs / "job.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    tag = f" [run {task.run_token}]" if task.run_token else ""
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s{tag} %(message)s"))
     log.addHandler(handler)
     where = _where()
     log.info(
-        "job %s: model %s on host %s, pid %d, batch %s of %d job(s)",
+        "job %s: model %s on host %s, pid %d, batch %s of %d job(s)%s",
         task.job_id,
         task.model_id,
         where["host"],
         where["pid"],
         batch.batch_id,
         len(batch.tasks),
+        f", run {task.run_token}" if task.run_token else "",
     )
-    return _Job(task, log, handler, time.monotonic(), datetime.now(UTC))
+    job = _Job(task, log, handler, time.monotonic(), datetime.now(UTC))
+    if task.run_token is not None:
+        job.run_lock = _lock_run(task, logs, log)
+    shutil.rmtree(job.staging, ignore_errors=True)
+    job.staging.mkdir(parents=True)
+    return job
 
 
 def _request(app: App, job: _Job) -> AppRequest:
@@ -118,7 +190,7 @@ def _request(app: App, job: _Job) -> AppRequest:
         image_path=Path(task.image_path) if task.image_path else None,
         values=checked.values,
         roi=roi_from(checked.values),
-        staging_dir=job.job_dir / "staging",
+        staging_dir=job.staging,
         log=job.log,
         owner=task.owner,
     )
@@ -146,7 +218,7 @@ def _products(app: App, job: _Job, output: AppOutput, batch: BatchTask) -> list[
         image_path=job.request.image_path,
     )
     try:
-        written = write_products(output.catalogue, output.image, job.job_dir / "staging", context)
+        written = write_products(output.catalogue, output.image, job.staging, context)
     except Exception as exc:
         job.log.error("writing the results failed:\n%s", "".join(traceback.format_exception(exc)))
         raise JobFailure(
@@ -158,16 +230,21 @@ def _products(app: App, job: _Job, output: AppOutput, batch: BatchTask) -> list[
 
 
 def _success(app: App, job: _Job, output: AppOutput, batch: BatchTask) -> TaskOutcome:
-    staging, final = job.job_dir / "staging", job.job_dir / "results"
-    final.mkdir(exist_ok=True)
-    results = []
-    for r in _products(app, job, output, batch):
-        src = staging / r.filename
-        if not src.is_file():
+    """The job's outcome with its result files. With a run token they stay in the run's
+    staging folder (the service moves them); without, they are moved into results/ here."""
+    staging, final = job.staging, job.job_dir / "results"
+    produced = _products(app, job, output, batch)
+    for r in produced:
+        if not (staging / r.filename).is_file():
             raise RuntimeError(f"app {app.model_id} listed {r.filename} but did not write it")
-        dst = final / r.filename
-        os.replace(src, dst)
-        results.append(ProducedResult(r.result_id, r.filename, r.mime_type, dst.stat().st_size))
+    results = []
+    for r in produced:
+        path = staging / r.filename
+        if job.task.run_token is None:
+            final.mkdir(exist_ok=True)
+            os.replace(path, final / r.filename)
+            path = final / r.filename
+        results.append(ProducedResult(r.result_id, r.filename, r.mime_type, path.stat().st_size))
     elapsed = time.monotonic() - job.started
     job.log.info("job %s: done in %.3f s with %d result(s)", job.task.job_id, elapsed, len(results))
     info = {
@@ -235,5 +312,5 @@ def run_batch(batch: BatchTask) -> list[TaskOutcome]:
             outcomes.setdefault(job.task.job_id, _failure(job, exc, batch))
     finally:
         for job in jobs:
-            job.close()
+            job.close(outcomes.get(job.task.job_id))
     return [outcomes[t.job_id] for t in batch.tasks]

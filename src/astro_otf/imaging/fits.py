@@ -11,8 +11,14 @@ allows, so a large image is not read whole before it is needed.
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import lzma
 import math
+import os
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +34,18 @@ from astropy.wcs.utils import proj_plane_pixel_scales, wcs_to_celestial_frame
 from astro_otf.domain.errors import JobFailure
 from astro_otf.domain.parameters import Extent, Roi
 
-__all__ = ["Beam", "SkyImage", "cutout", "load_image"]
+__all__ = [
+    "Beam",
+    "DeclaredImage",
+    "SkyImage",
+    "UploadRefused",
+    "check_upload",
+    "cutout",
+    "declared_image",
+    "inflate_upload",
+    "load_image",
+    "stream_compression",
+]
 
 #: FWHM of a Gaussian in units of its standard deviation, 2 sqrt(2 ln 2).
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
@@ -144,6 +161,206 @@ class SkyImage:
         return text or None
 
 
+# --------------------------------------------------------------------------- uploads
+
+#: Byte-stream compressions astropy opens transparently, by their magic bytes (the same
+#: prefixes astropy tests: a file starting with "BZ" is read as bzip2).
+STREAM_COMPRESSIONS = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\x1f\x9d", "Unix compress (.Z)"),
+    (b"PK\x03\x04", "zip"),
+    (b"BZ", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+)
+#: The ones an upload may use: they are inflated at upload, under the upload limit.
+_INFLATED = ("gzip", "bzip2", "xz")
+#: HDUs read, at most, looking for the image of an upload.
+MAX_HDUS_SCANNED = 1000
+_CHUNK = 1024 * 1024
+
+
+class UploadRefused(ValueError):
+    """An uploaded file that cannot be accepted; the message says why and what to do.
+    ``too_large`` marks a file over one of the service's size limits (413)."""
+
+    def __init__(self, message: str, *, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.too_large = too_large
+
+
+@dataclass(frozen=True)
+class DeclaredImage:
+    """What the header of an upload's image HDU declares, read without its data."""
+
+    hdu_index: int
+    #: the axis lengths in FITS order (NAXIS1, NAXIS2, ...; ZNAXISn when tile-compressed)
+    axes: tuple[int, ...]
+    bitpix: int
+    tile_compressed: bool
+    #: where the HDU's data start in the file, and how many bytes the header says they take
+    data_offset: int
+    data_bytes: int
+
+    @property
+    def pixels(self) -> int:
+        return math.prod(self.axes)
+
+    @property
+    def shape_text(self) -> str:
+        return " x ".join(str(n) for n in self.axes)
+
+
+def stream_compression(path: Path) -> str | None:
+    """The byte-stream compression of a file (gzip, bzip2, ...), from its first bytes, or
+    None for an uncompressed file."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return next((name for magic, name in STREAM_COMPRESSIONS if head.startswith(magic)), None)
+
+
+def inflate_upload(path: Path, max_bytes: int) -> str | None:
+    """Replace a gzip, bzip2 or xz upload by the file it holds, refusing it (413) as soon
+    as that passes ``max_bytes``, the upload limit: a compressed upload is held to the limit
+    of an uncompressed one. Returns the compression undone, or None for a plain file.
+    Raises :class:`UploadRefused` for a compression that is not inflated (zip, .Z) or a
+    damaged stream."""
+    kind = stream_compression(path)
+    if kind is None:
+        return None
+    if kind not in _INFLATED:
+        raise UploadRefused(
+            f"the upload is {kind}-compressed, which this service does not inflate: upload "
+            "the uncompressed FITS file (or gzip it)"
+        )
+    target = path.with_name(path.name + ".inflating")
+    written = 0
+    try:
+        with _inflating(kind, path) as source, open(target, "wb") as out:
+            while True:
+                try:
+                    chunk = source.read(_CHUNK)
+                except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:  # bad stream
+                    raise UploadRefused(
+                        f"the upload starts like a {kind} stream but cannot be inflated "
+                        f"({_first_line(exc)}): upload the uncompressed FITS file"
+                    ) from None
+                if not chunk:
+                    break
+                written += len(chunk)
+                if written > max_bytes:
+                    raise UploadRefused(
+                        f"the {kind}-compressed upload inflates to more than this service's "
+                        f"upload limit of {max_bytes} bytes ({max_bytes / 1024**2:.1f} MiB): "
+                        "cut a region of the image, or ask the operators",
+                        too_large=True,
+                    )
+                out.write(chunk)
+        os.replace(target, path)
+    finally:
+        target.unlink(missing_ok=True)
+    return kind
+
+
+def _inflating(kind: str, path: Path) -> io.BufferedIOBase:
+    """The file that ``path`` holds, read through its ``kind`` of stream compression."""
+    if kind == "gzip":
+        return gzip.GzipFile(path, "rb")
+    if kind == "bzip2":
+        return bz2.BZ2File(path, "rb")
+    return lzma.LZMAFile(path, "rb")
+
+
+def declared_image(path: Path) -> DeclaredImage | None:
+    """The header of the HDU :func:`load_image` would read (the primary HDU when it holds
+    pixels, else the first image extension), read without its data and without inflating a
+    tile-compressed image. None when the file cannot be read as FITS or holds no image:
+    :func:`load_image` then says why, in the job's error. Raises :class:`UploadRefused` when
+    no image lies among the first :data:`MAX_HDUS_SCANNED` HDUs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            hdul = fits.open(path, memmap=True, lazy_load_hdus=True, disable_image_compression=True)
+        except Exception:
+            return None
+        try:
+            for index in range(MAX_HDUS_SCANNED):
+                try:
+                    hdu = hdul[index]
+                except Exception:  # IndexError past the last HDU, or an unreadable header
+                    return None
+                try:
+                    found = _declared(index, hdu)
+                except Exception:  # a header whose keywords cannot describe an image
+                    return None
+                if found is not None:
+                    return found
+        finally:
+            hdul.close()
+    raise UploadRefused(
+        f"no image HDU among the first {MAX_HDUS_SCANNED} HDUs of the file: put the image in "
+        "the primary HDU or an early extension"
+    )
+
+
+def _declared(index: int, hdu: fits.hdu.base._BaseHDU) -> DeclaredImage | None:
+    header = hdu.header
+    compressed = isinstance(hdu, fits.BinTableHDU) and header.get("ZIMAGE") is True
+    if compressed:
+        prefix, bitpix = "ZNAXIS", int(header["ZBITPIX"])
+    elif isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and not isinstance(hdu, fits.GroupsHDU):
+        prefix, bitpix = "NAXIS", int(header["BITPIX"])
+    else:
+        return None
+    ndim = int(header[prefix])
+    axes = tuple(int(header[f"{prefix}{k}"]) for k in range(1, ndim + 1))
+    if ndim == 0 or any(n <= 0 for n in axes):
+        return None  # no pixels: load_image looks further, as this does
+    # the bytes the HDU's data take on disk (FITS 4.0, eq. 2; a compressed image is a table)
+    naxis = [int(header[f"NAXIS{k}"]) for k in range(1, int(header["NAXIS"]) + 1)]
+    gcount, pcount = int(header.get("GCOUNT", 1)), int(header.get("PCOUNT", 0))
+    data_bytes = abs(int(header["BITPIX"])) // 8 * gcount * (pcount + math.prod(naxis))
+    return DeclaredImage(
+        hdu_index=index,
+        axes=axes,
+        bitpix=bitpix,
+        tile_compressed=compressed,
+        data_offset=int(hdu.fileinfo()["datLoc"]),
+        data_bytes=data_bytes,
+    )
+
+
+def check_upload(path: Path, *, max_pixels: int, max_bytes: int) -> None:
+    """Accept or refuse an uploaded image before its job exists, from its header alone.
+
+    A gzip/bzip2/xz upload is first inflated in place under ``max_bytes`` (see
+    :func:`inflate_upload`). Then the image HDU's declared size must not pass ``max_pixels``
+    (413) and its declared data must lie in the file (400): a small file whose header
+    claims a huge image is refused here rather than planned, queued and read. A file that is
+    not FITS at all passes: its job fails with the reason, as any unreadable image does.
+    """
+    inflate_upload(path, max_bytes)
+    image = declared_image(path)
+    if image is None:
+        return
+    what = "tile-compressed image" if image.tile_compressed else "image"
+    if image.pixels > max_pixels:
+        raise UploadRefused(
+            f"the {what} is {image.shape_text} pixels ({image.pixels} in all), more than this "
+            f"service's limit of {max_pixels} pixels (max_image_pixels): cut a region out of "
+            "it, or ask the operators",
+            too_large=True,
+        )
+    have = path.stat().st_size - image.data_offset
+    if image.data_bytes > have:
+        raise UploadRefused(
+            f"the header of HDU {image.hdu_index} declares a {image.shape_text} {what} "
+            f"(BITPIX {image.bitpix}) whose data take {image.data_bytes} bytes, but the file "
+            f"holds only {max(have, 0)} bytes after that header: the file is truncated or its "
+            "header is wrong; upload the complete file"
+        )
+
+
 def load_image(path: Path) -> SkyImage:
     """Read the image plane of a FITS file, or raise :class:`JobFailure` saying why it cannot.
 
@@ -160,6 +377,14 @@ def load_image(path: Path) -> SkyImage:
         raise JobFailure(f"the image file cannot be read: {exc.strerror or exc}") from None
     if size == 0:
         raise JobFailure("the upload is empty (0 bytes): send a FITS image")
+    try:
+        compression = stream_compression(path)
+    except OSError as exc:
+        raise JobFailure(f"the image file cannot be read: {exc.strerror or exc}") from None
+    if compression is not None:  # astropy would inflate it whole, past any limit
+        raise JobFailure(
+            f"the image is {compression}-compressed: upload the uncompressed FITS file"
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

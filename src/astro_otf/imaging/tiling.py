@@ -23,7 +23,6 @@ image is never loaded whole.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -31,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["Tile", "TileSpec", "iter_tiles", "read_tile", "tile_grid"]
+__all__ = ["Tile", "TileSpec", "iter_tiles", "read_tile", "tile_count", "tile_grid"]
 
 
 @dataclass(frozen=True)
@@ -105,10 +104,7 @@ def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[TileSpec]
     Raises :class:`ValueError` unless ``tile > 0``, ``0 <= overlap < tile`` and both sides of
     ``shape`` are positive.
     """
-    _check(tile, overlap)
-    if len(shape) != 2 or any(int(n) != n or n < 1 for n in shape):
-        raise ValueError(f"shape must be two positive integers (rows, columns), got {shape!r}")
-    ny, nx = int(shape[0]), int(shape[1])
+    ny, nx = _shape(shape, tile, overlap)
     ys, ycore = _axis(ny, tile, tile - overlap)
     xs, xcore = _axis(nx, tile, tile - overlap)
     specs: list[TileSpec] = []
@@ -131,6 +127,15 @@ def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[TileSpec]
                 )
             )
     return specs
+
+
+def tile_count(shape: tuple[int, int], tile: int, overlap: int) -> int:
+    """``len(tile_grid(shape, tile, overlap))``, by arithmetic: no tile is listed, so the
+    count of a huge declared image costs nothing (the scheduler asks it of every queued job).
+    Raises :class:`ValueError` as :func:`tile_grid` does."""
+    ny, nx = _shape(shape, tile, overlap)
+    stride = tile - overlap
+    return _axis_count(ny, tile, stride) * _axis_count(nx, tile, stride)
 
 
 def read_tile(array: np.ndarray, spec: TileSpec, *, fill: float = 0.0) -> np.ndarray:
@@ -161,11 +166,27 @@ def _check(tile: int, overlap: int) -> None:
         )
 
 
+def _shape(shape: tuple[int, int], tile: int, overlap: int) -> tuple[int, int]:
+    _check(tile, overlap)
+    if len(shape) != 2 or any(int(n) != n or n < 1 for n in shape):
+        raise ValueError(f"shape must be two positive integers (rows, columns), got {shape!r}")
+    return int(shape[0]), int(shape[1])
+
+
+def _axis_count(n: int, tile: int, stride: int) -> int:
+    """Tiles along one axis of ``n`` pixels: one when the axis fits in a tile, else one per
+    stride from 0 plus the last, moved back to end on the last pixel (integer arithmetic:
+    exact for any ``n``)."""
+    if n <= tile:
+        return 1
+    return -(-(n - tile) // stride) + 1
+
+
 def _axis(n: int, tile: int, stride: int) -> tuple[list[int], list[tuple[int, int]]]:
     """Tile origins along one axis and each tile's core range ``(start, stop)``."""
     if n <= tile:
         return [0], [(0, n)]
-    count = math.ceil((n - tile) / stride) + 1
+    count = _axis_count(n, tile, stride)
     origins = [k * stride for k in range(count - 1)] + [n - tile]
     # Split each overlap at its middle: tile k owns up to the middle of its overlap with k+1.
     cuts = [(origins[k + 1] + origins[k] + tile) // 2 for k in range(count - 1)]

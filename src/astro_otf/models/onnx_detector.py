@@ -148,7 +148,10 @@ class OnnxDetector:
 
     def count_tiles(self, image_path: str | None, job: Job) -> int:
         """Tiles the job's image (or region) makes, from its header alone; 1 when the header
-        can't tell (the job then fails in its worker with the reason)."""
+        can't tell (the job then fails in its worker with the reason). Counted by arithmetic,
+        never by listing the tiles: a header may declare any size."""
+        from astro_otf.imaging.tiling import tile_count
+
         tiling = self.model.manifest.tiling
         try:
             with fits.open(image_path or "", memmap=True, lazy_load_hdus=True) as hdul:
@@ -159,12 +162,15 @@ class OnnxDetector:
         values = job.parameter_values()
         for name, full in (("width", width), ("height", height)):
             text = values.get(name, "")
-            if text.isdigit():
+            if text.isascii() and text.isdigit():
                 if name == "width":
                     width = min(full, int(text))
                 else:
                     height = min(full, int(text))
-        return len(tile_grid((height, width), tiling.tile, tiling.overlap))
+        try:
+            return tile_count((height, width), tiling.tile, tiling.overlap)
+        except ValueError:  # an axis of 0 or fewer pixels: the worker says why
+            return 1
 
     # -- the stages a batch shares ------------------------------------------------------
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import shutil
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
@@ -23,12 +22,14 @@ from astro_otf.domain.errors import (
     NotAcceptable,
     NotFound,
     ParameterError,
+    ParameterTooLarge,
     PhaseConflict,
     QueueFull,
 )
-from astro_otf.domain.job import Job, JobParameter, JobSummary
-from astro_otf.domain.parameters import validate
+from astro_otf.domain.job import Job, JobParameter, JobSummary, is_job_id, new_job_id
+from astro_otf.domain.parameters import check_run_id, check_texts, validate
 from astro_otf.domain.phases import ACTIVE_PHASES, FINAL_PHASES, Phase
+from astro_otf.imaging.fits import UploadRefused, check_upload
 from astro_otf.models.registry import Registry
 from astro_otf.results.provenance import ProvenanceUnavailable, convert
 from astro_otf.service.events import JobEvents
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 
 #: The server's name for each uploaded file parameter; the client's file name is never used.
 UPLOAD_NAMES = {"image": "image.fits"}
+#: The most jobs one listing may ask for with LAST (a bigger number is a client mistake,
+#: not a database error).
+MAX_LIST_LAST = 1_000_000
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -79,7 +83,7 @@ class JobService:
 
     @staticmethod
     def new_job_id() -> str:
-        return secrets.token_hex(8)
+        return new_job_id()
 
     def prepare(self, job_id: str) -> None:
         """Make the job's folder before its upload streams in."""
@@ -120,8 +124,13 @@ class JobService:
         run_id: str | None = None,
         start: bool = False,
     ) -> Job:
-        """Validate and record a new job; ``files`` are the uploaded parameters' names."""
+        """Validate and record a new job; ``files`` are the uploaded parameters' names, whose
+        files are already in the job's folder."""
+        if run_id is not None:
+            check_run_id(run_id)
         model_id, params, priority = self._check(fields, files)
+        if "image" in files:
+            await self._check_image(self.folders.input_file(job_id, UPLOAD_NAMES["image"]))
         now = utcnow()
         job = Job(
             job_id=job_id,
@@ -200,9 +209,28 @@ class JobService:
             await self.discard(new_id)
             raise
 
+    async def _check_image(self, path: Path) -> None:
+        """An uploaded IMAGE, from its header, before its job is accepted: a compressed
+        stream is inflated under the upload limit; an image over ``max_image_pixels`` is
+        refused (413), and so is one whose header declares more data than the file holds
+        (400), so that no job is planned, queued or batched on a size the file does not
+        have."""
+        try:
+            await in_thread(
+                check_upload,
+                path,
+                max_pixels=self.settings.max_image_pixels,
+                max_bytes=self.settings.max_upload_bytes,
+            )
+        except UploadRefused as exc:
+            if exc.too_large:
+                raise ParameterTooLarge("image", exc.message) from None
+            raise ParameterError("image", exc.message) from None
+
     def _check(
         self, fields: Mapping[str, str], files: Collection[str]
     ) -> tuple[str, list[JobParameter], int]:
+        check_texts(fields)  # before any of them is looked up or echoed
         app = self.registry.get(fields.get("model"), fields.get("model_version"))
         checked = validate(
             fields,
@@ -222,6 +250,9 @@ class JobService:
     # -- reading -------------------------------------------------------------------------
 
     async def get(self, job_id: str, owner: str | None) -> Job:
+        """The job, or :class:`JobNotFound`; an id that cannot be a job id is not looked up."""
+        if not is_job_id(job_id):
+            raise JobNotFound(job_id)
         return await in_thread(self.store.get, job_id, owner, check_owner=self._check_owner)
 
     async def list(
@@ -231,6 +262,10 @@ class JobService:
         after: datetime | None,
         last: int | None,
     ) -> list[JobSummary]:
+        if last is not None and not 1 <= last <= MAX_LIST_LAST:
+            raise ParameterError(
+                "last", f"{last} is out of range: give a number of jobs from 1 to {MAX_LIST_LAST}"
+            )
         return await in_thread(
             self.store.list_jobs,
             owner=owner,
@@ -245,10 +280,16 @@ class JobService:
     ) -> Job:
         """UWS blocking WAIT: return when the job leaves its current active phase (or the
         ``phase`` given), or after ``timeout`` seconds; at once if it is not active."""
+        if not is_job_id(job_id):
+            raise JobNotFound(job_id)
         deadline = asyncio.get_running_loop().time() + min(timeout, self.settings.max_wait)
         while True:
             event = self.events.watch(job_id)
-            job = await self.get(job_id, owner)
+            try:
+                job = await self.get(job_id, owner)
+            except JobNotFound:
+                self.events.notify(job_id)  # no watch is left behind for an unknown id
+                raise
             if job.phase not in ACTIVE_PHASES or (phase is not None and job.phase != phase):
                 return job
             start_phase = job.phase
@@ -421,6 +462,8 @@ class JobService:
             merged.pop("model_version", None)
         have_files = {p.name for p in job.parameters if p.is_file} | set(files)
         model_id, params, priority = self._check(merged, have_files)
+        if "image" in files:
+            await self._check_image(self._staged(job_id))
         if not await in_thread(
             self.store.replace_parameters, job_id, params, priority=priority, model_id=model_id
         ):

@@ -7,6 +7,17 @@ model, precision and tile shape share forward passes; a classical finder's job r
 Every way a run can end becomes one phase change per job: COMPLETED with its results, ERROR
 with an errorSummary, ABORTED when its executionDuration ran out, or QUEUED again when the
 batch was stopped because of another job (an ABORT, or a shorter time limit).
+
+Each run owns its job through a token, set when the job is claimed (QUEUED -> EXECUTING) and
+cleared when it is queued again: the end of a run is recorded, and its result files are moved
+from ``staging/<token>/`` into ``results/`` (in the same transaction), only while the token is
+still the job's. A run that lost its job (a restarted server or a new leader queued it again)
+changes nothing and its files are thrown away.
+
+A worker that dies blames no one at first: when it ran a batch of several jobs, nobody knows
+which of them (if any) killed it, so every job of the batch is queued again and will run
+alone; a job whose worker dies while it runs alone is queued again once, and ends in ERROR
+only when its worker dies a second time while it runs alone (``LONE_DEATHS_LIMIT``).
 """
 
 from __future__ import annotations
@@ -18,6 +29,8 @@ import logging
 import secrets
 import signal
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from astro_otf.batching.former import BatchFormer, BatchKey, BatchRules, QueuedJob
 from astro_otf.domain.errors import JobNotFound, ParameterError
@@ -41,18 +54,50 @@ from astro_otf.store.repository import JobStore
 
 log = logging.getLogger(__name__)
 
+#: A job ends in ERROR when the worker running it alone has died this many times.
+LONE_DEATHS_LIMIT = 2
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
 def _signal_name(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
+    if exitcode is None:
+        return "exit status unknown"
+    if exitcode < 0:
         try:
             return f"signal {signal.Signals(-exitcode).name}"
         except ValueError:
             return f"signal {-exitcode}"
     return f"exit code {exitcode}"
+
+
+def worker_deaths(job: Job) -> dict[str, Any]:
+    """What the job's jobInfo says about workers that died running it: ``in_batch`` (deaths
+    while it ran in a batch of several jobs), ``alone`` (while it ran alone), ``how`` (each
+    death, in words)."""
+    stored = job.info.get("worker_deaths")
+    stored = stored if isinstance(stored, dict) else {}
+    counts = {k: stored.get(k) for k in ("in_batch", "alone")}
+    return {
+        **{k: v if isinstance(v, int) else 0 for k, v in counts.items()},
+        "how": str(stored.get("how") or ""),
+    }
+
+
+def _size(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        size = float(Path(path).stat().st_size)
+    except OSError:
+        return None
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    return None  # pragma: no cover
 
 
 class Scheduler:
@@ -88,6 +133,8 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._claiming: set[str] = set()
         self._cancelled: set[str] = set()
+        #: job id -> the token of the run it was just claimed for (until its batch starts)
+        self._tokens: dict[str, str] = {}
         #: Whether this process runs jobs: False on a replica that is not the leader.
         self.active = True
 
@@ -179,6 +226,12 @@ class Scheduler:
             return QueuedJob(job.job_id, key, job.owner, job.priority, now - waited, 1, False)
         tiles = await in_thread(app.count_tiles, self._image_path(job), job)
         key = app.batch_key(job.parameter_values().get("precision"))
+        deaths = worker_deaths(job)
+        if deaths["in_batch"] or deaths["alone"]:
+            # a worker died running it: from now on it runs alone, so that a job that kills
+            # its worker is found out and takes no one else down with it
+            alone = BatchKey(key.model_id, key.version, f"{key.precision} alone", key.tile_shape)
+            return QueuedJob(job.job_id, alone, job.owner, job.priority, now - waited, tiles, False)
         return QueuedJob(job.job_id, key, job.owner, job.priority, now - waited, tiles)
 
     async def _unrunnable(self, job: Job, exc: ParameterError) -> None:
@@ -210,6 +263,7 @@ class Scheduler:
         claimed: list[Job] = []
         try:
             for job_id in ids:
+                token = secrets.token_hex(8)
                 try:
                     moved = await in_thread(
                         self.store.transition,
@@ -217,8 +271,10 @@ class Scheduler:
                         [Phase.QUEUED],
                         Phase.EXECUTING,
                         start_time=utcnow(),
+                        run_token=token,
                     )
                     if moved:
+                        self._tokens[job_id] = token
                         claimed.append(await in_thread(self.store.get, job_id))
                 except JobNotFound:
                     continue
@@ -226,9 +282,13 @@ class Scheduler:
             self._claiming.difference_update(ids)
             cancelled = self._cancelled.intersection(ids)
             self._cancelled.difference_update(ids)
-        claimed = [
+        kept = [
             job for job in claimed if job.job_id not in cancelled and job.phase == Phase.EXECUTING
         ]
+        for job in claimed:
+            if job not in kept:
+                self._tokens.pop(job.job_id, None)
+        claimed = kept
         for job in claimed:
             if self.metrics is not None and job.queue_time and job.start_time:
                 wait = (job.start_time - job.queue_time).total_seconds()
@@ -249,6 +309,7 @@ class Scheduler:
                 job_dir=str(self.folders.job_dir(job.job_id)),
                 owner=job.owner,
                 registry=self.registry,
+                run_token=self._tokens.pop(job.job_id),
             )
             for job in jobs
         )
@@ -317,7 +378,7 @@ class Scheduler:
         task: asyncio.Task[list[TaskOutcome]],
     ) -> None:
         try:
-            await self._record(jobs, limit, task)
+            await self._record(batch, jobs, limit, task)
         except Exception:
             log.exception("could not record the end of batch %s", batch.batch_id)
         finally:
@@ -333,8 +394,13 @@ class Scheduler:
                     await self._observe_end(job)
 
     async def _record(
-        self, jobs: list[Job], limit: int | None, task: asyncio.Task[list[TaskOutcome]]
+        self,
+        batch: BatchTask,
+        jobs: list[Job],
+        limit: int | None,
+        task: asyncio.Task[list[TaskOutcome]],
     ) -> None:
+        tokens = {t.job_id: t.run_token for t in batch.tasks if t.run_token is not None}
         error = None if task.cancelled() else task.exception()
         if task.cancelled() or isinstance(error, JobCancelled | BatchInterrupted):
             # ABORT or DELETE of one job (already moved), shutdown, or the cluster went away:
@@ -342,10 +408,12 @@ class Scheduler:
             if isinstance(error, BatchInterrupted):
                 log.warning("batch interrupted, its jobs are queued again: %s", error)
             for job in jobs:
-                await self._requeue(job)
+                await self._requeue(job, tokens[job.job_id])
         elif isinstance(error, NoCapableWorker):
             for job in jobs:
-                await self._end_without_results(job.job_id, Phase.ERROR, "fatal", str(error))
+                await self._end_without_results(
+                    job.job_id, tokens[job.job_id], Phase.ERROR, "fatal", str(error)
+                )
         elif isinstance(error, TimeoutError):
             for job in jobs:
                 if job.execution_duration and job.execution_duration <= (limit or 0):
@@ -355,48 +423,146 @@ class Scheduler:
                         "EXECUTIONDURATION, or search a smaller region with RA, DEC, WIDTH "
                         "and HEIGHT."
                     )
-                    await self._end_without_results(job.job_id, Phase.ABORTED, "fatal", message)
+                    await self._end_without_results(
+                        job.job_id, tokens[job.job_id], Phase.ABORTED, "fatal", message
+                    )
                 else:  # stopped for a batch neighbour's shorter limit: run it again
-                    await self._requeue(job)
+                    await self._requeue(job, tokens[job.job_id])
         elif isinstance(error, WorkerDied):
-            for job in jobs:
-                how = error.reason or (
-                    f"the worker process running this job died ({_signal_name(error.exitcode)})"
-                )
-                message = (
-                    f"{how}. This usually means it ran out of memory on a very large image: "
-                    "try a smaller region (RA, DEC, WIDTH, HEIGHT). If it happens again, report "
-                    f"job {job.job_id} to the service operators."
-                )
-                await self._end_without_results(job.job_id, Phase.ERROR, "transient", message)
+            await self._worker_died(batch, jobs, tokens, error)
         elif error is not None:
             raise error
         else:
             for job, outcome in zip(jobs, task.result(), strict=True):
-                await self._record_outcome(job, outcome)
+                await self._record_outcome(job, outcome, tokens[job.job_id])
 
-    async def _requeue(self, job: Job) -> None:
-        await in_thread(self.folders.clear_results, job.job_id)
-        await in_thread(
-            self.store.transition, job.job_id, [Phase.EXECUTING], Phase.QUEUED, start_time=None
+    async def _worker_died(
+        self, batch: BatchTask, jobs: list[Job], tokens: dict[str, str], error: WorkerDied
+    ) -> None:
+        """A worker died running the batch. With several jobs in it no one is blamed: they
+        are all queued again, to run alone. A job that ran alone is queued again until its
+        worker has died LONE_DEATHS_LIMIT times while it ran alone; then it is ERROR."""
+        cause = error.reason or _signal_name(error.exitcode)
+        alone = len(jobs) == 1
+        if not alone:
+            log.warning(
+                "batch %s: its worker died (%s) running %d jobs; they are queued again and "
+                "each will run alone",
+                batch.batch_id,
+                cause,
+                len(jobs),
+            )
+        for job in jobs:
+            deaths = worker_deaths(job)
+            if alone:
+                deaths["alone"] += error.deaths
+                what = f"{cause} (ran alone)"
+            else:
+                deaths["in_batch"] += 1
+                what = f"{cause} (batch {batch.batch_id} of {len(jobs)} jobs)"
+            deaths["how"] = "; ".join(x for x in (deaths["how"], what) if x)
+            info = {**job.info, "worker_deaths": deaths}
+            token = tokens[job.job_id]
+            if alone and deaths["alone"] >= LONE_DEATHS_LIMIT:
+                message = await self._death_message(job, error, deaths)
+                log.warning("job %s: %s", job.job_id, message)
+                await self._end_without_results(
+                    job.job_id, token, Phase.ERROR, "transient", message, info=info
+                )
+            else:
+                if alone:
+                    log.warning(
+                        "job %s: its worker died (%s) while it ran alone; it is queued again",
+                        job.job_id,
+                        cause,
+                    )
+                await self._requeue(job, token, info=info)
+
+    async def _death_message(self, job: Job, error: WorkerDied, deaths: dict[str, Any]) -> str:
+        if error.reason and error.deaths >= LONE_DEATHS_LIMIT:
+            what = error.reason  # e.g. the Dask worker was lost, and again on Dask's retry
+        else:
+            lone = [
+                part.removesuffix(" (ran alone)")
+                for part in deaths["how"].split("; ")
+                if part.endswith(" (ran alone)")
+            ]
+            times = "twice" if len(lone) == 2 else f"{len(lone)} times"
+            what = (
+                f"the worker process running this job died {times} while the job ran alone "
+                f"({', then '.join(lone)})"
+            )
+        size = await in_thread(_size, self._image_path(job))
+        if size is not None:
+            likely = (
+                f"Since it ran alone, the job itself most likely killed it: with a very large "
+                f"image (this job's is {size}) that usually means running out of memory, so "
+                "try a smaller region (RA, DEC, WIDTH, HEIGHT)."
+            )
+        else:
+            likely = (
+                "Since it ran alone, the job itself most likely killed it (running out of "
+                "memory does this)."
+            )
+        return (
+            f"{what}. {likely} If that does not explain it, report job {job.job_id} to the "
+            "service operators."
         )
 
-    async def _record_outcome(self, job: Job, outcome: TaskOutcome) -> None:
+    async def _requeue(self, job: Job, token: str, info: dict[str, Any] | None = None) -> None:
+        """Back to QUEUED, if this run still owns the job; what the run wrote is dropped."""
+        fields: dict[str, Any] = {} if info is None else {"info": info}
+        await in_thread(
+            self.store.transition,
+            job.job_id,
+            [Phase.EXECUTING],
+            Phase.QUEUED,
+            owner_token=token,
+            start_time=None,
+            run_token=None,
+            **fields,
+        )
+        await in_thread(self.folders.discard_run, job.job_id, token)
+
+    async def _record_outcome(self, job: Job, outcome: TaskOutcome, token: str) -> None:
         job_id = job.job_id
         info = {**job.info, **outcome.info}
         if outcome.ok:
             results = [
                 JobResult(r.result_id, r.filename, r.mime_type, r.size) for r in outcome.results
             ]
-            moved = await in_thread(
-                self.store.transition,
-                job_id,
-                [Phase.EXECUTING],
-                Phase.COMPLETED,
-                results=results,
-                end_time=utcnow(),
-                info=info,
-            )
+            try:
+                # the files move into results/ inside the transaction that lists them
+                moved = await in_thread(
+                    self.store.transition,
+                    job_id,
+                    [Phase.EXECUTING],
+                    Phase.COMPLETED,
+                    results=results,
+                    end_time=utcnow(),
+                    info=info,
+                    owner_token=token,
+                    publish=functools.partial(
+                        self.folders.publish, job_id, token, [r.filename for r in results]
+                    ),
+                )
+            except OSError as exc:
+                log.error("job %s: its results could not be moved into place: %s", job_id, exc)
+                await in_thread(self.folders.clear_results, job_id)
+                moved = await in_thread(
+                    self.store.transition,
+                    job_id,
+                    [Phase.EXECUTING],
+                    Phase.ERROR,
+                    end_time=utcnow(),
+                    info=info,
+                    owner_token=token,
+                    error_type="transient",
+                    error_message=(
+                        f"the job ran, but its result files could not be stored ({exc}). "
+                        f"Please report job {job_id} to the service operators."
+                    ),
+                )
         else:
             moved = await in_thread(
                 self.store.transition,
@@ -405,25 +571,36 @@ class Scheduler:
                 Phase.ERROR,
                 end_time=utcnow(),
                 info=info,
+                owner_token=token,
                 error_type=outcome.error_type,
                 error_message=outcome.error_message,
             )
-        if not moved or not outcome.ok:  # aborted meanwhile, or failed: list no stray file
-            await in_thread(self.folders.clear_results, job_id)
+        if not moved:  # aborted or deleted meanwhile, or run again by another run
+            log.info("job %s: run %s no longer owns the job; its outcome is dropped", job_id, token)
+        await in_thread(self.folders.discard_run, job_id, token)
 
     async def _end_without_results(
-        self, job_id: str, phase: Phase, error_type: str, message: str
+        self,
+        job_id: str,
+        token: str,
+        phase: Phase,
+        error_type: str,
+        message: str,
+        info: dict[str, Any] | None = None,
     ) -> None:
-        await in_thread(self.folders.clear_results, job_id)
+        fields: dict[str, Any] = {} if info is None else {"info": info}
         await in_thread(
             self.store.transition,
             job_id,
             [Phase.EXECUTING],
             phase,
+            owner_token=token,
             end_time=utcnow(),
             error_type=error_type,
             error_message=message,
+            **fields,
         )
+        await in_thread(self.folders.discard_run, job_id, token)
 
     async def _observe_end(self, job: Job) -> None:
         assert self.metrics is not None

@@ -1,4 +1,6 @@
-"""Job folders: ``<data_dir>/jobs/<job_id>/{inputs,results,logs}``.
+"""Job folders: ``<data_dir>/jobs/<job_id>/{inputs,results,logs}``, and
+``staging/<run token>/`` where one run of the job writes its results before the service moves
+them into ``results/`` (only while that run still owns the job).
 
 Every path is built here from a server-made job id and server-chosen file names; nothing a
 client sends becomes part of a path.
@@ -7,8 +9,11 @@ client sends becomes part of a path.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -45,9 +50,11 @@ class JobFolders:
     def logs(self, job_id: str) -> Path:
         return self.job_dir(job_id) / "logs"
 
-    def staging(self, job_id: str) -> Path:
-        """Where a run writes its results before they are moved into results/."""
-        return self.job_dir(job_id) / "staging"
+    def staging(self, job_id: str, run_token: str | None = None) -> Path:
+        """Where a run writes its results before they are moved into results/: one folder
+        per run (``run_token``), under the job's ``staging/``."""
+        base = self.job_dir(job_id) / "staging"
+        return base if run_token is None else base / _check(run_token)
 
     def input_file(self, job_id: str, name: str) -> Path:
         return self.inputs(job_id) / _check(name)
@@ -58,9 +65,61 @@ class JobFolders:
     def remove(self, job_id: str) -> None:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
+    def publish(self, job_id: str, run_token: str, filenames: Iterable[str]) -> None:
+        """Move a run's result files from its staging folder into results/ (each rename is
+        atomic; results/ is emptied first of anything an earlier run left). Raises OSError
+        (FileNotFoundError for a missing file) without having listed anything partial: the
+        caller's transaction is then not committed."""
+        staging, final = self.staging(job_id, run_token), self.results(job_id)
+        names = [_check(n) for n in filenames]
+        missing = [n for n in names if not (staging / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"run {run_token} did not leave {', '.join(missing)}")
+        shutil.rmtree(final, ignore_errors=True)
+        final.mkdir()
+        for name in names:
+            os.replace(staging / name, final / name)
+        # this run owns the job: whatever any run left in staging/ is of no more use
+        shutil.rmtree(self.staging(job_id), ignore_errors=True)
+
+    def discard_run(self, job_id: str, run_token: str) -> None:
+        """Forget what one run wrote (its staging folder, and ``staging/`` once empty)."""
+        shutil.rmtree(self.staging(job_id, run_token), ignore_errors=True)
+        with contextlib.suppress(OSError):  # not empty: another run is writing there
+            self.staging(job_id).rmdir()
+
+    def idle_folders(self, min_age_s: float) -> list[str]:
+        """Names of job folders in which nothing changed for ``min_age_s`` seconds (the
+        folder, its subfolders and the files of ``inputs/``: an upload streaming in keeps
+        its folder young). Names that are not job ids are left out."""
+        now = time.time()
+        idle = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.root):
+                if not entry.is_dir(follow_symlinks=False) or not _SAFE_NAME.match(entry.name):
+                    continue
+                if now - _newest_change(Path(entry.path)) >= min_age_s:
+                    idle.append(entry.name)
+        return idle
+
     def clear_results(self, job_id: str) -> None:
         for sub in (self.results(job_id), self.staging(job_id)):
             shutil.rmtree(sub, ignore_errors=True)
         # a deleted job's folder stays deleted (its batch may end after the DELETE)
         with contextlib.suppress(FileNotFoundError):
             self.results(job_id).mkdir(exist_ok=True)
+
+
+def _newest_change(folder: Path) -> float:
+    """The latest modification time of the folder, its direct subfolders and their files."""
+    newest = 0.0
+    with contextlib.suppress(FileNotFoundError):
+        newest = folder.stat().st_mtime
+        for sub in os.scandir(folder):
+            with contextlib.suppress(FileNotFoundError):
+                newest = max(newest, sub.stat(follow_symlinks=False).st_mtime)
+                if sub.is_dir(follow_symlinks=False):
+                    for item in os.scandir(sub.path):
+                        with contextlib.suppress(FileNotFoundError):
+                            newest = max(newest, item.stat(follow_symlinks=False).st_mtime)
+    return newest

@@ -6,7 +6,7 @@ transaction, so that two actors racing (an ABORT and a worker finishing, say) ca
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
 from typing import Any, cast
 
@@ -172,24 +172,32 @@ class JobStore:
         target: Phase,
         *,
         results: list[JobResult] | None = None,
+        owner_token: str | None = None,
+        publish: Callable[[], None] | None = None,
         **fields: Any,
     ) -> bool:
         """Move the job to ``target`` if it is now in one of ``sources``; set ``fields`` (column
         names) and, for a finished job, record its results in the same transaction.
         Returns False when the job was not in a source phase (someone else moved it).
-        A move the phase machine does not allow is a programming error (ValueError)."""
+        A move the phase machine does not allow is a programming error (ValueError).
+
+        With ``owner_token`` the move is made only while that run still owns the job (its
+        ``run_token``): a run that was superseded (its job queued again by a recovery and
+        claimed by another run) changes nothing. ``publish`` is called once the row has
+        moved and before the transaction commits (the results' files are moved into place
+        there): if it raises, nothing is committed and the exception propagates."""
         sources = list(sources)
         illegal = [p.value for p in sources if not can_move(p, target)]
         if illegal:
             raise ValueError(
                 f"{', '.join(illegal)} -> {target.value} is not a move of the phase machine"
             )
+        condition = [JobRow.job_id == job_id, JobRow.phase.in_([p.value for p in sources])]
+        if owner_token is not None:
+            condition.append(JobRow.run_token == owner_token)
         with self.session() as s, s.begin():
             done = _changed(
-                s,
-                update(JobRow)
-                .where(JobRow.job_id == job_id, JobRow.phase.in_([p.value for p in sources]))
-                .values(phase=target.value, **fields),
+                s, update(JobRow).where(*condition).values(phase=target.value, **fields)
             )
             if not done:
                 return False
@@ -205,6 +213,9 @@ class JobStore:
                         size=r.size,
                     )
                 )
+            if publish is not None:
+                s.flush()  # the row lock is held (PostgreSQL) or the write lock (SQLite)
+                publish()
             return True
 
     def update_fields(self, job_id: str, sources: Iterable[Phase], **fields: Any) -> bool:
@@ -269,6 +280,21 @@ class JobStore:
         )
         with self.session() as s:
             return [_to_job(r) for r in s.scalars(query)]
+
+    def run_token(self, job_id: str) -> str | None:
+        """The token of the run that owns the job now (None when no run does)."""
+        with self.session() as s:
+            return s.scalar(select(JobRow.run_token).where(JobRow.job_id == job_id))
+
+    def existing_ids(self, job_ids: Collection[str]) -> set[str]:
+        """Those of ``job_ids`` that have a row."""
+        found: set[str] = set()
+        ids = list(job_ids)
+        with self.session() as s:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                found.update(s.scalars(select(JobRow.job_id).where(JobRow.job_id.in_(chunk))))
+        return found
 
     def ids_in_phase(self, phase: Phase) -> list[str]:
         with self.session() as s:

@@ -61,6 +61,9 @@ class JobRow(Base):
     error_type: Mapped[str | None] = mapped_column(String(16))
     error_message: Mapped[str | None] = mapped_column(Text)
     info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: The run that owns the job while it is EXECUTING (set when the job is claimed, cleared
+    #: when it is queued again): only that run may record the job's end and its results.
+    run_token: Mapped[str | None] = mapped_column(String(32))
 
     parameters: Mapped[list[ParameterRow]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="ParameterRow.name"

@@ -18,7 +18,7 @@ from astro_otf.results.provenance import PROV_FORMATS, negotiate
 from astro_otf.results.votable import error_votable
 from astro_otf.service.jobs import JobService
 from astro_otf.service.threads import in_thread
-from astro_otf.uws import render
+from astro_otf.uws import openapi, render
 from astro_otf.uws.auth import owner_from
 from astro_otf.uws.compat import parse_cianna_job
 from astro_otf.uws.uploads import Form, read_form
@@ -73,11 +73,13 @@ def parse_time(name: str, text: str) -> datetime:
         value = value[:-1] + "+00:00"
     try:
         when = datetime.fromisoformat(value)
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
     except ValueError:
         raise ParameterError(
-            name, f"{text!r} is not an ISO 8601 time (e.g. 2026-11-22T10:00:00Z)"
+            name, f"{text[:64]!r} is not an ISO 8601 time (e.g. 2026-11-22T10:00:00Z)"
         ) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ParameterError(name, f"{text[:64]!r} is out of the range of times in UTC") from None
 
 
 def parse_phase(name: str, text: str) -> Phase:
@@ -85,8 +87,25 @@ def parse_phase(name: str, text: str) -> Phase:
         return Phase(text.strip().upper())
     except ValueError:
         raise ParameterError(
-            name, f"{text!r} is not a UWS phase ({', '.join(p.value for p in Phase)})"
+            name, f"{text[:64]!r} is not a UWS phase ({', '.join(p.value for p in Phase)})"
         ) from None
+
+
+def parse_count(name: str, text: str) -> int:
+    """A whole number written in ASCII digits (no sign, no exponent); its range is the
+    service's to judge."""
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        raise ParameterError(name, f"{text[:64]!r} is not a positive integer")
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > 30:  # int() of thousands of digits is slow, then refused
+        raise ParameterError(name, f"a number of {len(digits)} digits is out of range")
+    return int(digits)
+
+
+def form_limit(request: Request) -> int:
+    settings: Settings = request.app.state.settings
+    return settings.max_form_bytes
 
 
 def single(form: Form, name: str) -> str | None:
@@ -102,23 +121,18 @@ def xml_or_json(request: Request, xml: bytes, data: Any) -> Response:
 # -- job list ------------------------------------------------------------------------------
 
 
-@router.get("/jobs")
+@router.get("/jobs", openapi_extra=openapi.JOB_LIST)
 async def list_jobs(request: Request, service: Service, owner: Owner) -> Response:
     q = query(request)
     phases = [parse_phase("phase", p) for p in q.get("phase", [])]
     after = parse_time("after", q["after"][-1]) if "after" in q else None
-    last = None
-    if "last" in q:
-        text = q["last"][-1]
-        if not text.strip().isdigit() or int(text) < 1:
-            raise ParameterError("last", f"{text!r} is not a positive integer")
-        last = int(text)
+    last = parse_count("last", q["last"][-1]) if "last" in q else None
     jobs = await service.list(owner, phases or None, after, last)
     links = links_for(request)
     return xml_or_json(request, render.job_list_xml(jobs, links), render.job_list_json(jobs, links))
 
 
-@router.post("/jobs")
+@router.post("/jobs", openapi_extra=openapi.CREATE_JOB)
 @router.post("/jobs/", include_in_schema=False)
 async def create_job(request: Request, service: Service, owner: Owner) -> Response:
     settings: Settings = request.app.state.settings
@@ -131,7 +145,12 @@ async def create_job(request: Request, service: Service, owner: Owner) -> Respon
         return None
 
     try:
-        form = await read_form(request, max_bytes=settings.max_upload_bytes, sink=sink)
+        form = await read_form(
+            request,
+            max_form_bytes=settings.max_form_bytes,
+            max_upload_bytes=settings.max_upload_bytes,
+            sink=sink,
+        )
         if "fits" in form.files:
             form.files["image"] = form.files.pop("fits")
         if "xml" in form.fields:
@@ -172,7 +191,7 @@ async def _create_cianna(service: JobService, job_id: str, owner: str | None, fo
 # -- one job -------------------------------------------------------------------------------
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", openapi_extra=openapi.GET_JOB)
 async def get_job(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
     q = query(request)
     if "wait" in q:
@@ -199,9 +218,9 @@ async def delete_job(job_id: str, request: Request, service: Service, owner: Own
     return see_other(links_for(request).jobs())
 
 
-@router.post("/jobs/{job_id}")
+@router.post("/jobs/{job_id}", openapi_extra=openapi.POST_JOB)
 async def post_job(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
-    form = await read_form(request, max_bytes=1024 * 1024)
+    form = await read_form(request, max_form_bytes=form_limit(request))
     action = single(form, "action")
     if action is None or action.strip().upper() != "DELETE":
         raise ParameterError(
@@ -219,9 +238,9 @@ async def get_phase(job_id: str, service: Service, owner: Owner) -> Response:
     return PlainTextResponse(job.phase.value)
 
 
-@router.post("/jobs/{job_id}/phase")
+@router.post("/jobs/{job_id}/phase", openapi_extra=openapi.POST_PHASE)
 async def post_phase(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
-    form = await read_form(request, max_bytes=1024 * 1024)
+    form = await read_form(request, max_form_bytes=form_limit(request))
     phase = single(form, "phase")
     if phase is None:
         raise ParameterError("phase", "is required: PHASE=RUN or PHASE=ABORT")
@@ -241,11 +260,11 @@ async def get_execution_duration(job_id: str, service: Service, owner: Owner) ->
     return PlainTextResponse(str(job.execution_duration))
 
 
-@router.post("/jobs/{job_id}/executionduration")
+@router.post("/jobs/{job_id}/executionduration", openapi_extra=openapi.POST_EXECUTION_DURATION)
 async def post_execution_duration(
     job_id: str, request: Request, service: Service, owner: Owner
 ) -> Response:
-    form = await read_form(request, max_bytes=1024 * 1024)
+    form = await read_form(request, max_form_bytes=form_limit(request))
     text = single(form, "executionduration")
     if text is None:
         raise ParameterError("executionduration", "is required (seconds, an integer)")
@@ -265,11 +284,11 @@ async def get_destruction(job_id: str, service: Service, owner: Owner) -> Respon
     return PlainTextResponse(render.isotime(job.destruction_time) or "")
 
 
-@router.post("/jobs/{job_id}/destruction")
+@router.post("/jobs/{job_id}/destruction", openapi_extra=openapi.POST_DESTRUCTION)
 async def post_destruction(
     job_id: str, request: Request, service: Service, owner: Owner
 ) -> Response:
-    form = await read_form(request, max_bytes=1024 * 1024)
+    form = await read_form(request, max_form_bytes=form_limit(request))
     text = single(form, "destruction")
     if text is None:
         raise ParameterError("destruction", "is required (an ISO 8601 time)")
@@ -283,7 +302,7 @@ async def get_quote(job_id: str, service: Service, owner: Owner) -> Response:
     return PlainTextResponse(render.isotime(job.quote) or "")
 
 
-@router.get("/jobs/{job_id}/error")
+@router.get("/jobs/{job_id}/error", openapi_extra=openapi.GET_ERROR)
 async def get_error(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
     """The errorSummary's message: plain text, or a DALI error VOTable (QUERY_STATUS=ERROR)
     when the client asks for one (``Accept: application/x-votable+xml`` or
@@ -300,11 +319,11 @@ async def get_error(job_id: str, request: Request, service: Service, owner: Owne
     return PlainTextResponse(job.error.message)
 
 
-@router.post("/jobs/{job_id}/rerun")
+@router.post("/jobs/{job_id}/rerun", openapi_extra=openapi.POST_RERUN)
 async def post_rerun(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
     """Replay a finished job: a new job with its recorded inputs, model and parameters.
     ``PHASE=RUN`` queues it at once; answers 303 to the new job."""
-    form = await read_form(request, max_bytes=64 * 1024)
+    form = await read_form(request, max_form_bytes=form_limit(request))
     phase = form.fields.get("phase")
     if phase is not None and phase.strip().upper() != "RUN":
         raise ParameterError("phase", f"{phase!r}: only PHASE=RUN is allowed for a rerun")
@@ -323,7 +342,7 @@ async def post_rerun(job_id: str, request: Request, service: Service, owner: Own
     return see_other(links_for(request).job(job.job_id))
 
 
-@router.get("/jobs/{job_id}/provenance")
+@router.get("/jobs/{job_id}/provenance", openapi_extra=openapi.GET_PROVENANCE)
 async def get_provenance(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
     """The job's IVOA provenance (W3C PROV): PROV-JSON, PROV-XML, PROV-N or SVG, chosen by
     ``FORMAT`` (json, xml, provn, svg) or else by the Accept header."""
@@ -344,7 +363,7 @@ async def get_owner_resource(job_id: str, service: Service, owner: Owner) -> Res
     return PlainTextResponse(job.owner or "")
 
 
-@router.get("/jobs/{job_id}/parameters")
+@router.get("/jobs/{job_id}/parameters", openapi_extra=openapi.XML_OR_JSON)
 async def get_parameters(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
     job = await service.get(job_id, owner)
     links = links_for(request)
@@ -353,7 +372,7 @@ async def get_parameters(job_id: str, request: Request, service: Service, owner:
     )
 
 
-@router.post("/jobs/{job_id}/parameters")
+@router.post("/jobs/{job_id}/parameters", openapi_extra=openapi.POST_PARAMETERS)
 async def post_parameters(
     job_id: str, request: Request, service: Service, owner: Owner
 ) -> Response:
@@ -364,7 +383,12 @@ async def post_parameters(
         return service.open_staged_upload(job_id) if name == "image" else None
 
     try:
-        form = await read_form(request, max_bytes=settings.max_upload_bytes, sink=sink)
+        form = await read_form(
+            request,
+            max_form_bytes=settings.max_form_bytes,
+            max_upload_bytes=settings.max_upload_bytes,
+            sink=sink,
+        )
         if not form.fields and not form.files:
             raise RequestError("no parameters given")
         await service.update_parameters(job_id, owner, form.fields, list(form.files))
@@ -389,7 +413,7 @@ async def get_parameter(job_id: str, name: str, service: Service, owner: Owner) 
     )
 
 
-@router.get("/jobs/{job_id}/results")
+@router.get("/jobs/{job_id}/results", openapi_extra=openapi.XML_OR_JSON)
 async def get_results(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
     job = await service.get(job_id, owner)
     links = links_for(request)

@@ -11,6 +11,7 @@ from astro_otf import __version__
 from astro_otf.domain.errors import NotFound, ParameterError
 from astro_otf.service.metrics import CONTENT_TYPE
 from astro_otf.service.threads import in_thread
+from astro_otf.uws import openapi
 
 router = APIRouter()
 
@@ -66,7 +67,7 @@ async def models(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/models/{model_id}")
+@router.get("/models/{model_id}", openapi_extra=openapi.GET_MODEL)
 async def model(model_id: str, request: Request) -> dict[str, Any]:
     """One model: its default version, or the one named by ``?version=``."""
     registry = request.app.state.service.registry

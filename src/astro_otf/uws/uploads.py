@@ -2,7 +2,9 @@
 
 A FITS image is never held whole in the web process: each multipart file part is written
 as it arrives into the sink the caller names, and the size limit is enforced while streaming
-(413 as soon as it is passed). Parameter names are case-insensitive: they come back lower case.
+(413 as soon as it is passed). Text fields are held in memory, so they have a cap of their
+own, for all of a request's fields together (``max_form_bytes``), also enforced while the body
+streams in. Parameter names are case-insensitive: they come back lower case.
 """
 
 from __future__ import annotations
@@ -52,23 +54,46 @@ def _too_large(limit: int) -> UploadTooLarge:
     )
 
 
-async def read_form(request: Request, *, max_bytes: int, sink: Sink | None = None) -> Form:
-    """Parse a POST body. ``sink`` receives file parts; without one, files are refused."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(max_bytes)
+def _form_too_large(limit: int) -> UploadTooLarge:
+    return UploadTooLarge(
+        f"the request's text fields are larger than this service's limit of {limit} bytes "
+        f"for them together (max_form_bytes); upload the image as the IMAGE file part"
+    )
+
+
+async def read_form(
+    request: Request,
+    *,
+    max_form_bytes: int,
+    max_upload_bytes: int | None = None,
+    sink: Sink | None = None,
+) -> Form:
+    """Parse a POST body whose text fields (names, values and part headers) take at most
+    ``max_form_bytes`` together. ``sink`` receives file parts, and the whole body may then
+    take ``max_upload_bytes``; without a sink a file part is read as a text field, and the
+    body is held to ``max_form_bytes``."""
+    if sink is not None and max_upload_bytes is not None:
+        body_limit, too_large = max_upload_bytes, _too_large
+    else:
+        body_limit, too_large = max_form_bytes, _form_too_large
+    declared = request.headers.get("content-length", "").strip()
+    if declared.isascii() and declared.isdigit() and int(declared) > body_limit:
+        raise too_large(body_limit)
     ctype, options = parse_options_header(request.headers.get("content-type", ""))
     if ctype == b"multipart/form-data":
         boundary = options.get(b"boundary")
         if not boundary:
             raise RequestError("multipart/form-data request without a boundary")
-        return await _read_multipart(request, boundary, max_bytes, sink)
+        return await _read_multipart(request, boundary, body_limit, too_large, max_form_bytes, sink)
     if ctype in (b"application/x-www-form-urlencoded", b""):
+        # every byte of such a body is text: the smaller limit holds, and is named
+        if max_form_bytes <= body_limit:
+            body_limit, too_large = max_form_bytes, _form_too_large
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
-            if len(body) > min(max_bytes, 16 * MAX_FIELD_BYTES):
-                raise _too_large(min(max_bytes, 16 * MAX_FIELD_BYTES))
+            if len(body) > body_limit:
+                raise too_large(body_limit)
         form = Form()
         try:
             pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
@@ -84,9 +109,11 @@ async def read_form(request: Request, *, max_bytes: int, sink: Sink | None = Non
 
 
 class _MultipartState:
-    def __init__(self, sink: Sink | None, limit: int) -> None:
+    def __init__(self, sink: Sink | None, text_limit: int) -> None:
         self.sink = sink
-        self.limit = limit
+        #: bytes of text (part headers and text fields) held so far, and the cap on them
+        self.text_bytes = 0
+        self.text_limit = text_limit
         self.form = Form()
         self.header_field = bytearray()
         self.header_value = bytearray()
@@ -105,10 +132,17 @@ class _MultipartState:
         self.written = 0
         self.buffer = bytearray()
 
+    def _hold(self, size: int) -> None:
+        self.text_bytes += size
+        if self.text_bytes > self.text_limit:
+            raise _form_too_large(self.text_limit)
+
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._hold(end - start)
         self.header_field += data[start:end]
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._hold(end - start)
         self.header_value += data[start:end]
 
     def on_header_end(self) -> None:
@@ -136,6 +170,7 @@ class _MultipartState:
             self.file.write(chunk)
             self.written += len(chunk)
         else:
+            self._hold(len(chunk))
             self.buffer += chunk
             if len(self.buffer) > MAX_FIELD_BYTES:
                 raise ParameterError(
@@ -155,9 +190,14 @@ class _MultipartState:
 
 
 async def _read_multipart(
-    request: Request, boundary: bytes, max_bytes: int, sink: Sink | None
+    request: Request,
+    boundary: bytes,
+    max_bytes: int,
+    too_large: Callable[[int], UploadTooLarge],
+    max_text_bytes: int,
+    sink: Sink | None,
 ) -> Form:
-    state = _MultipartState(sink, max_bytes)
+    state = _MultipartState(sink, max_text_bytes)
     parser = MultipartParser(
         boundary,
         callbacks={
@@ -175,7 +215,7 @@ async def _read_multipart(
         async for chunk in request.stream():
             received += len(chunk)
             if received > max_bytes:
-                raise _too_large(max_bytes)
+                raise too_large(max_bytes)
             parser.write(chunk)
         parser.finalize()
     except (UploadTooLarge, ParameterError, RequestError):
