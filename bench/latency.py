@@ -44,6 +44,9 @@ def start_server(
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTF_")}
     env.update(OTF_DATA_DIR=str(data_dir), OTF_DIAGNOSTIC_APPS="true", OTF_LOG_LEVEL="warning")
     env.update({f"OTF_{k.upper()}": v for k, v in (settings or {}).items()})
+    # BENCH_SERVER_LOG=path keeps the server's log (warnings and errors) for a post-mortem
+    log_path = os.environ.get("BENCH_SERVER_LOG")
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -51,8 +54,8 @@ def start_server(
             f"from astro_otf.app import run_server; run_server('127.0.0.1', {port})",
         ],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):

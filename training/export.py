@@ -222,6 +222,8 @@ def manifest(
         for p, path in paths.items()
     )
     channels = ", ".join(f'"{c}"' for c in ATTRIBUTES)
+    # each level after the first halves the resolution: sides must divide by 2^(levels - 1)
+    multiple = 2 ** (len(str(facts["widths"]).split(",")) - 1)
     provenance = "\n".join(f"{k} = {json.dumps(v)}" for k, v in facts.items())
     steps = "\n".join(
         "[[normalisation]]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in step.items()) + "\n"
@@ -249,6 +251,9 @@ layout = "NCHW"
 beam_fwhm_pix = {sim.SDC1_BEAM_ARCSEC / sim.SDC1_PIXEL_ARCSEC}
 max_beam_pix = {dataset.MAX_BEAM_PIX}
 dtype = {{ fp32 = "float32", fp16 = "float32", int8 = "float32" }}
+# The graph takes any height and width that are multiples of this (its downsampling), up to
+# the tile: tiles are sized to the image, so a small image is not padded to a full tile.
+size_multiple = {multiple}
 
 # Pixels less the local background, over the local rms (a map of robust statistics in boxes
 # of box_beams beams), then a soft stretch: as training/dataset.py fed the network.

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +30,7 @@ from astro_otf.service.reaper import Reaper
 from astro_otf.service.replicas import Replicas
 from astro_otf.service.scheduler import Scheduler, utcnow
 from astro_otf.service.threads import in_thread
+from astro_otf.store.cache import JobCache
 from astro_otf.store.database import make_engine, migrate
 from astro_otf.store.files import JobFolders
 from astro_otf.store.lock import DataFolderBusy, DataFolderLock
@@ -124,9 +127,11 @@ async def _running(app: FastAPI, settings: Settings, *, alone: bool) -> AsyncIte
     in it while it recovers)."""
     engine = make_engine(settings.effective_database_url)
     await in_thread(migrate, engine)
-    store = JobStore(engine)
-    folders = JobFolders(settings.data_dir)
     replicated = engine.dialect.name == "postgresql"
+    # Job records are cached only where every write goes through this process: a lone server
+    # (SQLite, the data folder locked exclusively). PostgreSQL replicas write the same rows.
+    store = JobStore(engine, cache=JobCache() if alone and not replicated else None)
+    folders = JobFolders(settings.data_dir)
     registry_config = RegistryConfig.from_settings(settings)
     registry = await in_thread(build_registry, registry_config)
     executor = make_executor(settings, registry_config)
@@ -203,6 +208,20 @@ async def _running(app: FastAPI, settings: Settings, *, alone: bool) -> AsyncIte
         engine.dispose()
 
 
+def fastapi_options() -> dict[str, Any]:
+    """FastAPI's settings for this service (bench/uws.py's bare-stack app takes them too).
+    FastAPI's native OpenTelemetry asks the OpenTelemetry API on every request whether a
+    provider is configured (reading the environment each time: 8 % of a small GET); it is
+    kept only where the environment configures OpenTelemetry (an ``OTEL_*`` variable)."""
+    import inspect
+
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    if any(name.startswith("OTEL_") for name in os.environ):
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -227,6 +246,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="On-the-fly source finding in radio images, as IVOA UWS 1.1 jobs.",
         lifespan=lifespan,
+        **fastapi_options(),
     )
     app.state.settings = settings
     app.include_router(system.router)
@@ -279,13 +299,24 @@ def run_server(host: str = "127.0.0.1", port: int = 8000) -> None:
         folder_lock.release()
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's settings for this service (bench/uws.py serves its bare-stack app with the
+    same ones): the C HTTP parser and uvloop where installed (the asyncio loop and h11
+    otherwise); the access log only when the log level asks for info lines, since formatting
+    one line per request costs as much as answering a small GET."""
+    import importlib.util
+
+    level = settings.log_level.lower()
+    return {
+        "log_level": level,
+        "access_log": level in ("debug", "trace", "info"),
+        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        "timeout_graceful_shutdown": 5,
+    }
+
+
 def _serve(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
-    )
+    uvicorn.run(create_app(settings), host=host, port=port, **uvicorn_options(settings))

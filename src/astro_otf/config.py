@@ -113,7 +113,10 @@ class Settings(BaseSettings):
         default=512, ge=1, description="Most tiles in one batch (of all its jobs)."
     )
     batch_max_wait: float = Field(
-        default=0.2, ge=0, description="Seconds a job may wait for others to share its batch."
+        default=0.2,
+        ge=0,
+        description="Seconds a job may wait for others to share its batch, only while no "
+        "worker is free (a free worker takes queued jobs at once).",
     )
     default_model: str = Field(
         default=DEFAULT_MODEL,

@@ -96,14 +96,26 @@ def test_fifty_jobs_run_in_a_few_batches_each_with_its_own_catalogue(
 def test_one_bad_image_fails_alone_in_its_batch(
     batch_server: ServerProcess, images: list[Path], tmp_path: Path
 ) -> None:
+    """Both workers are busy (sleep jobs) while a good, a bad and a good image are queued: the
+    first free worker takes its share (two of the three, oldest first), the bad image fails
+    and its batch neighbour completes."""
     bad = tmp_path / "bad.fits"
     bad.write_text("not a FITS file at all\n" * 100)
     with httpx.Client(base_url=batch_server.url, timeout=120) as client:
+        sleepers = [
+            client.post("/jobs", data={"MODEL": "sleep", "DURATION": "3", "PHASE": "RUN"})
+            .headers["location"]
+            .rsplit("/", 1)[-1]
+            for _ in range(2)
+        ]
+        for job_id in sleepers:
+            wait_executing(client, job_id)
         ids = [submit(client, images[0]), submit(client, bad), submit(client, images[1])]
         docs = [wait_final(client, job_id, timeout=120) for job_id in ids]
         assert [d["phase"] for d in docs] == ["COMPLETED", "ERROR", "COMPLETED"]
         assert "FITS" in docs[1]["errorSummary"]["message"]
-        assert docs[0]["jobInfo"]["batch_id"] == docs[2]["jobInfo"]["batch_id"]
+        assert docs[0]["jobInfo"]["batch_id"] == docs[1]["jobInfo"]["batch_id"]
+        assert docs[1]["jobInfo"]["batch_jobs"] == 2
 
 
 def big_images(real_data: Path, folder: Path) -> list[Path]:

@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,13 @@ import pytest
 from astropy.io.votable import parse, validate
 from astropy.table import Table
 from lxml import etree
+from PIL import Image
 from prov.model import ProvDocument
 from pyvo.dal import AsyncTAPJob
 from regions import Regions
 
 from astro_otf.models.registry import RegistryConfig, build_registry
+from astro_otf.results.preview import display_shape
 from tests.conftest import ServerProcess
 from tests.integration.test_uws_api import create, job_json, wait_final
 
@@ -161,11 +164,17 @@ def test_every_result_is_valid_and_listed(
     assert doc["phase"] == "COMPLETED", doc.get("errorSummary")
     listed = {r["id"]: r for r in doc["results"]}
     assert list(listed) == list(PRODUCTS)
+    # the preview is listed but not drawn until it is asked for: its size is not known yet
+    results_dir = server.data_dir / "jobs" / job_id / "results"
+    assert not (results_dir / "preview.png").exists()
+    assert listed["preview"]["size"] is None
     bodies = {}
     for result_id, mime in PRODUCTS.items():
         assert listed[result_id]["mimeType"] == mime
         bodies[result_id] = fetch(client, job_id, result_id)
-        assert int(listed[result_id]["size"]) == len(bodies[result_id])
+        if result_id != "preview":
+            assert int(listed[result_id]["size"]) == len(bodies[result_id])
+    assert (results_dir / "preview.png").read_bytes() == bodies["preview"]  # kept
 
     # the VOTable: XSD, astropy, votlint; INFOs, PARAMs, and the standard columns
     path = tmp_path / "catalogue.xml"
@@ -228,8 +237,11 @@ def test_every_result_is_valid_and_listed(
     if finite:
         assert regions[0].center.icrs.ra.deg == pytest.approx(finite[0]["ra"], abs=1e-6)
 
-    # the preview is a PNG
+    # the preview is a PNG of the searched region
     assert bodies["preview"][:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(io.BytesIO(bodies["preview"])) as picture:
+        region = (int(params["region_height"].value), int(params["region_width"].value))
+        assert (picture.height, picture.width) == display_shape(region)
 
     # provenance: parses back and names the sha256 of the input and every other result
     prov = ProvDocument.deserialize(content=bodies["provenance"].decode(), format="json")
@@ -237,8 +249,13 @@ def test_every_result_is_valid_and_listed(
     if image == "matched-filter":
         upload = "aegean/synthetic_test.fits"
     assert entities_with(prov, sha256((real_data / upload).read_bytes()))
-    for result_id in ("result", "csv", "json", "ds9", "preview"):
+    for result_id in ("result", "csv", "json", "ds9"):
         assert entities_with(prov, sha256(bodies[result_id])), result_id
+    # the preview, drawn after the job ended, is named as drawn on demand, with no hash
+    (preview,) = entities_with(prov, "preview.png")
+    attributes = prov_attributes(prov)[preview]
+    assert attributes["otf:onDemand"] == ["true"] and "otf:sha256" not in attributes
+    assert not entities_with(prov, sha256(bodies["preview"]))
     if model != "sep":
         app = build_registry(RegistryConfig()).get(model)
         assert entities_with(prov, app.model.sha256("fp32"))  # type: ignore[attr-defined]
@@ -367,11 +384,47 @@ def test_error_document_as_text_and_as_votable(
     assert client.get(f"/jobs/{job_id}/provenance").status_code == 404
 
 
+def test_preview_is_drawn_on_the_first_request_once(
+    client: httpx.Client, server: ServerProcess, real_data: Path
+) -> None:
+    job_id = create(client, {"PHASE": "RUN"}, real_data / REAL_IMAGES[0])
+    doc = wait_final(client, job_id)
+    assert doc["phase"] == "COMPLETED", doc.get("errorSummary")
+    results_dir = server.data_dir / "jobs" / job_id / "results"
+    png = results_dir / "preview.png"
+    assert not png.exists()
+    xml = client.get(f"/jobs/{job_id}/results").text  # UWS: size is optional; none yet
+    assert 'id="preview"' in xml and "preview.plan" not in xml
+    with ThreadPoolExecutor(4) as pool:  # four clients at once
+        answers = list(pool.map(lambda _: client.get(f"/jobs/{job_id}/results/preview"), range(4)))
+    assert [r.status_code for r in answers] == [200] * 4
+    assert all(r.headers["content-type"] == "image/png" for r in answers)
+    assert len({r.content for r in answers}) == 1
+    assert answers[0].content[:8] == b"\x89PNG\r\n\x1a\n"
+    inode = png.stat().st_ino
+    assert [p.name for p in results_dir.iterdir() if p.name.startswith(".")] == []  # no tmp
+    again = client.get(f"/jobs/{job_id}/results/preview")
+    assert again.content == answers[0].content and png.stat().st_ino == inode  # kept
+    # a preview whose input is gone is a 404 saying why, and the job is unharmed
+    job_id = create(client, {"PHASE": "RUN"}, real_data / REAL_IMAGES[0])
+    assert wait_final(client, job_id)["phase"] == "COMPLETED"
+    (server.data_dir / "jobs" / job_id / "inputs" / "image.fits").unlink()
+    r = client.get(f"/jobs/{job_id}/results/preview")
+    assert r.status_code == 404 and "cannot be drawn" in r.text and "input image" in r.text
+    assert client.get(f"/jobs/{job_id}/results/result").status_code == 200
+    assert job_json(client, job_id)["phase"] == "COMPLETED"
+    # a deleted job's preview is a 404
+    assert client.delete(f"/jobs/{job_id}").status_code in (200, 204, 303)
+    assert client.get(f"/jobs/{job_id}/results/preview").status_code == 404
+    assert client.get("/jobs/0000000000000000/results/preview").status_code == 404
+
+
 def test_preview_can_be_turned_off(client: httpx.Client, real_data: Path) -> None:
     job_id = create(client, {"PHASE": "RUN", "PREVIEW": "false"}, real_data / REAL_IMAGES[1])
     doc = wait_final(client, job_id)
     assert doc["phase"] == "COMPLETED", doc.get("errorSummary")
     assert [r["id"] for r in doc["results"]] == [p for p in PRODUCTS if p != "preview"]
+    assert client.get(f"/jobs/{job_id}/results/preview").status_code == 404
     prov = ProvDocument.deserialize(content=fetch(client, job_id, "provenance").decode())
     assert not entities_with(prov, "preview.png")
     r = client.post("/jobs", data={"PREVIEW": "sometimes"})

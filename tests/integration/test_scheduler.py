@@ -8,14 +8,16 @@ and leave the job ABORTED.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from astro_otf.batching.former import BatchRules
+from astro_otf.batching.former import BatchKey, BatchRules
 from astro_otf.domain.job import Job, JobParameter
 from astro_otf.domain.phases import Phase
 from astro_otf.execution.local import LocalExecutor
-from astro_otf.execution.task import BatchTask, TaskOutcome
+from astro_otf.execution.task import BatchTask, JobTask, TaskOutcome
 from astro_otf.models.registry import RegistryConfig, build_registry
 from astro_otf.service.events import JobEvents
 from astro_otf.service.scheduler import Scheduler
@@ -162,7 +164,9 @@ class _RecordingExecutor:
     def alive(self) -> bool:
         return True
 
-    async def run(self, task: BatchTask, timeout: float | None) -> list[TaskOutcome]:
+    async def run(
+        self, task: BatchTask, timeout: float | None, report: object = None
+    ) -> list[TaskOutcome]:
         self.batches.append(task)
         return [TaskOutcome(t.job_id, False, error_message="not run") for t in task.tasks]
 
@@ -221,3 +225,143 @@ def test_queued_jobs_run_their_stored_model_version(tmp_path: Path) -> None:
     assert gone.phase == Phase.ERROR and gone.error is not None
     assert "radio-detector version 0.9" in gone.error.message
     assert "installed: 2.0, 1.0" in gone.error.message
+
+
+def _detector_scheduler(
+    tmp_path: Path, executor: _RecordingExecutor, **rules: float
+) -> tuple[Scheduler, JobStore, JobFolders]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    migrate(engine)
+    store = JobStore(engine)
+    folders = JobFolders(tmp_path)
+    config = RegistryConfig()
+    scheduler = Scheduler(
+        store,
+        folders,
+        executor,  # type: ignore[arg-type]
+        JobEvents(),
+        apps=build_registry(config),
+        registry=config,
+        rules=BatchRules(**rules),  # type: ignore[arg-type]
+    )
+    return scheduler, store, folders
+
+
+def test_a_lone_job_starts_at_once_while_a_worker_is_idle(tmp_path: Path) -> None:
+    """Nobody is coming: with a worker idle, one pass sends a lone job to it even though the
+    batch wait (an hour here) has not passed."""
+    executor = _RecordingExecutor()
+    scheduler, store, folders = _detector_scheduler(tmp_path, executor, max_wait=3600)
+
+    async def scenario() -> None:
+        try:
+            folders.create("eeee000000000001")
+            store.create(_detector_job("eeee000000000001", None))
+            await scheduler._fill()
+            await asyncio.gather(*scheduler._batches, return_exceptions=True)
+        finally:
+            await scheduler.stop()
+
+    asyncio.run(scenario())
+    assert [[t.job_id for t in b.tasks] for b in executor.batches] == [["eeee000000000001"]]
+
+
+def test_a_burst_is_spread_over_every_idle_worker(tmp_path: Path) -> None:
+    """32 queued jobs of one model and two idle workers: two batches of 16, so that neither
+    worker sits idle while the other runs them all."""
+    executor = _RecordingExecutor()
+    executor.capacity = 2
+    scheduler, store, folders = _detector_scheduler(tmp_path, executor, max_jobs=64)
+    ids = [f"ffff{n:012d}" for n in range(32)]
+
+    async def scenario() -> None:
+        try:
+            for job_id in ids:
+                folders.create(job_id)
+                store.create(_detector_job(job_id, None))
+            await scheduler._fill()
+            await asyncio.gather(*scheduler._batches, return_exceptions=True)
+        finally:
+            await scheduler.stop()
+
+    asyncio.run(scenario())
+    assert sorted(len(b.tasks) for b in executor.batches) == [16, 16]
+    assert sorted(t.job_id for b in executor.batches for t in b.tasks) == ids
+
+
+def test_a_job_of_a_batch_ends_when_its_own_work_ends(tmp_path: Path) -> None:
+    """A batch of a short and a long job: the short one is COMPLETED, with its results,
+    while the long one still runs in the same worker. When that worker then dies, only the
+    long one goes back to the queue (to run alone); the finished one stays COMPLETED."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    migrate(engine)
+    store = JobStore(engine)
+    folders = JobFolders(tmp_path)
+    config = RegistryConfig(diagnostic_apps=True)
+    executor = LocalExecutor(1, config)
+    apps = build_registry(config)
+    short, long = "gggg000000000001", "gggg000000000002"
+
+    async def scenario() -> tuple[Phase, Phase, Job, Job]:
+        scheduler = Scheduler(store, folders, executor, JobEvents(), apps=apps, registry=config)
+        executor.start()
+        try:
+            for job_id, seconds in ((short, 0.1), (long, 60)):
+                folders.create(job_id)
+                store.create(_sleep_job(job_id, seconds))
+            claimed = await scheduler._claim([short, long])
+            key = BatchKey("sleep", apps.get("sleep").version, "", (0, 0))
+            scheduler._launch(key, claimed, 2)  # one batch of both, in one worker
+            assert await _final(store, short, 30) == Phase.COMPLETED
+            while_running = store.get(long).phase
+            assert short not in scheduler.running and long in scheduler.running
+            [worker] = [w for w in executor._workers if w.future is not None]
+            assert worker.pid is not None
+            os.kill(worker.pid, signal.SIGKILL)
+            await asyncio.gather(*scheduler._batches, return_exceptions=True)
+            await asyncio.gather(*scheduler._endings, return_exceptions=True)
+            return store.get(short).phase, while_running, store.get(short), store.get(long)
+        finally:
+            await scheduler.stop()
+            await executor.shutdown()
+
+    short_phase, long_while, short_job, long_job = asyncio.run(scenario())
+    assert short_phase == Phase.COMPLETED and long_while == Phase.EXECUTING
+    assert [r.result_id for r in short_job.results] == ["result"]
+    assert (folders.job_dir(short) / "results" / "report.txt").is_file()
+    assert short_job.info["batch_jobs"] == 2 and "worker_deaths" not in short_job.info
+    assert long_job.phase == Phase.QUEUED
+    assert long_job.info["worker_deaths"]["in_batch"] == 1
+
+
+def test_every_report_of_a_big_batch_is_read_under_uvloop(tmp_path: Path) -> None:
+    """600 jobs of one batch report one by one, then the batch ends with all their outcomes
+    in one message bigger than a pipe's buffer: under uvloop (the server's event loop where
+    installed, which makes the pipe non-blocking) every message is read whole."""
+    import pytest
+
+    uvloop = pytest.importorskip("uvloop")
+    config = RegistryConfig(diagnostic_apps=True)
+    tasks = tuple(
+        JobTask(f"j{n}", "sleep", {"duration": "0"}, None, str(tmp_path / f"j{n}"), None, config)
+        for n in range(600)
+    )
+
+    async def scenario() -> tuple[int, int]:
+        executor = LocalExecutor(1, config)
+        executor.start()
+        # uvloop made the server's end of each pipe non-blocking: a message bigger than the
+        # pipe's buffer would then be cut short (BlockingIOError) and lost
+        assert all(os.get_blocking(w.conn.fileno()) for w in executor._workers)
+        reported: list[TaskOutcome] = []
+        try:
+            batch = BatchTask("big", "sleep", tasks, config)
+            outcomes = await asyncio.wait_for(
+                executor.run(batch, None, report=reported.append), 120
+            )
+            return len(outcomes), len(reported)
+        finally:
+            await executor.shutdown()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(scenario()) == (600, 600)

@@ -14,20 +14,23 @@ from sqlalchemy import inspect, text
 from astro_otf.domain.errors import JobNotFound
 from astro_otf.domain.job import Job, JobParameter, JobResult
 from astro_otf.domain.phases import Phase
+from astro_otf.store.cache import JobCache
 from astro_otf.store.database import has_schema, make_engine, migrate
 from astro_otf.store.files import JobFolders
 from astro_otf.store.repository import JobStore
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "sqlite-cached", "postgres-cached"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    if request.param == "sqlite":
+    """Every store test also runs with the job cache: what it reads must be what the
+    database holds after each write."""
+    if request.param.startswith("sqlite"):
         url = f"sqlite:///{tmp_path / 'otf.sqlite3'}"
     else:
         url = request.getfixturevalue("pg_databases").create()
     engine = make_engine(url)
     migrate(engine)
-    yield JobStore(engine)
+    yield JobStore(engine, cache=JobCache() if request.param.endswith("cached") else None)
     engine.dispose()
 
 
@@ -245,3 +248,70 @@ def test_upgrade_from_0001_keeps_existing_jobs(tmp_path: Path) -> None:
     assert job.phase is Phase.COMPLETED and job.queue_time is None
     assert job.creation_time == datetime(2026, 11, 1, 10, tzinfo=UTC)
     engine.dispose()
+
+
+def test_reads_follow_every_write(store: JobStore) -> None:
+    """Each write is seen by the next read (with the cache: each write drops the cached
+    record), and a job read again is the same as the database's."""
+    created = store.create(make_job("c1"))
+    assert created == store.get("c1")
+    assert [p.name for p in created.parameters] == ["image", "thresh"]  # name order
+    assert store.get("c1").phase == Phase.PENDING
+    assert store.update_fields("c1", [Phase.PENDING], execution_duration=60)
+    assert store.get("c1").execution_duration == 60
+    assert store.replace_parameters("c1", [JobParameter("thresh", "7")], priority=3, model_id="sep")
+    again = store.get("c1")
+    assert (again.parameter_values(), again.priority) == ({"thresh": "7"}, 3)
+    assert store.transition("c1", [Phase.PENDING], Phase.QUEUED, queue_time=T0)
+    assert store.get("c1").phase == Phase.QUEUED
+    assert store.transition("c1", [Phase.QUEUED], Phase.EXECUTING, start_time=T0)
+    result = JobResult("result", "catalogue.xml", "application/x-votable+xml", 12)
+    assert store.transition("c1", [Phase.EXECUTING], Phase.COMPLETED, results=[result], end_time=T0)
+    done = store.get("c1")
+    assert (done.phase, done.results, done.end_time) == (Phase.COMPLETED, [result], T0)
+    assert done == store.get_many(["c1"])[0]
+    assert store.delete("c1")
+    with pytest.raises(JobNotFound):
+        store.get("c1")
+
+
+def test_a_refused_write_leaves_reads_right(store: JobStore) -> None:
+    store.create(make_job("r1"))
+    store.get("r1")
+    assert not store.transition("r1", [Phase.QUEUED], Phase.EXECUTING)
+    assert not store.update_fields("r1", [Phase.QUEUED], execution_duration=1)
+    assert store.get("r1").phase == Phase.PENDING
+    assert store.get("r1").execution_duration == 600
+
+
+def test_a_cached_job_of_another_owner_is_not_found(store: JobStore) -> None:
+    store.create(make_job("o1", owner="alice"))
+    assert store.get("o1", "alice", check_owner=True).owner == "alice"  # cached now
+    with pytest.raises(JobNotFound) as err:
+        store.get("o1", "bob", check_owner=True)
+    with pytest.raises(JobNotFound) as unknown:
+        store.get("o2", "bob", check_owner=True)
+    assert str(err.value).replace("o1", "o2") == str(unknown.value)
+
+
+def test_writes_from_many_threads_all_land(store: JobStore) -> None:
+    """Writers of one process take turns (no 'database is locked' on SQLite), and every
+    job's final read is its last write."""
+    for n in range(8):
+        store.create(make_job(f"w{n}"))
+
+    def work(n: int) -> None:
+        job_id = f"w{n}"
+        for seconds in range(1, 6):
+            store.get(job_id)
+            assert store.update_fields(job_id, [Phase.PENDING], execution_duration=seconds)
+        assert store.transition(job_id, [Phase.PENDING], Phase.QUEUED, queue_time=T0)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for n in range(8):
+        job = store.get(f"w{n}")
+        assert (job.phase, job.execution_duration) == (Phase.QUEUED, 5)

@@ -552,3 +552,72 @@ def test_health_and_models(client: httpx.Client) -> None:
     names = {p["name"] for p in sep["parameters"]}
     assert {"image", "model", "ra", "dec", "width", "height", "thresh"} <= names
     assert client.get("/models/nope").status_code == 404
+
+
+# -- documents served again follow every change ------------------------------------------------
+
+
+def test_documents_follow_every_change(client: httpx.Client, uws_schema: etree.XMLSchema) -> None:
+    """The job document, its JSON twin, /phase and /parameters, each read before and after
+    every change (on SQLite they are served from the per-job cache, which each change drops):
+    every read shows the change and validates."""
+    job_id = sleep_job(client, 0.2)
+
+    def xml_doc() -> etree._Element:
+        r = client.get(f"/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        return valid_xml(uws_schema, r.content)
+
+    start = job_json(client, job_id)["executionDuration"]
+    for _ in range(2):  # the second read is the cached one
+        assert xml_doc().findtext(f"{UWS}executionDuration") == str(start)
+        assert job_json(client, job_id)["executionDuration"] == start
+    assert start != 120
+    client.post(f"/jobs/{job_id}/executionduration", data={"EXECUTIONDURATION": "120"})
+    assert xml_doc().findtext(f"{UWS}executionDuration") == "120"
+    assert job_json(client, job_id)["executionDuration"] == 120
+
+    client.post(f"/jobs/{job_id}/destruction", data={"DESTRUCTION": "2099-01-01T00:00:00Z"})
+    assert xml_doc().findtext(f"{UWS}destruction") != "2099-01-01T00:00:00.000Z"  # clamped
+    soon = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    client.post(f"/jobs/{job_id}/destruction", data={"DESTRUCTION": soon})
+    assert xml_doc().findtext(f"{UWS}destruction") == soon
+    assert job_json(client, job_id)["destruction"] == soon
+
+    client.get(f"/jobs/{job_id}/parameters")
+    client.post(f"/jobs/{job_id}/parameters", data={"DURATION": "0.1"})
+    params = valid_xml(uws_schema, client.get(f"/jobs/{job_id}/parameters").content)
+    assert {p.get("id"): p.text for p in params}["duration"] == "0.1"
+    assert job_json(client, job_id)["parameters"]["duration"] == "0.1"
+
+    assert client.get(f"/jobs/{job_id}/phase").text == "PENDING"
+    client.post(f"/jobs/{job_id}/phase", data={"PHASE": "RUN"})
+    assert client.get(f"/jobs/{job_id}/phase").text in ("QUEUED", "EXECUTING", "COMPLETED")
+    assert xml_doc().findtext(f"{UWS}phase") in ("QUEUED", "EXECUTING", "COMPLETED")
+    done = wait_final(client, job_id)
+    assert done["phase"] == "COMPLETED"
+    doc = xml_doc()
+    assert doc.findtext(f"{UWS}phase") == "COMPLETED"
+    assert doc.findtext(f"{UWS}endTime") == done["endTime"]
+    assert client.get(f"/jobs/{job_id}/phase").text == "COMPLETED"
+
+    assert client.delete(f"/jobs/{job_id}").status_code == 303
+    assert client.get(f"/jobs/{job_id}").status_code == 404
+    assert client.get(f"/jobs/{job_id}/phase").status_code == 404
+
+
+def test_a_job_document_names_the_host_it_was_asked_on(client: httpx.Client) -> None:
+    """Rendered documents are kept per base URL: asked on another host name, a job's
+    result links name that host."""
+    job_id = sleep_job(client, 0, run=True)
+    assert wait_final(client, job_id)["phase"] == "COMPLETED"
+    here = client.get(f"/jobs/{job_id}")
+    there = client.get(f"/jobs/{job_id}", headers={"Host": "otf.example:8443"})
+    hrefs_here = etree.fromstring(here.content).findall(f".//{UWS}result")
+    hrefs_there = etree.fromstring(there.content).findall(f".//{UWS}result")
+    href = "{http://www.w3.org/1999/xlink}href"
+    assert hrefs_here and len(hrefs_here) == len(hrefs_there)
+    assert all(r.get(href).startswith("http://127.0.0.1:") for r in hrefs_here)
+    assert all(r.get(href).startswith("http://otf.example:8443/") for r in hrefs_there)
+    again = client.get(f"/jobs/{job_id}")
+    assert again.content == here.content

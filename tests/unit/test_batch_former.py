@@ -144,3 +144,71 @@ def test_jobs_that_run_alone_go_in_fair_order_one_at_a_time() -> None:
         order.append(batch.jobs[0].job_id)
         queue = [q for q in queue if q not in batch.jobs]
     assert order == ["m5", "z0", "z1", "z2", "a9"]  # priority, then age; not by id
+
+
+def test_a_lone_job_is_ready_at_once_while_a_worker_is_idle() -> None:
+    """Nobody is coming: with an idle worker a lone job does not wait max_wait for company;
+    with every worker busy it would."""
+    f = former(max_jobs=32, max_tiles=256, max_wait=3600)
+    queue = [job(1, at=10.0)]
+    assert f.next_batch(queue, now=10.0) is None  # no idle worker: waits for company
+    batch = f.next_batch(queue, now=10.0, idle=1, workers=2)
+    assert batch is not None and batch.reason == "idle" and len(batch.jobs) == 1
+    [batch] = f.next_batches(queue, 10.0, idle=2, workers=2)
+    assert [j.job_id for j in batch.jobs] == ["j0001"]
+
+
+def test_a_burst_is_shared_between_the_workers() -> None:
+    """32 jobs and two idle workers: two batches of 16, not one of 32 and an idle worker."""
+    f = former(max_jobs=64, max_tiles=1000, max_wait=0.25)
+    queue = [job(i, at=i * 0.01) for i in range(32)]
+    batches = f.next_batches(queue, 1.0, idle=2, workers=2)
+    assert [len(b.jobs) for b in batches] == [16, 16]
+    assert {j.job_id for b in batches for j in b.jobs} == {j.job_id for j in queue}
+    assert [j.job_id for j in batches[0].jobs] == [f"j{i:04d}" for i in range(16)]  # oldest
+
+
+def test_a_worker_freed_while_the_other_is_busy_takes_half_of_the_queue() -> None:
+    """One idle worker of two, 23 queued jobs: it takes 12 and leaves 11 for the other, and
+    the shares shrink as the queue drains, so both end together."""
+    f = former(max_jobs=64, max_tiles=1000, max_wait=0.25)
+    queue = [job(i) for i in range(23)]
+    [batch] = f.next_batches(queue, 1.0, idle=1, workers=2)
+    assert len(batch.jobs) == 12
+    left = [j for j in queue if j not in batch.jobs]
+    [batch] = f.next_batches(left, 1.0, idle=1, workers=2)
+    assert len(batch.jobs) == 6
+
+
+def test_the_share_follows_tiles_and_the_rules_still_bound_it() -> None:
+    f = former(max_jobs=4, max_tiles=1000, max_wait=0.25)
+    batches = f.next_batches([job(i) for i in range(32)], 1.0, idle=2, workers=2)
+    assert [len(b.jobs) for b in batches] == [4, 4]  # max_jobs still bounds a share
+    f = former(max_jobs=64, max_tiles=1000, max_wait=0.25)
+    queue = [job(1, tiles=30, at=0), job(2, tiles=10, at=1), job(3, tiles=10, at=2)]
+    batches = f.next_batches(queue, 1.0, idle=2, workers=2)
+    # 50 tiles, 25 a worker: the big job alone, the two small ones on the other worker
+    assert [[j.job_id for j in b.jobs] for b in batches] == [["j0001"], ["j0002", "j0003"]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    queue=jobs_strategy,
+    idle=st.integers(1, 4),
+    workers=st.integers(1, 4),
+    max_jobs=st.integers(1, 16),
+)
+def test_shares_drain_the_queue_once_each(
+    queue: list[QueuedJob], idle: int, workers: int, max_jobs: int
+) -> None:
+    f = BatchFormer(BatchRules(max_jobs=max_jobs, max_tiles=64, max_wait=3600))
+    left = list(queue)
+    ran: list[str] = []
+    while left:
+        batches = f.next_batches(left, 0.0, idle=idle, workers=max(idle, workers))
+        assert 1 <= len(batches) <= idle
+        for batch in batches:
+            assert batch.jobs and len(batch.jobs) <= max_jobs
+            ran += [j.job_id for j in batch.jobs]
+            left = [j for j in left if j not in batch.jobs]
+    assert sorted(ran) == sorted(j.job_id for j in queue)

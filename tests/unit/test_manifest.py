@@ -157,6 +157,13 @@ def test_all_parameter_types(model_copy: Path) -> None:
             "given together",
         ),
         ("beam_fwhm_pix", "max_beam_pix = -2\nbeam_fwhm_pix", "input.max_beam_pix", "greater"),
+        (
+            "beam_fwhm_pix",
+            "size_multiple = 24\nbeam_fwhm_pix",
+            "input.tile",
+            "must be a multiple of input.size_multiple (24)",
+        ),
+        ("beam_fwhm_pix", "size_multiple = 0\nbeam_fwhm_pix", "input.size_multiple", "greater"),
         ("memory_mb = 16", "memory_mb = 0", "memory_mb", "greater than 0"),
         ('version = "1.0"', "version = 1.0", "version", "valid string"),
         ('id = "matched-filter"', 'id = "Matched Filter"', "id", "not a model id"),

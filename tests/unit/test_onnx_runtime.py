@@ -146,6 +146,35 @@ def test_manifest_that_does_not_describe_the_graph(tmp_path: Path) -> None:
     assert "output.score: 'snr' is not an output" in message
 
 
+def test_sized_tiles_need_a_graph_of_free_height_and_width(tmp_path: Path) -> None:
+    """size_multiple promises tiles of any multiple of it: the matched filter's graph takes
+    256 x 256 only, so a manifest that says so is refused at load, naming the field."""
+    folder = tmp_path / "matched-filter" / "1.0"
+    shutil.copytree(SHIPPED, folder)
+    manifest = folder / "manifest.toml"
+    text = manifest.read_text().replace("beam_fwhm_pix", "size_multiple = 8\nbeam_fwhm_pix", 1)
+    manifest.write_text(text)
+    with pytest.raises(ManifestError, match=r"input.size_multiple: .* fixed height and width"):
+        SessionCache(memory_budget_mb=100).get(load_manifest(manifest))
+
+
+def test_shipped_detectors_take_any_multiple_of_their_size_multiple() -> None:
+    """What size_multiple claims of the shipped radio-detector graphs: any multiple runs (and
+    keeps its shape), a side off the multiple does not."""
+    cache = SessionCache(memory_budget_mb=200, intra_op_threads=1)
+    for version in ("1.0", "2.0"):
+        model = load_manifest(SHIPPED_MODELS / "radio-detector" / version / "manifest.toml")
+        multiple = model.manifest.input.size_multiple
+        assert multiple is not None
+        assert multiple == 2 ** (len(str(model.manifest.provenance["widths"]).split(",")) - 1)
+        session = cache.get(model)
+        for shape in ((multiple * 3, multiple * 5), (64, 128)):
+            out = run(session, np.zeros((2, 1, *shape), np.float32), input_name="image")
+            assert out["score"].shape == (2, 1, *shape)
+        with pytest.raises(Exception, match="broadcast"):
+            run(session, np.zeros((1, 1, multiple * 4 + multiple // 2, 64), np.float32))
+
+
 def test_cpu_provider_by_default(shipped: LoadedModel) -> None:
     cache = SessionCache(memory_budget_mb=100, intra_op_threads=1)
     assert cache.providers == [CPU]

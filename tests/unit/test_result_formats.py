@@ -3,6 +3,7 @@ the tools they are for, with blanks where nothing was measured, written atomical
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -292,3 +293,153 @@ def test_ds9_skips_rows_without_a_position(tmp_path: Path) -> None:
     shapes = read_ds9(path)
     assert [s.center.ra.deg for s in shapes] == pytest.approx([1.0])
     assert str(shapes[0].meta["text"]) == "1"
+
+
+# -- written a column at a time: the same text as the reference writers ---------------------
+
+
+def awkward_catalogue(n: int, seed: int = 7) -> Catalogue:
+    """Sources with every awkward value the writers meet: NaN and infinite floats, masked
+    cells, wrapped RA, sizes that are zero, negative or blank, text needing CSV quotes,
+    float32, integer and boolean app columns."""
+    rng = np.random.default_rng(seed)
+    table = Table(
+        {
+            "ra": rng.uniform(-5.0, 365.0, n),
+            "dec": rng.uniform(-90.0, 90.0, n),
+            "peak_flux": rng.lognormal(0.0, 4.0, n),
+            "maj": rng.choice([np.nan, 0.0, -1.0, 5.0, 12.345678, np.inf], n)
+            * rng.uniform(0.5, 2, n),
+            "min": rng.choice([np.nan, 3.0, 1.0], n),
+            "pa": rng.choice([np.nan, 10.0, -200.0, 359.99], n),
+            "score": rng.normal(size=n) * 1e-6,
+            "x": rng.uniform(0, 1e4, n),
+            "y": rng.uniform(0, 1e4, n),
+            "class": MaskedColumn(
+                rng.choice(["a", "b,c", " d ", "", 'q"u', "é"], n), mask=rng.random(n) < 0.2
+            ),
+        }
+    )
+    if n >= 7:
+        table["peak_flux"][:6] = [1e16, 1e-5, 1e-4, np.inf, -np.inf, 0.1 + 0.2]
+        table["dec"][6] = np.nan
+    snr32 = rng.normal(size=n).astype(np.float32)
+    table["snr32"] = Column(snr32, unit="", meta={"ucd": "stat.snr"})
+    table["npix"] = MaskedColumn(
+        rng.integers(0, 99, n), mask=rng.random(n) < 0.3, unit="pix", meta={"ucd": "meta.number"}
+    )
+    table["flag"] = Column(rng.random(n) < 0.5, unit="", meta={"ucd": "meta.code"})
+    return Catalogue(conform(table, peak_unit="Jy/beam", int_unit="Jy"))
+
+
+def astropy_csv(table: Table) -> str:
+    """What astropy's CSV writer gives for ``table`` with NaN cells masked (the reference)."""
+    columns = []
+    for name in table.colnames:
+        values = np.asarray(table[name])
+        mask = np.asarray(getattr(table[name], "mask", np.zeros(len(table), bool)), bool)
+        if values.dtype.kind == "f":
+            mask = mask | np.isnan(values)
+        columns.append(MaskedColumn(values, name=name, mask=mask))
+    out = io.StringIO()
+    Table(columns).write(out, format="ascii.csv")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 300])
+def test_csv_is_what_astropy_writes(tmp_path: Path, n: int) -> None:
+    catalogue = awkward_catalogue(n)
+    path = write_csv(catalogue, tmp_path / "c.csv")
+    text = path.read_text(encoding="utf-8")
+    assert text == astropy_csv(catalogue.table)
+    back = Table.read(text, format="ascii.csv")
+    assert len(back) == n
+    if n:
+        finite = np.isfinite(catalogue.table["peak_flux"])
+        np.testing.assert_array_equal(
+            np.asarray(back["peak_flux"])[finite], catalogue.table["peak_flux"][finite]
+        )  # shortest round-trip text: the same float64 values
+
+
+@pytest.mark.parametrize("n", [0, 1, 300])
+def test_json_rows_are_what_json_dumps_writes(tmp_path: Path, n: int) -> None:
+    catalogue = awkward_catalogue(n)
+    path = write_json(catalogue, tmp_path / "c.json", infos=INFOS)
+    doc = strict_load(path)
+    table = catalogue.table
+    for j, name in enumerate(table.colnames):
+        column = table[name]
+        mask = np.asarray(getattr(column, "mask", np.zeros(n, bool)), bool)
+        got = [row[j] for row in doc["rows"]]
+        values = np.asarray(column)
+        if values.dtype.kind == "f":
+            as64 = values.astype(np.float64)
+            want: list[Any] = [
+                None if m or not math.isfinite(v) else v
+                for v, m in zip(as64.tolist(), mask, strict=True)
+            ]
+        elif values.dtype.kind in "iub":
+            want = [None if m else int(v) for v, m in zip(values.tolist(), mask, strict=True)]
+        else:
+            want = [None if m else str(v) for v, m in zip(values.tolist(), mask, strict=True)]
+        assert got == want, name
+    # the rows' text is json.dumps's own (separators, escapes, non-ASCII kept)
+    rows = json.dumps(doc["rows"], ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    assert f'"rows":{rows}' in path.read_text(encoding="utf-8")
+
+
+def test_ds9_regions_hold_what_the_table_holds(tmp_path: Path) -> None:
+    catalogue = awkward_catalogue(300)
+    table = catalogue.table
+    shapes = read_ds9(write_ds9(catalogue, tmp_path / "c.reg"))
+    ra, dec = np.asarray(table["ra"]), np.asarray(table["dec"])
+    keep = np.flatnonzero(np.isfinite(ra) & np.isfinite(dec))
+    assert len(shapes) == len(keep)
+    for shape, i in zip(shapes, keep.tolist(), strict=True):
+        centre = shape.center.icrs
+        assert centre.ra.deg == pytest.approx(ra[i] % 360.0, abs=1e-9)
+        assert centre.dec.deg == pytest.approx(dec[i], abs=1e-9)
+        assert str(shape.meta["text"]) == str(table["id"][i])
+        a, b, pa = (float(table[c][i]) for c in ("maj", "min", "pa"))
+        sized_a, sized_b = math.isfinite(a) and a > 0, math.isfinite(b) and b > 0
+        if sized_a and sized_b and math.isfinite(pa):
+            assert isinstance(shape, regions.EllipseSkyRegion)
+            assert shape.width.to_value(u.arcsec) == pytest.approx(a, abs=1e-5)
+            assert shape.height.to_value(u.arcsec) == pytest.approx(b, abs=1e-5)
+            assert shape.angle.to_value(u.deg) == pytest.approx((pa + 90.0) % 360.0, abs=1e-8)
+        elif sized_a or sized_b:
+            assert isinstance(shape, regions.CircleSkyRegion)
+            radius = max(v for v, ok in ((a, sized_a), (b, sized_b)) if ok) / 2
+            assert shape.radius.to_value(u.arcsec) == pytest.approx(radius, abs=1e-5)
+        else:
+            assert isinstance(shape, regions.PointSkyRegion)
+
+
+def test_ds9_text_is_what_regions_writes(tmp_path: Path) -> None:
+    """Line for line what ``regions`` serializes for the same shapes (the old writer)."""
+    from astropy.coordinates import SkyCoord
+
+    catalogue = awkward_catalogue(60)
+    table = catalogue.table
+    text = write_ds9(catalogue, tmp_path / "c.reg").read_text()
+    expected = []
+    for row in table:
+        if not (math.isfinite(row["ra"]) and math.isfinite(row["dec"])):
+            continue
+        centre = SkyCoord(row["ra"] * u.deg, row["dec"] * u.deg, frame="icrs")
+        a, b, pa = float(row["maj"]), float(row["min"]), float(row["pa"])
+        meta = {"text": str(row["id"])}
+        shape: regions.SkyRegion
+        if a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b) and math.isfinite(pa):
+            shape = regions.EllipseSkyRegion(
+                centre, a * u.arcsec, b * u.arcsec, ((pa + 90.0) % 360.0) * u.deg, meta=meta
+            )
+        elif (math.isfinite(a) and a > 0) or (math.isfinite(b) and b > 0):
+            radius = max(v for v in (a, b) if math.isfinite(v) and v > 0) / 2
+            shape = regions.CircleSkyRegion(centre, radius * u.arcsec, meta=meta)
+        else:
+            shape = regions.PointSkyRegion(centre, meta=meta)
+        expected.append(shape)
+    lines = regions.Regions(expected).serialize(format="ds9", precision=10).splitlines()
+    shape_lines = [line for line in lines if "(" in line]
+    assert text.splitlines()[2:] == shape_lines

@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from astro_otf.imaging.tiling import TileSpec, iter_tiles, read_tile, tile_grid
+from astro_otf.imaging.tiling import (
+    TileSpec,
+    iter_tiles,
+    read_tile,
+    tile_count,
+    tile_grid,
+    tile_shape,
+)
 
 
 @st.composite
@@ -191,3 +198,95 @@ def test_bad_shape(shape: Any) -> None:
 def test_image_must_be_2d() -> None:
     with pytest.raises(ValueError, match="must be 2-D"):
         next(iter_tiles(np.zeros((2, 3, 4)), 4, 1))
+
+
+# -- tiles sized to the image (a network that takes any multiple of its downsampling) -------
+
+
+@st.composite
+def sized_grids(draw: st.DrawFn) -> tuple[int, int, int, int, int]:
+    """(rows, columns, tile, overlap, multiple) with ``multiple`` dividing ``tile`` and the
+    overlap under half the tile, as manifests have them."""
+    multiple = draw(st.sampled_from([1, 2, 4, 8]))
+    ny = draw(st.integers(1, 700))
+    nx = draw(st.integers(1, 700))
+    least = max(2, math.ceil(max(ny, nx) / 40 / multiple))
+    tile = multiple * draw(st.integers(least, max(least, 300 // multiple)))
+    overlap = draw(st.integers(0, (tile - 1) // 2))
+    return ny, nx, tile, overlap, multiple
+
+
+@settings(max_examples=80, deadline=None)
+@given(grid=sized_grids())
+def test_sized_tiles_cover_the_image_and_share_one_shape(
+    grid: tuple[int, int, int, int, int],
+) -> None:
+    ny, nx, tile, overlap, multiple = grid
+    image = np.arange(ny * nx, dtype=np.float64).reshape(ny, nx)
+    specs = tile_grid((ny, nx), tile, overlap, multiple=multiple)
+    # as many tiles as the fixed grid, each at most a full tile: the tile budget holds
+    assert (
+        len(specs) == tile_count((ny, nx), tile, overlap) == len(tile_grid((ny, nx), tile, overlap))
+    )
+    rows, cols = specs[0].shape
+    assert tile_shape((ny, nx), tile, overlap, multiple=multiple) == (rows, cols)
+    for side, n in ((rows, ny), (cols, nx)):
+        assert side % multiple == 0 and side <= tile
+        if n <= tile:
+            assert n <= side < n + multiple  # one tile, padded by less than the multiple
+        else:
+            assert side <= n  # every tile lies on the image
+    covered = np.zeros((ny, nx), dtype=np.int32)
+    cores = np.zeros((ny, nx), dtype=np.int32)
+    for index, (spec, data) in enumerate(
+        iter_tiles(image, tile, overlap, fill=-1.0, multiple=multiple)
+    ):
+        assert spec.index == index and spec.shape == (rows, cols) == data.shape
+        assert spec.height == min(rows, ny) and spec.width == min(cols, nx)
+        np.testing.assert_array_equal(data[: spec.height, : spec.width], image[spec.slices])
+        assert np.all(data[spec.height :, :] == -1.0) and np.all(data[:, spec.width :] == -1.0)
+        assert spec.y0 <= spec.core_y0 < spec.core_y1 <= spec.y0 + spec.height
+        assert spec.x0 <= spec.core_x0 < spec.core_x1 <= spec.x0 + spec.width
+        covered[spec.slices] += 1
+        cores[spec.core_slices] += 1
+    assert covered.min() >= 1
+    assert np.all(cores == 1)
+    for axis, side, n in (("y0", rows, ny), ("x0", cols, nx)):
+        starts = origins(specs, axis)
+        assert starts[0] == 0 and starts[-1] == max(0, n - side)
+        # neighbours overlap by at least the manifest's overlap (spread evenly)
+        assert all(side - gap >= overlap for gap in np.diff(starts))
+
+
+def test_sized_tiles_by_hand() -> None:
+    # radio-detector 2.0: 576 px tiles, 64 px overlap, sides multiples of 8
+    (small,) = tile_grid((256, 256), 576, 64, multiple=8)
+    assert small.shape == (256, 256) and (small.height, small.width) == (256, 256)
+    (odd,) = tile_grid((250, 300), 576, 64, multiple=8)
+    assert odd.shape == (256, 304) and (odd.height, odd.width) == (250, 300)
+    specs = tile_grid((1000, 1000), 576, 64, multiple=8)
+    assert [s.shape for s in specs] == [(536, 536)] * 4  # not 4 x 576^2
+    assert origins(specs, "x0") == [0, 464]  # overlap 72 >= 64
+    assert [(s.core_x0, s.core_x1) for s in specs[:2]] == [(0, 500), (500, 1000)]
+    # a big image: full tiles, as many as the fixed grid
+    assert tile_shape((20000, 20000), 576, 64, multiple=8) == (576, 576)
+
+
+def test_read_tile_of_a_sized_spec_is_its_shape() -> None:
+    image = np.ones((10, 21), dtype=np.float32)
+    (spec,) = tile_grid((10, 21), 32, 4, multiple=8)
+    assert spec.shape == (16, 24)
+    data = read_tile(image, spec, fill=np.nan)
+    assert data.shape == (16, 24)
+    assert np.isnan(data[10:]).all() and np.isnan(data[:, 21:]).all() and data[:10, :21].all()
+
+
+@pytest.mark.parametrize(
+    ("multiple", "match"),
+    [(0, "multiple must be a positive integer"), (5, r"tile \(32\) must be a multiple")],
+)
+def test_bad_multiple(multiple: int, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        tile_grid((10, 10), 32, 4, multiple=multiple)
+    with pytest.raises(ValueError, match=match):
+        tile_shape((10, 10), 32, 4, multiple=multiple)

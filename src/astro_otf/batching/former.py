@@ -1,9 +1,19 @@
 """The batch former: groups QUEUED jobs that can share one model forward pass.
 
-Jobs gather per batch key (model id, version, precision, tile shape). A key's batch is ready
-when it reaches ``max_jobs`` jobs or ``max_tiles`` tiles (the memory budget of one forward), or
-when its oldest job has waited ``max_wait`` seconds. Among ready keys the former goes
-round-robin, so one busy model cannot starve another. Inside a batch, jobs are taken by
+Jobs gather per batch key (model id, version, precision, tile shape). While a worker is idle
+every key with a queued job is ready at once: nobody waits for company that may never come.
+Only with no idle worker (a caller asking anyway) does a key wait until it reaches
+``max_jobs`` jobs or ``max_tiles`` tiles (the memory budget of one forward), or until its
+oldest job has waited ``max_wait`` seconds. Among ready keys the former goes round-robin, so
+one busy model cannot starve another.
+
+A batch keeps every worker fed: it takes at most its share of its key's queue, about
+``ceil(N / workers)`` of the key's N queued jobs (and of their tiles), still bounded by
+``max_jobs`` and ``max_tiles``, so that a burst is spread over all the workers rather than
+run as one long batch on one of them while the others sit idle. Shares are taken from the
+queue as it was when the scheduler's pass began (:meth:`BatchFormer.next_batches`): two idle
+workers and 32 queued jobs make two batches of 16; a worker freed while the other is busy
+takes half of what waits and leaves the rest for the other. Inside a batch, jobs are taken by
 PRIORITY first, then in owner rounds (every owner's first job before anyone's second), then by
 age: one owner's thousand jobs do not starve another owner's one.
 
@@ -12,6 +22,7 @@ Pure code: it sees snapshots of the queue and returns decisions; the scheduler d
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -59,7 +70,7 @@ class BatchRules:
 class Batch:
     key: BatchKey
     jobs: tuple[QueuedJob, ...]
-    reason: str  # "jobs", "tiles" or "wait": what closed it
+    reason: str  # "jobs", "tiles", "wait", "idle" or "alone": what closed it
 
     @property
     def tiles(self) -> int:
@@ -71,22 +82,58 @@ class BatchFormer:
     rules: BatchRules = field(default_factory=BatchRules)
     _last_key: BatchKey | None = None  # round-robin position among keys
 
-    def next_batch(self, queue: Iterable[QueuedJob], now: float) -> Batch | None:
-        """The batch to run now, or None if no key is ready yet."""
+    def next_batches(
+        self, queue: Iterable[QueuedJob], now: float, *, idle: int, workers: int
+    ) -> list[Batch]:
+        """The batches to start now on ``idle`` idle workers (of ``workers`` in all): at most
+        one per idle worker, each holding at most its key's share of the queue as it is now
+        (see the module's docstring)."""
+        left = list(queue)
+        shares = _shares(left, max(1, workers))
+        batches: list[Batch] = []
+        while len(batches) < idle and left:
+            batch = self._next(left, now, idle=idle - len(batches), shares=shares)
+            if batch is None:
+                break
+            batches.append(batch)
+            chosen = {j.job_id for j in batch.jobs}
+            left = [j for j in left if j.job_id not in chosen]
+        return batches
+
+    def next_batch(
+        self, queue: Iterable[QueuedJob], now: float, *, idle: int = 0, workers: int = 1
+    ) -> Batch | None:
+        """The batch to run now, or None if no key is ready yet. With ``idle`` > 0 every key
+        with a queued job is ready; ``workers`` sets the batch's share of its key's queue."""
+        jobs = list(queue)
+        return self._next(jobs, now, idle=idle, shares=_shares(jobs, max(1, workers)))
+
+    def _next(
+        self,
+        queue: list[QueuedJob],
+        now: float,
+        *,
+        idle: int,
+        shares: dict[BatchKey, tuple[int, int]],
+    ) -> Batch | None:
         by_key: dict[BatchKey, list[QueuedJob]] = defaultdict(list)
         for job in queue:
             by_key[job.key].append(job)
         ready = {
             key: reason
             for key, jobs in by_key.items()
-            if (reason := self._ready(jobs, now)) is not None
+            if (reason := self._ready(jobs, now, idle)) is not None
         }
         if not ready:
             return None
         key = self._round_robin(sorted(ready))
         self._last_key = key
         jobs = by_key[key]
-        chosen = self._fill(jobs) if jobs[0].batchable else _fair_order(jobs)[:1]
+        if jobs[0].batchable:
+            most_jobs, most_tiles = shares.get(key, (self.rules.max_jobs, self.rules.max_tiles))
+            chosen = self._fill(jobs, most_jobs, most_tiles)
+        else:
+            chosen = _fair_order(jobs)[:1]
         return Batch(key, tuple(chosen), ready[key])
 
     def next_deadline(self, queue: Iterable[QueuedJob]) -> float | None:
@@ -100,13 +147,15 @@ class BatchFormer:
             return None
         return min(oldest.values()) + self.rules.max_wait
 
-    def _ready(self, jobs: Sequence[QueuedJob], now: float) -> str | None:
+    def _ready(self, jobs: Sequence[QueuedJob], now: float, idle: int = 0) -> str | None:
         if not jobs[0].batchable:
             return "alone"
         if len(jobs) >= self.rules.max_jobs:
             return "jobs"
         if sum(j.tiles for j in jobs) >= self.rules.max_tiles:
             return "tiles"
+        if idle > 0:
+            return "idle"  # a worker is idle: waiting for company would only waste it
         if now - min(j.queued_at for j in jobs) >= self.rules.max_wait:
             return "wait"
         return None
@@ -117,17 +166,29 @@ class BatchFormer:
         after = [k for k in keys if k > self._last_key]
         return after[0] if after else keys[0]
 
-    def _fill(self, jobs: list[QueuedJob]) -> list[QueuedJob]:
+    def _fill(self, jobs: list[QueuedJob], most_jobs: int, most_tiles: int) -> list[QueuedJob]:
+        max_jobs = min(self.rules.max_jobs, most_jobs)
+        max_tiles = min(self.rules.max_tiles, most_tiles)
         chosen: list[QueuedJob] = []
         tiles = 0
         for job in _fair_order(jobs):
-            if len(chosen) >= self.rules.max_jobs:
+            if len(chosen) >= max_jobs:
                 break
-            if chosen and tiles + job.tiles > self.rules.max_tiles:
+            if chosen and tiles + job.tiles > max_tiles:
                 continue  # a smaller job may still fit
             chosen.append(job)
             tiles += job.tiles
         return chosen
+
+
+def _shares(queue: Sequence[QueuedJob], workers: int) -> dict[BatchKey, tuple[int, int]]:
+    """Each key's share of the queue per worker: ceil(jobs / workers), ceil(tiles / workers)."""
+    jobs: dict[BatchKey, int] = defaultdict(int)
+    tiles: dict[BatchKey, int] = defaultdict(int)
+    for job in queue:
+        jobs[job.key] += 1
+        tiles[job.key] += job.tiles
+    return {key: (math.ceil(jobs[key] / workers), math.ceil(tiles[key] / workers)) for key in jobs}
 
 
 def _fair_order(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:

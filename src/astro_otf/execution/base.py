@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from astro_otf.execution.task import BatchTask, TaskOutcome
@@ -47,10 +48,21 @@ class Executor(Protocol):
         """Start the workers (called in the event loop)."""
         ...
 
-    async def run(self, task: BatchTask, timeout: float | None) -> list[TaskOutcome]:
+    async def run(
+        self,
+        task: BatchTask,
+        timeout: float | None,
+        report: Callable[[TaskOutcome], None] | None = None,
+    ) -> list[TaskOutcome]:
         """Run one batch of jobs: an outcome per job, in order. Raises TimeoutError past
         ``timeout`` seconds and WorkerDied when the process running it dies. Cancelling the
-        awaiting task stops the work, whether it still waits for a worker or runs."""
+        awaiting task stops the work, whether it still waits for a worker or runs.
+
+        ``report``, when given, may be called (in the event loop, synchronously) with a job's
+        outcome as soon as that job has ended, before the batch does; an executor that
+        cannot tell (Dask) only returns the outcomes at the batch's end. A job reported
+        this way is the caller's from then on: its outcome in the returned list is the same,
+        and a later failure of the batch (death, timeout, cancel) no longer concerns it."""
         ...
 
     def alive(self) -> bool:

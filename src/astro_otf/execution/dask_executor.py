@@ -16,6 +16,10 @@ While the scheduler is unreachable, or has no workers, :meth:`alive` is false: j
 QUEUED and ``/health/ready`` says why. ABORT cancels the future; Dask cannot interrupt a task
 that already runs in a worker thread, so that batch finishes in the background and its
 output is thrown away.
+
+Unlike a local worker, a Dask task reports its jobs' outcomes together when the batch ends
+(a per-job channel through a Dask Queue would cost a scheduler round trip per job and one
+more thing to lose with the scheduler); batches are kept short by the former's share rule.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from astro_otf.execution.base import BatchInterrupted, NoCapableWorker, WorkerDied
@@ -128,7 +133,14 @@ class DaskExecutor:
 
     # -- the executor contract ---------------------------------------------------------
 
-    async def run(self, task: BatchTask, timeout: float | None) -> list[TaskOutcome]:
+    async def run(
+        self,
+        task: BatchTask,
+        timeout: float | None,
+        report: Callable[[TaskOutcome], None] | None = None,
+    ) -> list[TaskOutcome]:
+        """Run the batch as one Dask task. ``report`` is not used: a Dask task's outcomes
+        come back together when the batch ends, and the scheduler records them then."""
         from distributed.client import FutureCancelledError
         from distributed.scheduler import KilledWorker
 

@@ -7,6 +7,10 @@ killing one (ABORT, executionDuration, the OOM killer) only ends its own job, an
 replaces it. It is driven by the event loop (readers on each pipe and on each process
 sentinel): no thread waits on a worker.
 
+A worker reports each job of its batch as soon as that job's results are staged (a message
+per job on its pipe), then the batch's end: the scheduler records every job when its own
+work ends, and a worker that dies mid-batch takes down only the jobs it had not reported.
+
 Workers die with their server. A worker whose server was killed (kill -9, the OOM killer)
 must not finish its batch on its own: the restarted server has queued those jobs again. On
 Linux each worker asks the kernel for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``,
@@ -28,8 +32,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
+from typing import Any
 
 from astro_otf.execution.base import JobCancelled, WorkerDied
 from astro_otf.execution.task import BatchTask, TaskOutcome
@@ -42,6 +48,14 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 #: Seconds between the watcher thread's looks at the parent pid.
 PARENT_CHECK_S = 0.5
+
+#: Seconds between safety looks at a busy worker's pipe (see LocalExecutor.run).
+RECHECK_S = 1.0
+
+#: The messages a worker sends on its pipe: (JOB_DONE, TaskOutcome) as each job of its batch
+#: ends, then (BATCH_DONE, [TaskOutcome, ...]) when the whole batch has.
+JOB_DONE = "job"
+BATCH_DONE = "batch"
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -81,7 +95,9 @@ def worker_main(conn: Connection, registry: RegistryConfig, parent_pid: int | No
             return
         if task is None:
             return
-        conn.send(run_batch(task))
+        # each job's outcome as soon as it is known, then the batch's end
+        outcomes = run_batch(task, report=lambda outcome: conn.send((JOB_DONE, outcome)))
+        conn.send((BATCH_DONE, outcomes))
 
 
 class _Worker:
@@ -90,6 +106,7 @@ class _Worker:
         self.conn = conn
         self.batch_id: str | None = None
         self.future: asyncio.Future[list[TaskOutcome]] | None = None
+        self.report: Callable[[TaskOutcome], None] | None = None
         self.retired = False
         self.exited = asyncio.Event()
 
@@ -134,6 +151,10 @@ class LocalExecutor:
         self._workers.append(worker)
         self._loop.add_reader(parent.fileno(), self._on_message, worker)
         self._loop.add_reader(process.sentinel, self._on_exit, worker)
+        # uvloop's add_reader makes the fd non-blocking; a Connection needs it blocking, or a
+        # message bigger than the pipe's buffer (a big batch's outcomes, or its task) is
+        # cut short by BlockingIOError and lost (measured: a 64-job batch hung EXECUTING)
+        os.set_blocking(parent.fileno(), True)
         self._signal_free()
 
     def _signal_free(self) -> None:
@@ -149,17 +170,33 @@ class LocalExecutor:
         worker.conn.close()
 
     def _on_message(self, worker: _Worker) -> None:
+        """Every message waiting on the worker's pipe, not only one per call (an event loop
+        need not call the reader again for messages that were already waiting)."""
         try:
-            outcome = worker.conn.recv()
+            while not worker.conn.closed and worker.conn.poll(0):
+                self._handle(worker, *worker.conn.recv())
         except (EOFError, OSError):
             return  # the process is exiting: _on_exit reports it
+
+    def _handle(self, worker: _Worker, kind: str, payload: Any) -> None:
         future = worker.future
-        worker.batch_id, worker.future = None, None
+        if kind == JOB_DONE:
+            # one job of the batch ended: the service records it now (not if the run was
+            # stopped meanwhile: then its end is already being recorded)
+            if worker.report is not None and future is not None and not future.done():
+                try:
+                    worker.report(payload)
+                except Exception:
+                    log.exception("recording the end of job %s failed", payload.job_id)
+            return
+        worker.batch_id, worker.future, worker.report = None, None, None
         self._signal_free()
         if future is not None and not future.done():
-            future.set_result(outcome)
+            future.set_result(payload)
 
     def _on_exit(self, worker: _Worker) -> None:
+        if worker.exited.is_set():  # seen already (the sentinel, or run's safety look)
+            return
         worker.process.join(timeout=1)  # the sentinel closes just before the exit status exists
         code = worker.process.exitcode
         self._forget(worker)
@@ -182,24 +219,42 @@ class LocalExecutor:
 
     # -- the executor contract ---------------------------------------------------------
 
-    async def run(self, task: BatchTask, timeout: float | None) -> list[TaskOutcome]:
+    async def run(
+        self,
+        task: BatchTask,
+        timeout: float | None,
+        report: Callable[[TaskOutcome], None] | None = None,
+    ) -> list[TaskOutcome]:
         """Run ``task`` in an idle worker. Raises TimeoutError past ``timeout`` seconds and
-        WorkerDied if the process dies; cancelling the caller kills the worker."""
+        WorkerDied if the process dies; cancelling the caller kills the worker. ``report`` is
+        called (in the event loop) with each job's outcome as soon as the worker sends it,
+        before the batch ends."""
         loop = asyncio.get_running_loop()
         assert self._freed is not None, "start() the executor first"
         while (worker := self._pick()) is None:  # a killed worker's successor is starting
             self._freed.clear()
             await self._freed.wait()
         future: asyncio.Future[list[TaskOutcome]] = loop.create_future()
-        worker.batch_id, worker.future = task.batch_id, future
+        worker.batch_id, worker.future, worker.report = task.batch_id, future, report
         timer = None
         if timeout:
             timer = loop.call_later(timeout, self._kill, worker, TimeoutError())
         with contextlib.suppress(OSError):  # dead already: _on_exit sets WorkerDied
             worker.conn.send(task)
         try:
-            return await future
+            while True:
+                # the pipe's reader answers at once; a look every RECHECK_S seconds is a
+                # safety net should an event loop ever miss a wake-up (a lost message would
+                # otherwise hold the worker, and its jobs, for ever)
+                done, _ = await asyncio.wait({future}, timeout=RECHECK_S)
+                if done:
+                    return future.result()
+                if worker.future is future and not worker.conn.closed:
+                    self._on_message(worker)
+                    if not future.done() and not worker.process.is_alive():
+                        self._on_exit(worker)
         except asyncio.CancelledError:  # the job was aborted or deleted: stop its work
+            future.cancel()  # nobody will read its outcome
             self._kill(worker, JobCancelled(task.batch_id))
             # return once the work has really stopped, so that an ABORT answered means it
             with contextlib.suppress(TimeoutError):

@@ -25,6 +25,7 @@ import shutil
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -278,10 +279,26 @@ def _failure(job: _Job, exc: BaseException, batch: BatchTask) -> TaskOutcome:
     )
 
 
-def run_batch(batch: BatchTask) -> list[TaskOutcome]:
-    """Run every job of ``batch``; apps that can share forward passes get them together."""
+def run_batch(
+    batch: BatchTask, report: Callable[[TaskOutcome], None] | None = None
+) -> list[TaskOutcome]:
+    """Run every job of ``batch``; apps that can share forward passes get them together.
+
+    Each job's run is closed (its log and run lock released, its results staged) as soon as
+    its outcome is known, and ``report`` (when given) is called with that outcome at once,
+    before the batch's later jobs are done: the service records each job when its own work
+    ends, not when the whole batch does."""
     jobs = [_open(task, batch) for task in batch.tasks]
     outcomes: dict[str, TaskOutcome] = {}
+    closed: set[str] = set()
+
+    def settle(job: _Job, outcome: TaskOutcome) -> None:
+        outcomes[job.task.job_id] = outcome
+        closed.add(job.task.job_id)
+        job.close(outcome)
+        if report is not None:
+            report(outcome)
+
     try:
         app = _registry(batch.registry).get(batch.model_id, batch.model_version)
         ready: list[_Job] = []
@@ -290,27 +307,36 @@ def run_batch(batch: BatchTask) -> list[TaskOutcome]:
                 job.request = _request(app, job)
                 ready.append(job)
             except Exception as exc:
-                outcomes[job.task.job_id] = _failure(job, exc, batch)
+                settle(job, _failure(job, exc, batch))
         if isinstance(app, BatchableApp) and ready:  # shared forward passes
             results = app.run_batch([j.request for j in ready])  # type: ignore[misc]
+            for job, result in zip(ready, results, strict=True):
+                settle(job, _outcome(app, job, result, batch))
         else:
-            results = []
             for job in ready:
+                one: AppOutput | BaseException
                 try:
-                    results.append(app.run(job.request))  # type: ignore[arg-type]
+                    one = app.run(job.request)  # type: ignore[arg-type]
                 except Exception as exc:
-                    results.append(exc)
-        for job, result in zip(ready, results, strict=True):
-            try:
-                if isinstance(result, BaseException):
-                    raise result
-                outcomes[job.task.job_id] = _success(app, job, result, batch)
-            except Exception as exc:
-                outcomes[job.task.job_id] = _failure(job, exc, batch)
-    except Exception as exc:  # the model itself could not run: every job of the batch fails
+                    one = exc
+                settle(job, _outcome(app, job, one, batch))
+    except Exception as exc:  # the model itself could not run: every job left fails
         for job in jobs:
-            outcomes.setdefault(job.task.job_id, _failure(job, exc, batch))
+            if job.task.job_id not in closed:
+                settle(job, _failure(job, exc, batch))
     finally:
-        for job in jobs:
-            job.close(outcomes.get(job.task.job_id))
+        for job in jobs:  # only when something above raised past every job (a bug)
+            if job.task.job_id not in closed:
+                job.close(outcomes.get(job.task.job_id))
     return [outcomes[t.job_id] for t in batch.tasks]
+
+
+def _outcome(
+    app: App, job: _Job, result: AppOutput | BaseException, batch: BatchTask
+) -> TaskOutcome:
+    try:
+        if isinstance(result, BaseException):
+            raise result
+        return _success(app, job, result, batch)
+    except Exception as exc:
+        return _failure(job, exc, batch)

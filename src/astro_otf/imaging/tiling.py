@@ -13,7 +13,17 @@ The grid, along each axis of ``n`` pixels:
   ``fill`` (pass ``fill=np.nan`` to have the normalisation's ``nan`` step treat the padding
   like blank pixels);
 * every pixel lies in at least one tile, and in exactly one tile's **core**: the overlap
-  between two neighbours is split at its middle. The core is what :mod:`.stitch` uses for
+  between two neighbours is split at its middle.
+
+A network that takes any input size that is a multiple of its downsampling (``multiple``:
+2^levels-1 for a U-Net-like detector) gets **tiles sized to the image** instead: along each
+axis the same number of tiles as above, but all of one side, the smallest multiple of
+``multiple`` (at most ``tile``) with which that many tiles, spread evenly from the first
+pixel to the last, overlap by at least ``overlap``. A 256 px image is then one 256 px tile,
+not a 576 px tile of which 80 % is padding, and a 1000 px axis is two 536 px tiles rather
+than two 576 px ones. All the tiles of an image share one shape (rows x columns), so they
+still go through a forward pass together; only an axis shorter than its tile is padded, by
+less than ``multiple`` pixels. The core is what :mod:`.stitch` uses for
   ownership: a detection is kept from the tile whose core holds its centre, the tile where
   it lies farthest from an edge.
 
@@ -30,7 +40,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["Tile", "TileSpec", "iter_tiles", "read_tile", "tile_count", "tile_grid"]
+__all__ = ["Tile", "TileSpec", "iter_tiles", "read_tile", "tile_count", "tile_grid", "tile_shape"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,7 @@ class TileSpec:
 
     ``index`` is the tile's position in :func:`tile_grid`'s list (row-major; ``row`` and
     ``col`` are its grid position). The tile's pixel ``[0, 0]`` is image pixel ``[y0, x0]``;
+    it is ``size x size`` pixels, or ``rows x cols`` when sized to the image (:attr:`shape`);
     its first ``height`` rows and ``width`` columns are image data, the rest is padding.
     ``core_y0:core_y1, core_x0:core_x1`` is the region this tile owns: the cores of a grid
     partition the image.
@@ -57,6 +68,13 @@ class TileSpec:
     core_y1: int
     core_x0: int
     core_x1: int
+    #: (rows, columns) of a tile sized to the image; None for a ``size x size`` tile
+    sized: tuple[int, int] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, columns) of the tile, padding included: what the network is given."""
+        return self.sized if self.sized is not None else (self.size, self.size)
 
     @property
     def slices(self) -> tuple[slice, slice]:
@@ -92,21 +110,57 @@ class TileSpec:
 
 
 class Tile(NamedTuple):
-    """A tile's place in the image and its ``size x size`` pixels."""
+    """A tile's place in the image and its pixels (``spec.shape``)."""
 
     spec: TileSpec
     data: np.ndarray
 
 
-def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[TileSpec]:
-    """The tiles covering an image of ``shape`` (rows, columns), row-major.
+def tile_grid(
+    shape: tuple[int, int], tile: int, overlap: int, *, multiple: int | None = None
+) -> list[TileSpec]:
+    """The tiles covering an image of ``shape`` (rows, columns), row-major: ``tile x tile``,
+    or sized to the image (sides multiples of ``multiple``, at most ``tile``) when
+    ``multiple`` is given (see the module docstring).
 
-    Raises :class:`ValueError` unless ``tile > 0``, ``0 <= overlap < tile`` and both sides of
-    ``shape`` are positive.
+    Raises :class:`ValueError` unless ``tile > 0``, ``0 <= overlap < tile``, both sides of
+    ``shape`` are positive and ``multiple`` (when given) is positive and divides ``tile``.
     """
     ny, nx = _shape(shape, tile, overlap)
+    if multiple is not None:
+        _check_multiple(tile, multiple)
+        (ys, ycore, rows), (xs, xcore, cols) = (
+            _sized_axis(n, tile, overlap, multiple) for n in (ny, nx)
+        )
+        return _specs(ny, nx, max(rows, cols), ys, ycore, xs, xcore, (rows, cols))
     ys, ycore = _axis(ny, tile, tile - overlap)
     xs, xcore = _axis(nx, tile, tile - overlap)
+    return _specs(ny, nx, tile, ys, ycore, xs, xcore, None)
+
+
+def tile_shape(
+    shape: tuple[int, int], tile: int, overlap: int, *, multiple: int | None = None
+) -> tuple[int, int]:
+    """(rows, columns) of every tile :func:`tile_grid` gives for an image of ``shape``, by
+    arithmetic (no tile listed)."""
+    ny, nx = _shape(shape, tile, overlap)
+    if multiple is None:
+        return tile, tile
+    _check_multiple(tile, multiple)
+    return _sized_side(ny, tile, overlap, multiple), _sized_side(nx, tile, overlap, multiple)
+
+
+def _specs(
+    ny: int,
+    nx: int,
+    size: int,
+    ys: list[int],
+    ycore: list[tuple[int, int]],
+    xs: list[int],
+    xcore: list[tuple[int, int]],
+    sized: tuple[int, int] | None,
+) -> list[TileSpec]:
+    rows, cols = sized if sized is not None else (size, size)
     specs: list[TileSpec] = []
     for row, (y0, (cy0, cy1)) in enumerate(zip(ys, ycore, strict=True)):
         for col, (x0, (cx0, cx1)) in enumerate(zip(xs, xcore, strict=True)):
@@ -117,13 +171,14 @@ def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[TileSpec]
                     col=col,
                     y0=y0,
                     x0=x0,
-                    size=tile,
-                    height=min(tile, ny - y0),
-                    width=min(tile, nx - x0),
+                    size=size,
+                    height=min(rows, ny - y0),
+                    width=min(cols, nx - x0),
                     core_y0=cy0,
                     core_y1=cy1,
                     core_x0=cx0,
                     core_x1=cx1,
+                    sized=sized,
                 )
             )
     return specs
@@ -132,28 +187,36 @@ def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[TileSpec]
 def tile_count(shape: tuple[int, int], tile: int, overlap: int) -> int:
     """``len(tile_grid(shape, tile, overlap))``, by arithmetic: no tile is listed, so the
     count of a huge declared image costs nothing (the scheduler asks it of every queued job).
-    Raises :class:`ValueError` as :func:`tile_grid` does."""
+    Tiles sized to the image (``multiple``) are as many. Raises :class:`ValueError` as
+    :func:`tile_grid` does."""
     ny, nx = _shape(shape, tile, overlap)
     stride = tile - overlap
     return _axis_count(ny, tile, stride) * _axis_count(nx, tile, stride)
 
 
 def read_tile(array: np.ndarray, spec: TileSpec, *, fill: float = 0.0) -> np.ndarray:
-    """The ``size x size`` pixels of one tile as a new array, padded with ``fill``; reads only
-    the tile's slice of ``array``. Floating arrays keep their precision (native byte order);
-    integer arrays become float32 (float64 above 16 bits)."""
+    """The pixels of one tile (``spec.shape``) as a new array, padded with ``fill``; reads
+    only the tile's slice of ``array``. Floating arrays keep their precision (native byte
+    order); integer arrays become float32 (float64 above 16 bits)."""
     dtype = np.result_type(array.dtype, np.float32).newbyteorder("=")
-    out = np.full((spec.size, spec.size), fill, dtype=dtype)
+    out = np.full(spec.shape, fill, dtype=dtype)
     out[: spec.height, : spec.width] = array[spec.slices]
     return out
 
 
-def iter_tiles(array: np.ndarray, tile: int, overlap: int, *, fill: float = 0.0) -> Iterator[Tile]:
+def iter_tiles(
+    array: np.ndarray,
+    tile: int,
+    overlap: int,
+    *,
+    fill: float = 0.0,
+    multiple: int | None = None,
+) -> Iterator[Tile]:
     """Yield the tiles of a 2-D ``array`` (see :func:`tile_grid`), lazily, one slice read at a
-    time; each tile's data is a new ``tile x tile`` array (see :func:`read_tile`)."""
+    time; each tile's data is a new array of ``spec.shape`` (see :func:`read_tile`)."""
     if array.ndim != 2:
         raise ValueError(f"the image must be 2-D, got an array of shape {array.shape}")
-    for spec in tile_grid((array.shape[0], array.shape[1]), tile, overlap):
+    for spec in tile_grid((array.shape[0], array.shape[1]), tile, overlap, multiple=multiple):
         yield Tile(spec, read_tile(array, spec, fill=fill))
 
 
@@ -164,6 +227,13 @@ def _check(tile: int, overlap: int) -> None:
         raise ValueError(
             f"overlap must be an integer with 0 <= overlap < tile ({tile}), got {overlap!r}"
         )
+
+
+def _check_multiple(tile: int, multiple: int) -> None:
+    if isinstance(multiple, bool) or int(multiple) != multiple or multiple < 1:
+        raise ValueError(f"multiple must be a positive integer, got {multiple!r}")
+    if tile % multiple:
+        raise ValueError(f"tile ({tile}) must be a multiple of multiple ({multiple})")
 
 
 def _shape(shape: tuple[int, int], tile: int, overlap: int) -> tuple[int, int]:
@@ -192,3 +262,29 @@ def _axis(n: int, tile: int, stride: int) -> tuple[list[int], list[tuple[int, in
     cuts = [(origins[k + 1] + origins[k] + tile) // 2 for k in range(count - 1)]
     bounds = [0, *cuts, n]
     return origins, [(bounds[k], bounds[k + 1]) for k in range(count)]
+
+
+def _sized_side(n: int, tile: int, overlap: int, multiple: int) -> int:
+    """Side of the tiles sized to an axis of ``n`` pixels: as many tiles as a fixed grid
+    needs, each the smallest multiple of ``multiple`` with which they overlap by at least
+    ``overlap`` when spread evenly. Never above ``tile``: that many full tiles cover ``n``
+    with that overlap, and ``tile`` is a multiple of ``multiple``."""
+    k = _axis_count(n, tile, tile - overlap)
+    need = -(-(n + (k - 1) * overlap) // k)
+    return min(tile, -(-need // multiple) * multiple)
+
+
+def _sized_axis(
+    n: int, tile: int, overlap: int, multiple: int
+) -> tuple[list[int], list[tuple[int, int]], int]:
+    """Origins and core ranges of the tiles sized to an axis of ``n`` pixels, and their
+    side. Origins are spread evenly from 0 to ``n - side``: two neighbours are at most
+    ``ceil((n - side) / (k - 1)) <= side - overlap`` apart."""
+    side = _sized_side(n, tile, overlap, multiple)
+    k = _axis_count(n, tile, tile - overlap)
+    if k == 1:
+        return [0], [(0, n)], side
+    origins = [i * (n - side) // (k - 1) for i in range(k)]
+    cuts = [(origins[i + 1] + origins[i] + side) // 2 for i in range(k - 1)]
+    bounds = [0, *cuts, n]
+    return origins, [(bounds[i], bounds[i + 1]) for i in range(k)], side

@@ -105,7 +105,8 @@ class FileEntry(_Strict):
 
 
 class InputSpec(_Strict):
-    """The model's input tensor: its name, fixed tile side, channels, layout and dtypes."""
+    """The model's input tensor: its name, tile side (the largest it takes), channels, layout
+    and dtypes."""
 
     name: str = Field(default="image", min_length=1)
     tile: int = Field(ge=8)
@@ -118,6 +119,11 @@ class InputSpec(_Strict):
     #: Widest beam major axis (FWHM, pixels) the model was trained on. An image whose beam
     #: (BMAJ) is wider is block-averaged by the smallest integer factor that brings it within.
     max_beam_pix: float | None = Field(default=None, gt=0)
+    #: Given when the graph takes any height and width that are multiples of this (its
+    #: downsampling: 2^(levels - 1) for a network of stride-2 levels), up to ``tile``: tiles
+    #: are then sized to the image (:func:`astro_otf.imaging.tiling.tile_grid`), so a small
+    #: image is not padded to a full tile. None: the graph takes ``tile x tile`` only.
+    size_multiple: int | None = Field(default=None, ge=1)
 
 
 class TilingSpec(_Strict):
@@ -340,6 +346,12 @@ class ModelManifest(_Strict):
         if self.tiling.tile != self.input.tile:
             problems.append(
                 f"tiling.tile ({self.tiling.tile}) differs from input.tile ({self.input.tile})"
+            )
+        multiple = self.input.size_multiple
+        if multiple is not None and self.input.tile % multiple:
+            problems.append(
+                f"input.tile ({self.input.tile}) must be a multiple of input.size_multiple "
+                f"({multiple})"
             )
         if problems:
             raise ValueError("; ".join(problems))

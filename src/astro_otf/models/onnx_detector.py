@@ -2,8 +2,10 @@
 
 The model is data (its manifest says how to normalise, tile and decode), so this one class
 serves every manifest. Each worker process keeps its sessions warm in one SessionCache.
-The run is split in the stages the batch runner will share across jobs: prepare the tiles,
-run them through the session in chunks of ``max_batch_tiles``, decode and stitch.
+The run is split in the stages the batch runner will share across jobs: prepare the tiles
+(sized to the image when the manifest's ``input.size_multiple`` says the graph takes any
+multiple of it, so a small image is not padded to a full tile), run them through the session
+in chunks of ``max_batch_tiles`` of one shape, decode and stitch.
 
 Decoding (``output.kind = "heatmap"``): a detection is a pixel flagged by the ``peak``
 output whose score reaches THRESHOLD. With ``score_normalisation = "median_mad"`` the score
@@ -31,6 +33,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy.io import fits
@@ -61,6 +64,9 @@ from astro_otf.models.manifest import LoadedModel
 from astro_otf.models.onnx_runtime import SessionCache, run
 from astro_otf.results.catalogue import Catalogue, conform
 from astro_otf.results.products import file_entity, image_facts
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 STAT_TILES = 16
 MAD_TO_SIGMA = 1.4826
@@ -143,13 +149,17 @@ class OnnxDetector:
     # -- what the scheduler asks before a job runs --------------------------------------
 
     def batch_key(self, precision: str | None) -> BatchKey:
+        """The model's key; its tile shape is the largest tile the model takes. Tiles sized
+        to smaller images share the batch and run in one pass per shape (:meth:`forward`),
+        so jobs of any image size still share the loaded model and one batch."""
         tile = self.model.manifest.tiling.tile
         return BatchKey(self.model_id, self.version, self.model.precision(precision), (tile, tile))
 
     def count_tiles(self, image_path: str | None, job: Job) -> int:
         """Tiles the job's image (or region) makes, from its header alone; 1 when the header
         can't tell (the job then fails in its worker with the reason). Counted by arithmetic,
-        never by listing the tiles: a header may declare any size."""
+        never by listing the tiles: a header may declare any size. Tiles sized to the image
+        are as many, each at most a full tile: the tile budget stays an upper bound."""
         from astro_otf.imaging.tiling import tile_count
 
         tiling = self.model.manifest.tiling
@@ -199,7 +209,12 @@ class OnnxDetector:
                 image.shape,
                 pixels.shape,
             )
-        specs = tile_grid(pixels.shape, manifest.tiling.tile, manifest.tiling.overlap)
+        specs = tile_grid(
+            pixels.shape,
+            manifest.tiling.tile,
+            manifest.tiling.overlap,
+            multiple=manifest.input.size_multiple,
+        )
         threshold = float(request.values.get("threshold", manifest.postprocess.score_threshold))
         min_snr = request.values.get("min_snr", manifest.postprocess.min_snr)
         beam = image.beam_major_pix
@@ -235,12 +250,33 @@ class OnnxDetector:
     ) -> Iterator[_Forwarded]:
         """(job, tile, tile input, score, peak, attributes or None) for every item: tiles of
         many jobs go through one forward pass, at most ``max_batch_tiles`` at a time; a pass
-        that runs out of memory is split in halves and retried."""
-        manifest = self.model.manifest
+        that runs out of memory is split in halves and retried. A pass takes tiles of one
+        shape (ONNX Runtime feeds one tensor): tiles sized to their images are grouped by
+        shape, in the order each shape first comes."""
         session = session_cache(self.runtime).get(self.model, precision)
+        groups: dict[tuple[int, int], list[tuple[_Prepared, TileSpec]]] = {}
+        for item in items:
+            groups.setdefault(item[1].shape, []).append(item)
+        for shape, group in groups.items():
+            yield from self._forward_shape(session, group, self._pass_tiles(shape))
+
+    def _pass_tiles(self, shape: tuple[int, int]) -> int:
+        """Tiles of ``shape`` one pass takes: ``max_batch_tiles``, fewer when the manifest's
+        ``tile_memory_mb`` (of a full tile; memory goes with the pixels) would pass
+        FORWARD_MEMORY_MB."""
+        manifest = self.model.manifest
         step = self.runtime.max_batch_tiles
         if manifest.tile_memory_mb:  # big tiles: fewer per pass, about the same memory
-            step = max(1, min(step, int(FORWARD_MEMORY_MB // manifest.tile_memory_mb)))
+            full = manifest.tiling.tile**2
+            per_tile = manifest.tile_memory_mb * shape[0] * shape[1] / full
+            step = max(1, min(step, int(FORWARD_MEMORY_MB // per_tile)))
+        return step
+
+    def _forward_shape(
+        self, session: ort.InferenceSession, items: list[tuple[_Prepared, TileSpec]], step: int
+    ) -> Iterator[_Forwarded]:
+        """:meth:`forward` for tiles of one shape, ``step`` at a time."""
+        manifest = self.model.manifest
         failures: tuple[type[BaseException], ...] = (MemoryError, *ort_errors())
         start = 0
         while start < len(items):
@@ -291,13 +327,15 @@ class OnnxDetector:
         for n, request in enumerate(requests):
             try:
                 jobs[n] = self.prepare(request)
+                rows, cols = jobs[n].specs[0].shape
                 request.log.info(
-                    "%s %s (%s): %d tile(s) of %d px over %s px, batch of %d job(s)",
+                    "%s %s (%s): %d tile(s) of %dx%d px over %s px, batch of %d job(s)",
                     self.model_id,
                     self.version,
                     precision,
                     len(jobs[n].specs),
-                    manifest.tiling.tile,
+                    rows,
+                    cols,
                     jobs[n].image.shape,
                     len(requests),
                 )
@@ -326,9 +364,8 @@ class OnnxDetector:
                 ys, xs = np.nonzero((peak > 0.5) & np.isfinite(raw))
                 p.candidates.append((spec, ys, xs, score[ys, xs], raw[ys, xs]))
             else:
-                snr = (score - p.median) / p.rms
-                ys, xs = np.nonzero((peak > 0.5) & (snr >= p.threshold) & np.isfinite(raw))
-                p.per_tile.append((spec, self._detections(spec, xs, ys, snr[ys, xs], raw[ys, xs])))
+                ys, xs, snr = _above(score, peak, raw, p.median, p.rms, p.threshold)
+                p.per_tile.append((spec, self._detections(spec, xs, ys, snr, raw[ys, xs])))
         for n, p in list(jobs.items()):
             if not p.deferred:
                 continue
@@ -765,6 +802,26 @@ def _pixel_snr(
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN neighbourhoods
         return np.asarray((np.nanmax(around, axis=0) - median) / rms, dtype=np.float64)
+
+
+def _above(
+    score: np.ndarray,
+    peak: np.ndarray,
+    raw: np.ndarray,
+    median: float,
+    rms: float,
+    threshold: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, columns and S/N of a tile's peaks whose S/N ``(score - median) / rms`` reaches
+    ``threshold`` on valid input. Why not the S/N map: few pixels come near the threshold, so
+    a comparison of the raw score against a bound a little below it picks the candidates in
+    one pass, and the S/N (the same float32 arithmetic as over the whole map) and validity
+    are then computed at those pixels only."""
+    bound = median + threshold * rms
+    ys, xs = np.nonzero((score >= bound - 1e-4 * (abs(bound) + rms)) & (peak > 0.5))
+    snr = (score[ys, xs] - median) / rms
+    keep = (snr >= threshold) & np.isfinite(raw[ys, xs])
+    return ys[keep], xs[keep], snr[keep]
 
 
 def _any_finite(data: np.ndarray, rows: int = 256) -> bool:

@@ -232,6 +232,12 @@ def _check_io(model: LoadedModel, precision: str, session: ort.InferenceSession)
                 f"input: {where} takes shape {shape}, not [N, {spec.channels}, {spec.tile}, "
                 f"{spec.tile}] (NCHW)"
             )
+        elif spec.size_multiple is not None and any(isinstance(s, int) for s in shape[2:]):
+            # tiles sized to the image need a graph whose height and width are free
+            problems.append(
+                f"input.size_multiple: {where} takes a fixed height and width {shape[2:]}; "
+                "drop size_multiple or export the graph with dynamic height and width"
+            )
     wanted = [("output.score", model.manifest.output.score)]
     if model.manifest.output.peak is not None:
         wanted.append(("output.peak", model.manifest.output.peak))

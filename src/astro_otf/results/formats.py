@@ -10,25 +10,21 @@ result is expected (see DESIGN.md, "results are written to a temporary name").
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import math
 import os
 import uuid
 from collections.abc import Callable, Mapping
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
 import astropy.units as u
 import numpy as np
-from astropy.coordinates import SkyCoord
+from astropy.coordinates import Longitude
 from astropy.table import Column, MaskedColumn, Table
-from regions import (
-    CircleSkyRegion,
-    EllipseSkyRegion,
-    PointSkyRegion,
-    Regions,
-    SkyRegion,
-)
 
 from astro_otf.results.catalogue import Catalogue, float_column
 
@@ -48,8 +44,60 @@ def write_csv(catalogue: Catalogue, path: Path) -> Path:
     (NaN, or masked) are left blank, which spreadsheets, TOPCAT
     and astropy all read as missing. Units and UCDs are not in a CSV: use the VOTable or
     JSON for those. Zero rows give a header-only file.
+
+    The text is what astropy's ``ascii.csv`` writer gives for the same table (floats in their
+    shortest round-trip form, text stripped and quoted only where it must be), built a column
+    at a time rather than a cell at a time; a table with a multidimensional column is left
+    to astropy.
     """
     table = catalogue.table
+    if len(table.colnames) < 2 or any(np.asarray(table[c]).ndim != 1 for c in table.colnames):
+        text = _csv_by_astropy(table)
+    else:
+        header = ",".join(_csv_quote(str(name).strip()) for name in table.colnames)
+        cells = [_csv_cells(table[name]) for name in table.colnames]
+        text = "\n".join([header, *map(",".join, zip(*cells, strict=True))]) + "\n"
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8", newline="")
+
+    return _write_atomically(Path(path), write)
+
+
+def _csv_cells(column: Column) -> list[str]:
+    """One CSV cell per row of a 1-D column: blank where masked or NaN."""
+    values = np.asarray(column)
+    blank = _row_mask(column)
+    kind = values.dtype.kind
+    if kind == "f":
+        blank = blank | np.isnan(values)
+        # each value's shortest round-trip text as a float64 (as astropy writes a float32)
+        cells = list(map(float.__repr__, values.astype(np.float64).tolist()))
+    elif kind in "iu":
+        cells = list(map(str, values.tolist()))
+    elif kind == "b":
+        cells = ["True" if v else "False" for v in values.tolist()]
+    else:
+        if kind == "S":
+            texts = [v.decode("utf-8", errors="replace") for v in values.tolist()]
+        else:
+            texts = [str(v) for v in values.tolist()]
+        cells = [_csv_quote(v.strip()) for v in texts]
+    if blank.any():
+        for i in np.flatnonzero(blank).tolist():
+            cells[i] = ""
+    return cells
+
+
+def _csv_quote(text: str) -> str:
+    """``text`` as a CSV field, quoted as the ``csv`` module's QUOTE_MINIMAL does."""
+    if any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _csv_by_astropy(table: Table) -> str:
+    """The CSV text astropy writes, NaN cells masked (for tables with array columns)."""
     columns: list[Column] = []
     for name in table.colnames:
         column = table[name]
@@ -59,12 +107,9 @@ def write_csv(catalogue: Catalogue, path: Path) -> Path:
         if values.dtype.kind == "f":
             mask = mask | np.isnan(values)
         columns.append(MaskedColumn(values, name=name, mask=mask))
-    plain = Table(columns)  # no meta: table.meta["comments"] would add "#" lines
-
-    def write(tmp: Path) -> None:
-        plain.write(tmp, format="ascii.csv", overwrite=True)
-
-    return _write_atomically(Path(path), write)
+    out = io.StringIO()
+    Table(columns).write(out, format="ascii.csv")  # no meta: comments would add "#" lines
+    return out.getvalue()
 
 
 # -- JSON --------------------------------------------------------------------------------------
@@ -98,7 +143,7 @@ def write_json(catalogue: Catalogue, path: Path, *, infos: Mapping[str, str]) ->
         for f in catalogue.facts
     ]
     columns: list[dict[str, str]] = []
-    cells: list[list[Any]] = []
+    cells: list[list[str]] = []
     for name in table.colnames:
         column = table[name]
         datatype = _datatype(column.dtype)
@@ -111,22 +156,24 @@ def write_json(catalogue: Catalogue, path: Path, *, infos: Mapping[str, str]) ->
                 "datatype": datatype,
             }
         )
-        cells.append(_column_values(column, datatype))
-    rows = [list(row) for row in zip(*cells, strict=True)] if cells else []
-    document: dict[str, Any] = {
-        "infos": merged_infos,
-        "facts": facts,
-        "columns": columns,
-        "rows": rows,
-    }
+        cells.append(_json_cells(column, datatype))
+    head: dict[str, Any] = {"infos": merged_infos, "facts": facts, "columns": columns}
+    # The rows are written a column at a time (each value's JSON text, then joined by row),
+    # which is what ``json.dumps`` of the row lists would give, at a fraction of its cost.
+    rows = ",".join(f"[{','.join(row)}]" for row in zip(*cells, strict=True)) if cells else ""
+    text = _dumps(head)[:-1] + f',"rows":[{rows}]'
     if catalogue.description:
-        document["description"] = catalogue.description
-    text = json.dumps(document, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text += f',"description":{_dumps(catalogue.description)}'
+    text += "}"
 
     def write(tmp: Path) -> None:
         tmp.write_text(text + "\n", encoding="utf-8")
 
     return _write_atomically(Path(path), write)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
 def _datatype(dtype: np.dtype[Any]) -> str:
@@ -137,17 +184,26 @@ def _datatype(dtype: np.dtype[Any]) -> str:
     return "string"
 
 
-def _column_values(column: Column, datatype: str) -> list[Any]:
-    """The column's values as JSON-ready Python objects, None where masked or not finite."""
+def _json_cells(column: Column, datatype: str) -> list[str]:
+    """The JSON text of each of the column's values: ``null`` where masked or not finite."""
     values = np.asarray(column)
     mask = _row_mask(column)
-    if datatype == "int" and values.ndim == 1:
-        out: list[Any] = values.astype(np.int64).tolist()
-    elif datatype == "float" and values.ndim == 1:
-        out = [v if math.isfinite(v) else None for v in values.astype(np.float64).tolist()]
+    if values.ndim != 1:
+        out = [_dumps(_json_value(v)) for v in values]
+    elif datatype == "int":
+        out = list(map(str, values.astype(np.int64).tolist()))
+    elif datatype == "float":
+        as_float = values.astype(np.float64)
+        out = list(map(float.__repr__, as_float.tolist()))  # what json.dumps writes
+        mask = mask | ~np.isfinite(as_float)
+    elif values.dtype.kind == "U":
+        out = list(map(encode_basestring, values.tolist()))  # json.dumps's own quoting
     else:
-        out = [_json_value(v) for v in values]
-    return [None if m else v for v, m in zip(out, mask.tolist(), strict=True)]
+        out = [_dumps(_json_value(v)) for v in values.tolist()]
+    if mask.any():
+        for i in np.flatnonzero(mask).tolist():
+            out[i] = "null"
+    return out
 
 
 def _row_mask(column: Column) -> np.ndarray:
@@ -181,6 +237,19 @@ def _json_value(value: Any) -> Any:
 def _vounit(unit: Any) -> str:
     """``unit`` as a VOUnit string; ``""`` for none or dimensionless; as written when astropy
     cannot parse it (an unusual BUNIT is passed on rather than dropped)."""
+    try:
+        return _vounit_cached(unit)
+    except TypeError:  # unhashable
+        return _vounit_uncached(unit)
+
+
+@functools.lru_cache(maxsize=256)
+def _vounit_cached(unit: Any) -> str:
+    """A catalogue has the same dozen units every time: each is converted once."""
+    return _vounit_uncached(unit)
+
+
+def _vounit_uncached(unit: Any) -> str:
     if unit is None:
         return ""
     text = unit if isinstance(unit, str) else None
@@ -204,75 +273,67 @@ def write_ds9(catalogue: Catalogue, path: Path) -> Path:
     A source with finite ``maj``, ``min`` and ``pa`` (and positive axes) is an ellipse of
     full axes ``maj`` x ``min`` at position angle ``pa`` east of north; one with only a size
     is a circle of radius max(maj, min)/2; one with no size is a point. Each region is
-    labelled with the source's ``id``. Sources without a finite ra/dec are left out. Zero
-    sources give a file with the header and frame lines only, which DS9 loads as empty.
+    labelled with the source's ``id``. Sources without a finite ra/dec (or with a dec beyond
+    the poles) are left out. Zero sources give a file with the header and frame lines only,
+    which DS9 loads as empty.
+
+    The lines are those ``regions`` writes (ICRS degrees with 10 decimals, sizes in degrees,
+    each line with its own ``text={id}``; ``regions`` reads them back), formatted a column at
+    a time: no coordinate or region object is made per source.
     """
     table = catalogue.table
     n = len(table)
     ra = float_column(table, "ra")
     dec = float_column(table, "dec")
-    maj = float_column(table, "maj")
-    minor = float_column(table, "min")
-    pa = float_column(table, "pa")
-    ids = _labels(table, n)
-
-    shapes: list[SkyRegion] = []
-    good = np.isfinite(ra) & np.isfinite(dec)
-    if np.any(good):
-        centres = SkyCoord(ra[good] * u.deg, dec[good] * u.deg, frame="icrs")
-        for centre, i in zip(centres, np.flatnonzero(good).tolist(), strict=True):
-            meta = {"text": ids[i]}
-            a, b, theta = float(maj[i]), float(minor[i]), float(pa[i])
-            if _positive(a) and _positive(b) and math.isfinite(theta):
-                # regions (like DS9) measures a sky ellipse's angle anticlockwise from the
-                # longitude axis to the *width* axis; PA is from north through east, so the
-                # major axis (the width) is at PA + 90 deg from the longitude axis.
-                shapes.append(
-                    EllipseSkyRegion(
-                        centre,
-                        width=a * u.arcsec,
-                        height=b * u.arcsec,
-                        angle=((theta + 90.0) % 360.0) * u.deg,
-                        meta=meta,
-                    )
-                )
-            elif _positive(a) or _positive(b):
-                radius = max(v for v in (a, b) if _positive(v)) / 2.0
-                shapes.append(CircleSkyRegion(centre, radius * u.arcsec, meta=meta))
+    with np.errstate(invalid="ignore"):
+        good = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90.0)
+    index = np.flatnonzero(good)
+    lines = [DS9_HEADER, "icrs"]
+    if index.size:
+        ids = _labels(table, n)
+        ra_deg = Longitude(ra[index] * u.deg).deg  # wrapped into [0, 360) as SkyCoord does
+        dec_deg = dec[index]
+        a = float_column(table, "maj")[index]
+        b = float_column(table, "min")[index]
+        theta = float_column(table, "pa")[index]
+        with np.errstate(invalid="ignore"):
+            pos_a = np.isfinite(a) & (a > 0.0)
+            pos_b = np.isfinite(b) & (b > 0.0)
+        ellipse = pos_a & pos_b & np.isfinite(theta)
+        circle = ~ellipse & (pos_a | pos_b)
+        # regions (like DS9) measures a sky ellipse's angle anticlockwise from the longitude
+        # axis to the *width* axis; PA is from north through east, so the major axis (the
+        # width) is at PA + 90 deg from the longitude axis.
+        angle = np.where(ellipse, (np.nan_to_num(theta) + 90.0) % 360.0, 0.0)
+        width = (np.where(pos_a, a, 0.0) / 2.0 * u.arcsec).to_value(u.deg)  # semi-axes
+        height = (np.where(pos_b, b, 0.0) / 2.0 * u.arcsec).to_value(u.deg)
+        larger = np.maximum(np.where(pos_a, a, 0.0), np.where(pos_b, b, 0.0))
+        radius = (larger / 2.0 * u.arcsec).to_value(u.deg)
+        for i, x, y, w, h, r, t, is_e, is_c in zip(
+            index.tolist(),
+            ra_deg.tolist(),
+            dec_deg.tolist(),
+            width.tolist(),
+            height.tolist(),
+            radius.tolist(),
+            angle.tolist(),
+            ellipse.tolist(),
+            circle.tolist(),
+            strict=True,
+        ):
+            if is_e:
+                shape = f"ellipse({x:.10f},{y:.10f},{w:.10f},{h:.10f},{t:.10f})"
+            elif is_c:
+                shape = f"circle({x:.10f},{y:.10f},{r:.10f})"
             else:
-                shapes.append(PointSkyRegion(centre, meta=meta))
-    text = _serialize_ds9(shapes)
+                shape = f"point({x:.10f},{y:.10f})"
+            lines.append(f"{shape} # text={{{ids[i]}}}")
+    text = "\n".join(lines) + "\n"
 
     def write(tmp: Path) -> None:
         tmp.write_text(text, encoding="utf-8")
 
     return _write_atomically(Path(path), write)
-
-
-def _serialize_ds9(shapes: list[SkyRegion]) -> str:
-    """The DS9 text of ``shapes``, each line carrying its own label.
-
-    ``regions`` moves metadata that every region shares into a ``global`` line, so a file of
-    one source would carry its label only as ``global text={1}``; such properties are put
-    back on each shape line, where every reader takes them as the shape's own. An empty list
-    gives the header and the frame line (``regions`` would give an empty file).
-    """
-    if not shapes:
-        return f"{DS9_HEADER}\nicrs\n"
-    lines = Regions(shapes).serialize(format="ds9", precision=10).splitlines()
-    shared = ""
-    out: list[str] = []
-    for line in lines:
-        if line.startswith("global "):
-            shared = line[len("global ") :].strip()
-            continue
-        if not shared or line.startswith("#") or "(" not in line:
-            out.append(line)
-        elif " # " in line:
-            out.append(f"{line} {shared}")
-        else:
-            out.append(f"{line} # {shared}")
-    return "\n".join(out) + "\n"
 
 
 def _labels(table: Table, n: int) -> list[str]:
@@ -283,10 +344,6 @@ def _labels(table: Table, n: int) -> list[str]:
     return [
         "" if m else str(v) for v, m in zip(np.asarray(column).tolist(), mask.tolist(), strict=True)
     ]
-
-
-def _positive(value: float) -> bool:
-    return math.isfinite(value) and value > 0.0
 
 
 # -- shared ------------------------------------------------------------------------------------

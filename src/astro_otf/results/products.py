@@ -2,9 +2,11 @@
 
 Apps only find sources; this module turns their :class:`Catalogue` into the files a job lists:
 the VOTable (the UWS result ``result``, what pyvo's ``fetch_result`` reads), CSV, JSON, a DS9
-region file, a PNG preview, and last the provenance, which carries the sha256 of all the
-others. Writing them together keeps the formats in agreement, and every file is written under
-a temporary name and renamed, so a half-written result is never listed.
+region file, the PNG preview's plan (the PNG itself is drawn by the service on the first
+request: see :mod:`astro_otf.results.preview`), and last the provenance, which carries the
+sha256 of all the others (and names the preview as drawn on demand, without a hash). Writing
+them together keeps the formats in agreement, and every file is written under a temporary
+name and renamed, so a half-written result is never listed.
 """
 
 from __future__ import annotations
@@ -22,11 +24,18 @@ from pathlib import Path
 from astro_otf.imaging.fits import SkyImage
 from astro_otf.results.catalogue import Catalogue, ImageFact
 from astro_otf.results.formats import write_csv, write_ds9, write_json
-from astro_otf.results.preview import write_preview
-from astro_otf.results.provenance import FileEntity, ProvenanceRecord, write_provenance
+from astro_otf.results.preview import PLAN_SUFFIX, write_plan
+from astro_otf.results.provenance import (
+    DerivedFile,
+    FileEntity,
+    ProvenanceRecord,
+    write_provenance,
+)
 from astro_otf.results.votable import write_catalogue
 
 __all__ = [
+    "PREVIEW",
+    "PREVIEW_PNG",
     "PRODUCTS",
     "JobContext",
     "Product",
@@ -79,7 +88,9 @@ VOTABLE = Product("result", "catalogue.xml", "application/x-votable+xml")
 CSV = Product("csv", "catalogue.csv", "text/csv")
 JSON = Product("json", "catalogue.json", "application/json")
 DS9 = Product("ds9", "catalogue.reg", "text/x-ds9-region")
-PREVIEW = Product("preview", "preview.png", "image/png")
+#: Listed with its plan's file name; the PNG (``PREVIEW_PNG``) is drawn on the first GET.
+PREVIEW = Product("preview", f"preview{PLAN_SUFFIX}", "image/png")
+PREVIEW_PNG = "preview.png"
 PROVENANCE = Product("provenance", "provenance.json", "application/json")
 #: In the order they are written and listed.
 PRODUCTS = (VOTABLE, CSV, JSON, DS9, PREVIEW, PROVENANCE)
@@ -291,14 +302,30 @@ def write_products(
         infos={**infos, **{f"param:{k}": str(v) for k, v in params.items()}},
     )
     write_ds9(catalogue, staging / DS9.filename)
+    derived = []
     if image is not None and job.parameters.get("preview", True) is not False:
-        write_preview(catalogue, image, staging / PREVIEW.filename)
+        write_plan(image, staging / PREVIEW.filename, catalogue=JSON.filename)
         written.append(PREVIEW)
+        derived.append(
+            DerivedFile(
+                "preview",
+                PREVIEW_PNG,
+                PREVIEW.mime_type,
+                derived_from=(JSON.filename,),
+                note=(
+                    "drawn by the service on the first request, from the catalogue and the "
+                    "searched region of the input image; not hashed, as its bytes did not "
+                    "exist when the job ended"
+                ),
+            )
+        )
     inputs = []
     if job.image_path is not None and job.image_path.is_file():
         cards = key_cards(image) if image is not None else {}
         inputs.append(file_entity("image", job.image_path, "application/fits", cards))
-    outputs = [file_entity("result", staging / p.filename, p.mime_type) for p in written]
+    outputs = [
+        file_entity("result", staging / p.filename, p.mime_type) for p in written if p != PREVIEW
+    ]
     record = ProvenanceRecord(
         job_id=job.job_id,
         owner=job.owner,
@@ -318,6 +345,7 @@ def write_products(
         model_files=list(catalogue.model_files),
         software=software_versions(),
         outputs=outputs,
+        derived=derived,
     )
     write_provenance(record, staging / PROVENANCE.filename)
     written.append(PROVENANCE)

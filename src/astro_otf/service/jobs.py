@@ -31,6 +31,7 @@ from astro_otf.domain.parameters import check_run_id, check_texts, validate
 from astro_otf.domain.phases import ACTIVE_PHASES, FINAL_PHASES, Phase
 from astro_otf.imaging.fits import UploadRefused, check_upload
 from astro_otf.models.registry import Registry
+from astro_otf.results.preview import PreviewCache, PreviewUnavailable, is_plan
 from astro_otf.results.provenance import ProvenanceUnavailable, convert
 from astro_otf.service.events import JobEvents
 from astro_otf.service.scheduler import Scheduler, utcnow
@@ -40,11 +41,17 @@ from astro_otf.store.repository import JobStore
 
 log = logging.getLogger(__name__)
 
+#: Previews drawn on their first request (one per process: its locks are per preview file).
+PREVIEWS = PreviewCache()
+
 #: The server's name for each uploaded file parameter; the client's file name is never used.
 UPLOAD_NAMES = {"image": "image.fits"}
 #: The most jobs one listing may ask for with LAST (a bigger number is a client mistake,
 #: not a database error).
 MAX_LIST_LAST = 1_000_000
+#: The longest the reaper sleeps between passes (reaper.MAX_SLEEP): a new job destroyed
+#: later than this needs no re-planning (each one costs the reaper two queries).
+REAPER_HORIZON = timedelta(hours=1)
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -153,13 +160,19 @@ class JobService:
                 await self._check_queue_room()
                 job.phase = Phase.QUEUED
                 job.queue_time = utcnow()
-                await in_thread(self.store.create, job)
+                stored = await in_thread(self._record, job)
             self.scheduler.wake()
         else:
-            await in_thread(self.store.create, job)
+            stored = await in_thread(self._record, job)
         log.info("job %s created (model %s, owner %s)", job_id, model_id, owner)
-        self._destruction_changed()
-        return await self.get(job_id, owner)
+        if job.destruction_time is not None and job.destruction_time - now <= REAPER_HORIZON:
+            self._destruction_changed()  # else the reaper wakes before it anyway
+        return stored
+
+    def _record(self, job: Job) -> Job:
+        """The job's folder (if its upload has not made it already), then its row."""
+        self.prepare(job.job_id)
+        return self.store.create(job)
 
     async def rerun(
         self, job_id: str, owner: str | None, new_id: str, *, start: bool, run_id: str | None
@@ -253,7 +266,18 @@ class JobService:
         """The job, or :class:`JobNotFound`; an id that cannot be a job id is not looked up."""
         if not is_job_id(job_id):
             raise JobNotFound(job_id)
+        job = self.store.cached(job_id)  # no thread hop and no database read
+        if job is not None:
+            if self._check_owner and job.owner != owner:
+                raise JobNotFound(job_id)  # the same answer as an unknown id
+            return job
         return await in_thread(self.store.get, job_id, owner, check_owner=self._check_owner)
+
+    def document(self, job: Job, key: str, render: Callable[[], bytes]) -> bytes:
+        """A document rendered from ``job`` (``key`` names the kind and everything else it
+        depends on), rendered once per cached job record. The records :meth:`get` returns
+        are shared: they must not be changed."""
+        return self.store.document(job, key, render)
 
     async def list(
         self,
@@ -310,6 +334,35 @@ class JobService:
                 return self.folders.result_file(job.job_id, r.filename), r.mime_type
         known = ", ".join(r.result_id for r in job.results) or "none yet"
         raise NotFound(f"job {job.job_id} has no result {result_id!r} (results: {known})")
+
+    async def result_download(self, job: Job, result_id: str) -> tuple[Path, str]:
+        """The file to send for a result and its media type: the listed file, except for a
+        preview listed by its plan, whose PNG is drawn on this first request (once, in a
+        thread; see PreviewCache) and kept. A preview that cannot be drawn is a 404 saying
+        why; nothing else of the job is touched."""
+        path, mime = self.result_file(job, result_id)
+        if not is_plan(path.name):
+            return path, mime
+        image = next((p for p in job.parameters if p.is_file and p.name == "image"), None)
+        if image is None:
+            raise NotFound(f"the preview of job {job.job_id} cannot be drawn: no input image")
+        started = asyncio.get_running_loop().time()
+        try:
+            png = await PREVIEWS.png(path, self.folders.input_file(job.job_id, image.value))
+        except PreviewUnavailable as exc:
+            raise NotFound(f"the preview of job {job.job_id} cannot be drawn: {exc}") from None
+        except Exception as exc:  # a drawing bug must not become a 500 or harm the job
+            log.exception("drawing the preview of job %s failed", job.job_id)
+            raise NotFound(
+                f"the preview of job {job.job_id} cannot be drawn ({type(exc).__name__}: "
+                f"{exc}); the catalogue and other results are unaffected"
+            ) from None
+        log.debug(
+            "preview of job %s ready in %.3f s",
+            job.job_id,
+            asyncio.get_running_loop().time() - started,
+        )
+        return png, mime
 
     async def provenance(self, job_id: str, owner: str | None, fmt: str) -> bytes:
         """The job's provenance document in ``fmt`` (a key of PROV_FORMATS)."""

@@ -1,9 +1,16 @@
 """The scheduler: forms batches of QUEUED jobs, runs each in a free worker, and records how
 every job of it ended.
 
-It is woken when a job is queued or a batch ends, and when a waiting batch key reaches its
-``max_wait`` (no polling). The batch former decides what runs together: jobs of one ONNX
-model, precision and tile shape share forward passes; a classical finder's job runs alone.
+It is woken when a job is queued or a batch ends (no polling). The batch former decides what
+runs together: jobs of one ONNX model, precision and tile shape share forward passes; a
+classical finder's job runs alone. While a worker is idle nothing waits for company: a lone
+job starts at once, and a batch takes only its share of the queue (about ceil(N / workers)
+of its key's N jobs) so that every worker stays busy until the queue is empty.
+
+Each job ends when its own work ends: a local worker reports every job of its batch as soon
+as that job's results are staged, and the job is recorded then (the Dask executor reports a
+batch's jobs together at its end). A job once reported is out of its batch's hands: a later
+death, time limit or ABORT of the batch concerns only the jobs it had not reported.
 Every way a run can end becomes one phase change per job: COMPLETED with its results, ERROR
 with an errorSummary, ABORTED when its executionDuration ran out, or QUEUED again when the
 batch was stopped because of another job (an ABORT, or a shorter time limit).
@@ -28,6 +35,7 @@ import functools
 import logging
 import secrets
 import signal
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -98,6 +106,25 @@ def _size(path: str | None) -> str | None:
             return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
         size /= 1000
     return None  # pragma: no cover
+
+
+@dataclass
+class _Run:
+    """One batch while it runs: its jobs, their tokens, and which of them have reported."""
+
+    batch: BatchTask
+    jobs: list[Job]
+    limit: int | None
+    tokens: dict[str, str]
+    #: jobs whose outcome the worker has reported (recorded, or being recorded)
+    reported: set[str] = field(default_factory=set)
+    #: the tasks recording those outcomes
+    recordings: list[asyncio.Task[None]] = field(default_factory=list)
+    task: asyncio.Task[list[TaskOutcome]] | None = None
+
+    @property
+    def unreported(self) -> list[Job]:
+        return [job for job in self.jobs if job.job_id not in self.reported]
 
 
 class Scheduler:
@@ -196,10 +223,10 @@ class Scheduler:
                 self._known[fresh.job_id] = queued
         self._known = {job_id: self._known[job_id] for job_id in ids if job_id in self._known}
         queue = list(self._known.values())
-        while free > 0 and queue:
-            batch = self.former.next_batch(queue, loop.time())
-            if batch is None:
-                break
+        batches = self.former.next_batches(
+            queue, loop.time(), idle=free, workers=self.executor.capacity
+        )
+        for batch in batches:
             chosen = {q.job_id for q in batch.jobs}
             queue = [q for q in queue if q.job_id not in chosen]
             claimed = await self._claim([q.job_id for q in batch.jobs])
@@ -209,7 +236,11 @@ class Scheduler:
             for job_id in chosen:
                 self._known.pop(job_id, None)
                 self.events.notify(job_id)
-        self._deadline = self.former.next_deadline(queue)
+        if free > 0 and queue:
+            if len(batches) < free:  # nothing was ready (a caller with rules of its own)
+                self._deadline = self.former.next_deadline(queue)
+            else:  # a batch's jobs were moved meanwhile: its worker is still free
+                self._wake.set()
 
     async def _queued(self, job: Job, now: float) -> QueuedJob | None:
         """The former's view of a queued job: its batch key and tile count. None for a job
@@ -321,16 +352,43 @@ class Scheduler:
             self.metrics.batch_tiles.labels(batch.model_id).observe(tiles)
         log.info("batch %s: %d job(s) of %s, %d tile(s)", batch.batch_id, len(jobs), key, tiles)
         limit = min(job.execution_duration or 0 for job in jobs) or None
+        run = _Run(batch, jobs, limit, {t.job_id: t.run_token for t in tasks if t.run_token})
         # The run task only runs the batch; how it ended is recorded by a second task started
         # when it is done. Cancelling the run (ABORT, DELETE) can then never skip the
         # bookkeeping, even when it lands before the run task's first step.
         task = asyncio.create_task(
-            self.executor.run(batch, limit), name=f"otf-batch-{batch.batch_id}"
+            self.executor.run(batch, limit, report=functools.partial(self._reported, run)),
+            name=f"otf-batch-{batch.batch_id}",
         )
+        run.task = task
         self._batches.add(task)
         for job in jobs:
             self.running[job.job_id] = task
-        task.add_done_callback(functools.partial(self._batch_done, batch, jobs, limit))
+        task.add_done_callback(functools.partial(self._batch_done, run))
+
+    def _reported(self, run: _Run, outcome: TaskOutcome) -> None:
+        """A worker reported one job of its batch: record it now, while the batch goes on.
+        From here on the job is no longer the batch's: stopping the batch leaves it alone."""
+        job = next((j for j in run.jobs if j.job_id == outcome.job_id), None)
+        if job is None or job.job_id in run.reported or (run.task and run.task.done()):
+            return
+        run.reported.add(job.job_id)
+        if self.running.get(job.job_id) is run.task:
+            del self.running[job.job_id]
+        recording = asyncio.create_task(self._record_reported(job, outcome, run.tokens))
+        run.recordings.append(recording)
+        self._endings.add(recording)
+        recording.add_done_callback(self._endings.discard)
+
+    async def _record_reported(
+        self, job: Job, outcome: TaskOutcome, tokens: dict[str, str]
+    ) -> None:
+        try:
+            await self._record_outcome(job, outcome, tokens[job.job_id])
+        except Exception:
+            log.exception("could not record the end of job %s", job.job_id)
+        finally:
+            self.events.notify(job.job_id)
 
     def cancel_soon(self, job_id: str | None = None) -> None:
         """Cancel one job's run (or, without ``job_id``, every run) from synchronous code; the
@@ -359,29 +417,20 @@ class Scheduler:
 
     # -- how a run ended -----------------------------------------------------------------
 
-    def _batch_done(
-        self,
-        batch: BatchTask,
-        jobs: list[Job],
-        limit: int | None,
-        task: asyncio.Task[list[TaskOutcome]],
-    ) -> None:
-        ending = asyncio.create_task(self._finish(batch, jobs, limit, task))
+    def _batch_done(self, run: _Run, task: asyncio.Task[list[TaskOutcome]]) -> None:
+        ending = asyncio.create_task(self._finish(run, task))
         self._endings.add(ending)
         ending.add_done_callback(self._endings.discard)
 
-    async def _finish(
-        self,
-        batch: BatchTask,
-        jobs: list[Job],
-        limit: int | None,
-        task: asyncio.Task[list[TaskOutcome]],
-    ) -> None:
+    async def _finish(self, run: _Run, task: asyncio.Task[list[TaskOutcome]]) -> None:
+        batch, jobs = run.batch, run.jobs
         try:
-            await self._record(batch, jobs, limit, task)
+            await self._record(run, task)
         except Exception:
             log.exception("could not record the end of batch %s", batch.batch_id)
         finally:
+            # the jobs reported on the way are recorded by then too
+            await asyncio.gather(*run.recordings, return_exceptions=True)
             self._batches.discard(task)
             for job in jobs:
                 if self.running.get(job.job_id) is task:
@@ -393,14 +442,10 @@ class Scheduler:
                 for job in jobs:
                     await self._observe_end(job)
 
-    async def _record(
-        self,
-        batch: BatchTask,
-        jobs: list[Job],
-        limit: int | None,
-        task: asyncio.Task[list[TaskOutcome]],
-    ) -> None:
-        tokens = {t.job_id: t.run_token for t in batch.tasks if t.run_token is not None}
+    async def _record(self, run: _Run, task: asyncio.Task[list[TaskOutcome]]) -> None:
+        """How the batch ended, for each job it had not reported on the way."""
+        batch, limit, tokens = run.batch, run.limit, run.tokens
+        jobs = run.unreported
         error = None if task.cancelled() else task.exception()
         if task.cancelled() or isinstance(error, JobCancelled | BatchInterrupted):
             # ABORT or DELETE of one job (already moved), shutdown, or the cluster went away:
@@ -429,28 +474,39 @@ class Scheduler:
                 else:  # stopped for a batch neighbour's shorter limit: run it again
                     await self._requeue(job, tokens[job.job_id])
         elif isinstance(error, WorkerDied):
-            await self._worker_died(batch, jobs, tokens, error)
+            await self._worker_died(batch, jobs, tokens, error, alone=len(run.jobs) == 1)
         elif error is not None:
             raise error
         else:
-            for job, outcome in zip(jobs, task.result(), strict=True):
-                await self._record_outcome(job, outcome, tokens[job.job_id])
+            outcomes = {outcome.job_id: outcome for outcome in task.result()}
+            for job in jobs:
+                await self._record_outcome(job, outcomes[job.job_id], tokens[job.job_id])
 
     async def _worker_died(
-        self, batch: BatchTask, jobs: list[Job], tokens: dict[str, str], error: WorkerDied
+        self,
+        batch: BatchTask,
+        jobs: list[Job],
+        tokens: dict[str, str],
+        error: WorkerDied,
+        *,
+        alone: bool,
     ) -> None:
-        """A worker died running the batch. With several jobs in it no one is blamed: they
-        are all queued again, to run alone. A job that ran alone is queued again until its
-        worker has died LONE_DEATHS_LIMIT times while it ran alone; then it is ERROR."""
+        """A worker died running the batch. With several jobs in it no one is blamed: those
+        it had not reported are all queued again, to run alone (the reported ones stay as
+        recorded). A job that ran alone is queued again until its worker has died
+        LONE_DEATHS_LIMIT times while it ran alone; then it is ERROR."""
         cause = error.reason or _signal_name(error.exitcode)
-        alone = len(jobs) == 1
+        if not jobs:
+            log.warning("batch %s: its worker died (%s) after its last job", batch.batch_id, cause)
+            return
         if not alone:
             log.warning(
-                "batch %s: its worker died (%s) running %d jobs; they are queued again and "
-                "each will run alone",
+                "batch %s: its worker died (%s) with %d job(s) of %d unfinished; they are "
+                "queued again and each will run alone",
                 batch.batch_id,
                 cause,
                 len(jobs),
+                len(batch.tasks),
             )
         for job in jobs:
             deaths = worker_deaths(job)
@@ -459,7 +515,7 @@ class Scheduler:
                 what = f"{cause} (ran alone)"
             else:
                 deaths["in_batch"] += 1
-                what = f"{cause} (batch {batch.batch_id} of {len(jobs)} jobs)"
+                what = f"{cause} (batch {batch.batch_id} of {len(batch.tasks)} jobs)"
             deaths["how"] = "; ".join(x for x in (deaths["how"], what) if x)
             info = {**job.info, "worker_deaths": deaths}
             token = tokens[job.job_id]

@@ -23,7 +23,9 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
-            pool_size=8,
+            # as many connections as threads may ask at once (anyio's pool has 40): an
+            # overflow connection is closed when returned, and opening one costs the PRAGMAs
+            pool_size=40,
             max_overflow=8,
         )
 

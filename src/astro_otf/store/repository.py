@@ -2,22 +2,47 @@
 
 Phase changes are conditional updates (``UPDATE ... WHERE phase IN (...)``) in one
 transaction, so that two actors racing (an ABORT and a worker finishing, say) cannot both win.
+
+Hot reads are SQLAlchemy Core selects on a pooled connection (no ORM session or objects). On
+SQLite the writes of this process take turns on a lock before they open their transaction,
+so that they queue in Python instead of sleeping in SQLite's busy handler; and with a
+:class:`~astro_otf.store.cache.JobCache` every write invalidates the job's cached record once
+it has committed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+import contextlib
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, delete, func, select, text, update
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    Row,
+    Table,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.base import Executable
 
 from astro_otf.domain.errors import JobNotFound
 from astro_otf.domain.job import ErrorSummary, Job, JobParameter, JobResult, JobSummary
 from astro_otf.domain.phases import Phase, can_move
+from astro_otf.store.cache import JobCache
 from astro_otf.store.tables import JobRow, ParameterRow, ResultRow
+
+JOBS = cast(Table, JobRow.__table__)
+PARAMETERS = cast(Table, ParameterRow.__table__)
+RESULTS = cast(Table, ResultRow.__table__)
 
 
 def _changed(session: Session, statement: Executable) -> int:
@@ -26,7 +51,8 @@ def _changed(session: Session, statement: Executable) -> int:
     return cast(CursorResult[Any], result).rowcount
 
 
-def _to_job(row: JobRow) -> Job:
+def _to_job(row: Row[Any], parameters: Sequence[Row[Any]], results: Sequence[Row[Any]]) -> Job:
+    """A job from its row (Core) and its parameter and result rows (in their order)."""
     error = None
     if row.error_message is not None:
         error = ErrorSummary(row.error_type or "fatal", row.error_message)
@@ -45,10 +71,41 @@ def _to_job(row: JobRow) -> Job:
         quote=row.quote,
         queue_time=row.queue_time,
         error=error,
-        parameters=[JobParameter(p.name, p.value, p.is_file) for p in row.parameters],
-        results=[JobResult(r.result_id, r.filename, r.mime_type, r.size) for r in row.results],
+        parameters=[JobParameter(p.name, p.value, bool(p.is_file)) for p in parameters],
+        results=[JobResult(r.result_id, r.filename, r.mime_type, r.size) for r in results],
         info=dict(row.info or {}),
     )
+
+
+def _read_jobs(conn: Connection, job_ids: Collection[str]) -> list[Job]:
+    """Jobs with their parameters and results: three selects on one connection."""
+    ids = list(job_ids)
+    if len(ids) == 1:
+        where_job, where_param, where_result = (
+            JOBS.c.job_id == ids[0],
+            PARAMETERS.c.job_id == ids[0],
+            RESULTS.c.job_id == ids[0],
+        )
+    else:
+        where_job, where_param, where_result = (
+            JOBS.c.job_id.in_(ids),
+            PARAMETERS.c.job_id.in_(ids),
+            RESULTS.c.job_id.in_(ids),
+        )
+    rows = conn.execute(select(JOBS).where(where_job)).all()
+    if not rows:
+        return []
+    params: dict[str, list[Row[Any]]] = {}
+    for p in conn.execute(
+        select(PARAMETERS).where(where_param).order_by(PARAMETERS.c.job_id, PARAMETERS.c.name)
+    ):
+        params.setdefault(p.job_id, []).append(p)
+    results: dict[str, list[Row[Any]]] = {}
+    for r in conn.execute(
+        select(RESULTS).where(where_result).order_by(RESULTS.c.job_id, RESULTS.c.position)
+    ):
+        results.setdefault(r.job_id, []).append(r)
+    return [_to_job(r, params.get(r.job_id, []), results.get(r.job_id, [])) for r in rows]
 
 
 #: PostgreSQL channel on which every phase change is announced, as "<job id> <PHASE>" (or
@@ -60,10 +117,41 @@ JOB_CHANNEL = "otf_jobs"
 class JobStore:
     """Jobs in the database. Methods are synchronous: the HTTP layer calls them in threads."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, cache: JobCache | None = None) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._announce = engine.dialect.name == "postgresql"
+        #: Job records by id; only where every write goes through this store (see
+        #: :mod:`astro_otf.store.cache`).
+        self.cache = cache
+        self._write_lock: threading.Lock | None = (
+            threading.Lock() if engine.dialect.name == "sqlite" else None
+        )
+
+    @contextlib.contextmanager
+    def _writing(self, job_id: str | None) -> Iterator[None]:
+        """Around one write transaction: on SQLite this process's writers take turns here
+        (SQLite allows one writer; waiting in its busy handler sleeps in steps of up to
+        100 ms); the job's cached record is dropped after the transaction ends."""
+        try:
+            if self._write_lock is None:
+                yield
+            else:
+                with self._write_lock:
+                    yield
+        finally:
+            if self.cache is not None and job_id is not None:
+                self.cache.invalidate(job_id)
+
+    def cached(self, job_id: str) -> Job | None:
+        """The job's cached record, if the store keeps one (no database read)."""
+        return None if self.cache is None else self.cache.get(job_id)
+
+    def document(self, job: Job, key: str, render: Callable[[], bytes]) -> bytes:
+        """A document rendered from ``job``, kept with its cached record."""
+        if self.cache is None:
+            return render()
+        return self.cache.document(job, key, render)
 
     def _announce_change(self, s: Session, job_id: str, what: str) -> None:
         if self._announce:
@@ -81,39 +169,72 @@ class JobStore:
 
     # -- create / read -------------------------------------------------------------------
 
-    def create(self, job: Job) -> None:
-        with self.session() as s, s.begin():
-            row = JobRow(
-                job_id=job.job_id,
-                owner=job.owner,
-                run_id=job.run_id,
-                phase=job.phase.value,
-                model_id=job.model_id,
-                priority=job.priority,
-                creation_time=job.creation_time,
-                execution_duration=job.execution_duration,
-                destruction_time=job.destruction_time,
-                queue_time=job.queue_time,
-                info=job.info,
+    def create(self, job: Job) -> Job:
+        """Record a new job; returns it as a read would (parameters in name order)."""
+        ticket = None if self.cache is None else self.cache.ticket()
+        with self._writing(None), self.engine.begin() as conn:
+            conn.execute(
+                insert(JOBS).values(
+                    job_id=job.job_id,
+                    owner=job.owner,
+                    run_id=job.run_id,
+                    phase=job.phase.value,
+                    model_id=job.model_id,
+                    priority=job.priority,
+                    creation_time=job.creation_time,
+                    execution_duration=job.execution_duration,
+                    destruction_time=job.destruction_time,
+                    quote=job.quote,
+                    queue_time=job.queue_time,
+                    info=job.info,
+                )
             )
-            row.parameters = [
-                ParameterRow(name=p.name, value=p.value, is_file=p.is_file) for p in job.parameters
-            ]
-            s.add(row)
-            if job.phase == Phase.QUEUED:
-                self._announce_change(s, job.job_id, job.phase.value)
+            if job.parameters:
+                conn.execute(
+                    insert(PARAMETERS),
+                    [
+                        {
+                            "job_id": job.job_id,
+                            "name": p.name,
+                            "value": p.value,
+                            "is_file": p.is_file,
+                        }
+                        for p in job.parameters
+                    ],
+                )
+            if job.phase == Phase.QUEUED and self._announce:
+                conn.execute(
+                    text("SELECT pg_notify(:channel, :payload)"),
+                    {"channel": JOB_CHANNEL, "payload": f"{job.job_id} {job.phase.value}"},
+                )
+        stored = Job(
+            **{
+                **job.__dict__,
+                "parameters": sorted(job.parameters, key=lambda p: p.name),
+                "results": [],
+                "info": dict(job.info),
+            }
+        )
+        if self.cache is not None and ticket is not None:
+            self.cache.fill(stored, ticket)
+        return stored
 
     def get(self, job_id: str, owner: str | None = None, *, check_owner: bool = False) -> Job:
-        """The job, or JobNotFound. With ``check_owner`` a job of another owner is not found."""
-        with self.session() as s:
-            row = s.scalar(
-                select(JobRow)
-                .where(JobRow.job_id == job_id)
-                .options(selectinload(JobRow.parameters), selectinload(JobRow.results))
-            )
-            if row is None or (check_owner and row.owner != owner):
+        """The job, or JobNotFound. With ``check_owner`` a job of another owner is not found
+        (the same answer as an unknown id)."""
+        job = None if self.cache is None else self.cache.get(job_id)
+        if job is None:
+            ticket = None if self.cache is None else self.cache.ticket()
+            with self.engine.connect() as conn:
+                found = _read_jobs(conn, [job_id])
+            if not found:
                 raise JobNotFound(job_id)
-            return _to_job(row)
+            job = found[0]
+            if self.cache is not None and ticket is not None:
+                self.cache.fill(job, ticket)
+        if check_owner and job.owner != owner:
+            raise JobNotFound(job_id)
+        return job
 
     def list_jobs(
         self,
@@ -139,10 +260,10 @@ class JobStore:
         query = query.order_by(JobRow.creation_time.desc(), JobRow.job_id)
         if last is not None:
             query = query.limit(last)
-        with self.session() as s:
+        with self.engine.connect() as conn:
             return [
                 JobSummary(r.job_id, Phase(r.phase), r.run_id, r.owner, r.creation_time)
-                for r in s.execute(query)
+                for r in conn.execute(query)
             ]
 
     def count(self, phase: Phase) -> int:
@@ -195,7 +316,7 @@ class JobStore:
         condition = [JobRow.job_id == job_id, JobRow.phase.in_([p.value for p in sources])]
         if owner_token is not None:
             condition.append(JobRow.run_token == owner_token)
-        with self.session() as s, s.begin():
+        with self._writing(job_id), self.session() as s, s.begin():
             done = _changed(
                 s, update(JobRow).where(*condition).values(phase=target.value, **fields)
             )
@@ -220,7 +341,7 @@ class JobStore:
 
     def update_fields(self, job_id: str, sources: Iterable[Phase], **fields: Any) -> bool:
         """Set columns if the job is in one of ``sources``; False otherwise."""
-        with self.session() as s, s.begin():
+        with self._writing(job_id), self.session() as s, s.begin():
             return bool(
                 _changed(
                     s,
@@ -234,7 +355,7 @@ class JobStore:
         self, job_id: str, params: list[JobParameter], *, priority: int, model_id: str
     ) -> bool:
         """Replace the whole parameter set of a PENDING job; False if it is no longer PENDING."""
-        with self.session() as s, s.begin():
+        with self._writing(job_id), self.session() as s, s.begin():
             row = s.get(JobRow, job_id, with_for_update=True)
             if row is None or row.phase != Phase.PENDING.value:
                 return False
@@ -248,7 +369,7 @@ class JobStore:
             return True
 
     def delete(self, job_id: str) -> bool:
-        with self.session() as s, s.begin():
+        with self._writing(job_id), self.session() as s, s.begin():
             s.execute(delete(ParameterRow).where(ParameterRow.job_id == job_id))
             s.execute(delete(ResultRow).where(ResultRow.job_id == job_id))
             gone = bool(_changed(s, delete(JobRow).where(JobRow.job_id == job_id)))
@@ -273,13 +394,8 @@ class JobStore:
         """Several jobs in one query (those that exist)."""
         if not job_ids:
             return []
-        query = (
-            select(JobRow)
-            .where(JobRow.job_id.in_(list(job_ids)))
-            .options(selectinload(JobRow.parameters), selectinload(JobRow.results))
-        )
-        with self.session() as s:
-            return [_to_job(r) for r in s.scalars(query)]
+        with self.engine.connect() as conn:
+            return _read_jobs(conn, job_ids)
 
     def run_token(self, job_id: str) -> str | None:
         """The token of the run that owns the job now (None when no run does)."""

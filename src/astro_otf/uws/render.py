@@ -10,10 +10,12 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
 from astro_otf.domain.job import Job, JobSummary
+from astro_otf.results.preview import is_plan
 
 UWS_NS = "http://www.ivoa.net/xml/UWS/v1.0"
 XLINK_NS = "http://www.w3.org/1999/xlink"
@@ -26,8 +28,10 @@ def isotime(value: datetime | None) -> str | None:
     """ISO 8601 in UTC with millisecond precision and a ``Z``."""
     if value is None:
         return None
-    value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    # isoformat truncates to milliseconds (as strftime did) at a third of its cost
+    return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def _el(
@@ -81,7 +85,8 @@ def _results(parent: etree._Element, job: Job, links: Links) -> None:
         el.set("id", r.result_id)
         el.set(f"{{{XLINK_NS}}}type", "simple")
         el.set(f"{{{XLINK_NS}}}href", links.result(job.job_id, r.result_id))
-        el.set("size", str(r.size))
+        if not is_plan(r.filename):  # a preview drawn on demand: size unknown until drawn
+            el.set("size", str(r.size))
         el.set("mime-type", r.mime_type)
 
 
@@ -134,7 +139,49 @@ def job_xml(job: Job, links: Links) -> bytes:
     return _to_bytes(root)
 
 
+_LIST_HEAD = (
+    "<?xml version='1.0' encoding='UTF-8'?>\n"
+    f'<uws:jobs xmlns:uws="{UWS_NS}" xmlns:xlink="{XLINK_NS}" xmlns:xsi="{XSI_NS}" '
+    f'version="{UWS_VERSION}">\n'
+)
+
+
 def job_list_xml(jobs: list[JobSummary], links: Links) -> bytes:
+    """The job list, written as text: one jobref per job (a list of a thousand jobs is
+    rendered several times faster than through an element tree). Every value is escaped;
+    a text that XML cannot carry (a control character) takes the element tree's path,
+    which refuses it as it does in every other document."""
+    parts = [_LIST_HEAD]
+    for j in jobs:
+        run_id = "" if j.run_id is None else f"    <uws:runId>{_text(j.run_id)}</uws:runId>\n"
+        owner = (
+            '    <uws:ownerId xsi:nil="true"/>\n'
+            if j.owner is None
+            else f"    <uws:ownerId>{_text(j.owner)}</uws:ownerId>\n"
+        )
+        parts.append(
+            f'  <uws:jobref id={quoteattr(j.job_id)} xlink:type="simple" '
+            f"xlink:href={quoteattr(links.job(j.job_id))}>\n"
+            f"    <uws:phase>{j.phase.value}</uws:phase>\n{run_id}{owner}"
+            f"    <uws:creationTime>{isotime(j.creation_time)}</uws:creationTime>\n"
+            "  </uws:jobref>\n"
+        )
+    parts.append("</uws:jobs>\n")
+    text = "".join(parts)
+    if _NOT_XML.search(text):
+        return _job_list_tree(jobs, links)
+    return text.encode()
+
+
+#: Characters XML 1.0 cannot carry (lxml refuses them in text and attributes).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def _text(value: str) -> str:
+    return escape(value, {"\r": "&#13;"})  # a raw CR would be read back as a LF
+
+
+def _job_list_tree(jobs: list[JobSummary], links: Links) -> bytes:
     root = etree.Element(f"{{{UWS_NS}}}jobs", nsmap=NSMAP)
     root.set("version", UWS_VERSION)
     for j in jobs:
@@ -207,7 +254,7 @@ def results_json(job: Job, links: Links) -> list[dict[str, Any]]:
             "id": r.result_id,
             "href": links.result(job.job_id, r.result_id),
             "mimeType": r.mime_type,
-            "size": r.size,
+            "size": None if is_plan(r.filename) else r.size,
         }
         for r in job.results
     ]

@@ -4,6 +4,7 @@ no policy, SQL or file layout lives here."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Annotated, Any
 
@@ -13,6 +14,7 @@ from starlette.responses import Response
 
 from astro_otf.config import Settings
 from astro_otf.domain.errors import NotAcceptable, NotFound, ParameterError, RequestError
+from astro_otf.domain.job import Job
 from astro_otf.domain.phases import Phase
 from astro_otf.results.provenance import PROV_FORMATS, negotiate
 from astro_otf.results.votable import error_votable
@@ -32,12 +34,14 @@ VOTABLE = "application/x-votable+xml"
 # -- dependencies and helpers ------------------------------------------------------------
 
 
-def get_service(request: Request) -> JobService:
+# Dependencies are coroutines: FastAPI runs a plain function dependency in a worker thread,
+# two thread hops per request for two attribute reads.
+async def get_service(request: Request) -> JobService:
     service: JobService = request.app.state.service
     return service
 
 
-def get_owner(request: Request) -> str | None:
+async def get_owner(request: Request) -> str | None:
     return owner_from(request, request.app.state.settings)
 
 
@@ -118,6 +122,29 @@ def xml_or_json(request: Request, xml: bytes, data: Any) -> Response:
     return Response(xml, media_type=XML)
 
 
+def job_document(
+    request: Request,
+    service: JobService,
+    job: Job,
+    xml: Callable[[Job, render.Links], bytes],
+    data: Callable[[Job, render.Links], Any],
+) -> Response:
+    """A job's XML or JSON document, rendered only in the form asked for, and once per
+    cached job record (the key holds the renderer and the base URL the links are made of)."""
+    links = links_for(request)
+    if wants_json(request):
+        body = service.document(
+            job, f"json {data.__name__} {links.base}", lambda: _json_bytes(data(job, links))
+        )
+        return Response(body, media_type="application/json")
+    body = service.document(job, f"xml {xml.__name__} {links.base}", lambda: xml(job, links))
+    return Response(body, media_type=XML)
+
+
+def _json_bytes(data: Any) -> bytes:
+    return bytes(JSONResponse(data).body)
+
+
 # -- job list ------------------------------------------------------------------------------
 
 
@@ -129,7 +156,9 @@ async def list_jobs(request: Request, service: Service, owner: Owner) -> Respons
     last = parse_count("last", q["last"][-1]) if "last" in q else None
     jobs = await service.list(owner, phases or None, after, last)
     links = links_for(request)
-    return xml_or_json(request, render.job_list_xml(jobs, links), render.job_list_json(jobs, links))
+    if wants_json(request):
+        return JSONResponse(render.job_list_json(jobs, links))
+    return Response(render.job_list_xml(jobs, links), media_type=XML)
 
 
 @router.post("/jobs", openapi_extra=openapi.CREATE_JOB)
@@ -137,7 +166,10 @@ async def list_jobs(request: Request, service: Service, owner: Owner) -> Respons
 async def create_job(request: Request, service: Service, owner: Owner) -> Response:
     settings: Settings = request.app.state.settings
     job_id = service.new_job_id()
-    await in_thread(service.prepare, job_id)
+    if request.headers.get("content-type", "").lower().startswith("multipart/"):
+        # an upload may stream in: the folder first (a plain form's job gets its folder
+        # in the same thread hop as its row: JobService.create)
+        await in_thread(service.prepare, job_id)
 
     def sink(name: str, filename: str) -> IO[bytes] | None:
         if name in ("image", "fits"):  # "fits": the CIANNA On-The-Fly field
@@ -208,8 +240,7 @@ async def get_job(job_id: str, request: Request, service: Service, owner: Owner)
         job = await service.wait(job_id, owner, timeout, phase)
     else:
         job = await service.get(job_id, owner)
-    links = links_for(request)
-    return xml_or_json(request, render.job_xml(job, links), render.job_json(job, links))
+    return job_document(request, service, job, render.job_xml, render.job_json)
 
 
 @router.delete("/jobs/{job_id}")
@@ -366,10 +397,7 @@ async def get_owner_resource(job_id: str, service: Service, owner: Owner) -> Res
 @router.get("/jobs/{job_id}/parameters", openapi_extra=openapi.XML_OR_JSON)
 async def get_parameters(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
     job = await service.get(job_id, owner)
-    links = links_for(request)
-    return xml_or_json(
-        request, render.parameters_xml(job, links), render.parameters_json(job, links)
-    )
+    return job_document(request, service, job, render.parameters_xml, render.parameters_json)
 
 
 @router.post("/jobs/{job_id}/parameters", openapi_extra=openapi.POST_PARAMETERS)
@@ -423,7 +451,7 @@ async def get_results(job_id: str, request: Request, service: Service, owner: Ow
 @router.get("/jobs/{job_id}/results/{result_id}")
 async def get_result(job_id: str, result_id: str, service: Service, owner: Owner) -> Response:
     job = await service.get(job_id, owner)
-    path, mime = service.result_file(job, result_id)
+    path, mime = await service.result_download(job, result_id)
     if not await in_thread(os.path.isfile, path):
         raise NotFound(f"the file of result {result_id!r} of job {job_id} is missing")
     return FileResponse(path, media_type=mime, filename=f"{job_id}-{path.name}")
