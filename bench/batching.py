@@ -51,9 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import parse_time, start_server, wait_done
 
 from astro_otf.data import SAMPLE_IMAGE
-from astro_otf.imaging.normalise import parse_chain
-from astro_otf.imaging.tiling import read_tile, tile_grid
-from astro_otf.models.manifest import SHIPPED_MODELS, load_manifests
+from astro_otf.imaging.tiling import read_tile
 from astro_otf.models.onnx_detector import FORWARD_MEMORY_MB
 from astro_otf.models.onnx_runtime import SessionCache, run
 
@@ -243,27 +241,49 @@ def mark(ok: bool) -> str:
 
 
 def raw(images: list[Path]) -> tuple[float, int, int]:
-    model = next(m for m in load_manifests(SHIPPED_MODELS) if m.model_id == FIELDS["MODEL"])
+    """The limit: the very tiles a worker runs for these images (the app's own plan: its
+    block-averaging, normalisation and tile sizes, from its ``prepare`` stage), through one
+    bare ONNX Runtime session, forward passes only."""
+    import logging
+
+    from astro_otf.models.base import AppRequest
+    from astro_otf.models.onnx_detector import OnnxDetector
+    from astro_otf.models.registry import build_registry
+
+    app = build_registry().get(FIELDS["MODEL"])
+    assert isinstance(app, OnnxDetector), f"{FIELDS['MODEL']} is not an ONNX model"
+    model = app.model
     manifest = model.manifest
-    chain = parse_chain(manifest.normalisation)
     tiles = []
-    for path in images:
-        data = fits.getdata(path)
-        fitted = chain.fit(data)
-        for spec in tile_grid(data.shape, manifest.tiling.tile, manifest.tiling.overlap):
-            tiles.append(fitted.apply(read_tile(data, spec, fill=np.nan)))
+    quiet = logging.getLogger("bench.raw")
+    with tempfile.TemporaryDirectory() as staging:
+        for path in images:
+            request = AppRequest("raw", path, {}, None, Path(staging), quiet)
+            prepared = app.prepare(request)
+            for spec in prepared.specs:
+                tile = read_tile(prepared.pixels, spec, fill=np.nan)
+                tiles.append(prepared.chain.apply(tile, (spec.y0, spec.x0)))
+    shapes = sorted({t.shape for t in tiles})
+    if len(shapes) > 1:
+        raise SystemExit(f"the images give tiles of several shapes: {shapes}")
     stack = np.stack(tiles)[:, None]
     session = SessionCache(1024, ["cpu"], 0).get(model, "fp32")
     best = (float("inf"), 0)
     # the batch sizes the app could use: at most FORWARD_MEMORY_MB worth of tiles per pass
-    cap = int(FORWARD_MEMORY_MB // manifest.tile_memory_mb) if manifest.tile_memory_mb else 128
+    # (the app scales a tile's memory with its area)
+    area = shapes[0][0] * shapes[0][1] / manifest.tiling.tile**2
+    mb = manifest.tile_memory_mb * area if manifest.tile_memory_mb else None
+    cap = int(FORWARD_MEMORY_MB // mb) if mb else 128
     for size in sorted({max(1, min(s, cap)) for s in (8, 16, 32, 64, 128)}):
         run(session, stack[:size], input_name=manifest.input.name)  # warm
         t0 = time.perf_counter()
         for start in range(0, len(stack), size):
             run(session, stack[start : start + size], input_name=manifest.input.name)
         best = min(best, (time.perf_counter() - t0, size))
-    print(f"raw: {len(stack)} tiles in {best[0]:.2f} s at batch size {best[1]}")
+    print(
+        f"raw: {len(stack)} tiles of {shapes[0][0]}x{shapes[0][1]} in {best[0]:.2f} s at "
+        f"batch size {best[1]}"
+    )
     return best[0], len(stack), best[1]
 
 
