@@ -289,8 +289,8 @@ NATIVE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "preview",
         "bool",
-        "Draw the PNG preview result (the image with the sources overlaid). It costs about "
-        "0.1 s per job: turn it off for bulk runs.",
+        "List the PNG preview result (the image with the sources overlaid). It costs the job "
+        "nothing: the service draws it on its first request (25-90 ms) and keeps it.",
         default=True,
     ),
 )

@@ -135,7 +135,7 @@ _JOB_FIELDS: dict[str, Schema] = {
     "WIDTH": {**_TEXT, "description": "Region width: pixels (128) or an angle (3 arcmin)."},
     "HEIGHT": {**_TEXT, "description": "Region height: pixels (128) or an angle (3 arcmin)."},
     "PRIORITY": {"type": "integer", "minimum": -10, "maximum": 10},
-    "PREVIEW": {"type": "boolean", "description": "Draw the PNG preview."},
+    "PREVIEW": {"type": "boolean", "description": "List the PNG preview (drawn on request)."},
 }
 
 CREATE_JOB = extra(
