@@ -43,21 +43,13 @@ from astro_otf.store.lock import DataFolderBusy, DataFolderLock
 from astro_otf.store.repository import JobStore
 from tests.conftest import PostgresDatabases, ServerProcess
 from tests.integration.test_batching import big_images, slow_batch_server, submit
+from tests.integration.test_lifecycle import pid_alive
 from tests.integration.test_uws_api import job_json, sleep_job, wait_final, wait_phase
 
 FINAL = ("COMPLETED", "ERROR", "ABORTED")
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
 def run_pids(data_dir: Path, job_id: str) -> list[int]:

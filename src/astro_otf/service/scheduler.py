@@ -605,22 +605,28 @@ class Scheduler:
             except OSError as exc:
                 log.error("job %s: its results could not be moved into place: %s", job_id, exc)
                 await in_thread(self.folders.clear_results, job_id)
-                moved = await in_thread(
-                    self.store.transition,
-                    job_id,
-                    [Phase.EXECUTING],
-                    Phase.ERROR,
-                    end_time=utcnow(),
-                    info=info,
-                    owner_token=token,
-                    error_type="transient",
-                    error_message=(
-                        f"the job ran, but its result files could not be stored ({exc}). "
-                        f"Please report job {job_id} to the service operators."
-                    ),
+                message = (
+                    f"the job ran, but its result files could not be stored ({exc}). "
+                    f"Please report job {job_id} to the service operators."
                 )
+                moved = await self._fail(job_id, token, info, "transient", message)
         else:
-            moved = await in_thread(
+            moved = await self._fail(job_id, token, info, outcome.error_type, outcome.error_message)
+        if not moved:  # aborted or deleted meanwhile, or run again by another run
+            log.info("job %s: run %s no longer owns the job; its outcome is dropped", job_id, token)
+        await in_thread(self.folders.discard_run, job_id, token)
+
+    async def _fail(
+        self,
+        job_id: str,
+        token: str,
+        info: dict[str, Any],
+        error_type: str | None,
+        message: str | None,
+    ) -> bool:
+        """EXECUTING -> ERROR with its summary, if run ``token`` still owns the job."""
+        return bool(
+            await in_thread(
                 self.store.transition,
                 job_id,
                 [Phase.EXECUTING],
@@ -628,12 +634,10 @@ class Scheduler:
                 end_time=utcnow(),
                 info=info,
                 owner_token=token,
-                error_type=outcome.error_type,
-                error_message=outcome.error_message,
+                error_type=error_type,
+                error_message=message,
             )
-        if not moved:  # aborted or deleted meanwhile, or run again by another run
-            log.info("job %s: run %s no longer owns the job; its outcome is dropped", job_id, token)
-        await in_thread(self.folders.discard_run, job_id, token)
+        )
 
     async def _end_without_results(
         self,
