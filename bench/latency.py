@@ -57,16 +57,21 @@ def start_server(
         stdout=log,
         stderr=log,
     )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    return proc, wait_ready(proc, f"http://127.0.0.1:{port}", 60.0)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> str:
+    """``url`` once its /health/ready answers 200; the process is killed if it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                return proc, url
+                return url
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
     proc.kill()
-    raise SystemExit("server did not start")
+    raise SystemExit(f"the server at {url} did not start")
 
 
 def parse_time(text: str) -> datetime:

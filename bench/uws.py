@@ -36,7 +36,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 
 sys.path.insert(0, str(Path(__file__).parent))
-from latency import free_port, start_server
+from latency import free_port, start_server, wait_ready
 
 TOOL = Path("/work/shared/tools/uws_load.py")
 
@@ -145,16 +145,7 @@ def start_bare() -> tuple[subprocess.Popen[bytes], str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the bare server did not start")
+    return proc, wait_ready(proc, f"http://127.0.0.1:{port}", 30.0)
 
 
 def load(

@@ -24,14 +24,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
 from astro_otf.app import recover, remove_orphans
-from astro_otf.domain.job import Job, JobParameter
 from astro_otf.domain.phases import Phase
 from astro_otf.execution.task import BatchTask, ProducedResult, TaskOutcome
 from astro_otf.models.registry import RegistryConfig, build_registry
@@ -44,6 +42,7 @@ from astro_otf.store.repository import JobStore
 from tests.conftest import PostgresDatabases, ServerProcess
 from tests.integration.test_batching import big_images, slow_batch_server, submit
 from tests.integration.test_lifecycle import pid_alive
+from tests.integration.test_scheduler import _sleep_job
 from tests.integration.test_uws_api import job_json, sleep_job, wait_final, wait_phase
 
 FINAL = ("COMPLETED", "ERROR", "ABORTED")
@@ -190,25 +189,6 @@ def test_folder_lock_is_shared_by_replicas_and_exclusive_for_sqlite(tmp_path: Pa
 # -- 9b: a run that lost its job changes nothing ---------------------------------------------
 
 
-def _queued_sleep_job(job_id: str) -> Job:
-    now = datetime.now(UTC)
-    return Job(
-        job_id=job_id,
-        owner=None,
-        run_id=None,
-        phase=Phase.QUEUED,
-        model_id="sleep",
-        priority=0,
-        creation_time=now,
-        start_time=None,
-        end_time=None,
-        execution_duration=600,
-        destruction_time=now + timedelta(days=1),
-        queue_time=now,
-        parameters=[JobParameter("model", "sleep"), JobParameter("duration", "1")],
-    )
-
-
 class _GatedExecutor:
     """Runs a batch when its gate opens: each job 'succeeds' with a report naming the run,
     written where a worker writes it (the run's staging folder)."""
@@ -265,7 +245,7 @@ def test_a_run_that_lost_its_job_records_nothing(tmp_path: Path) -> None:
         a = Scheduler(store, folders, old, JobEvents(), apps=apps, registry=config)  # type: ignore[arg-type]
         b = Scheduler(store, folders, new, JobEvents(), apps=apps, registry=config)  # type: ignore[arg-type]
         folders.create(job_id)
-        store.create(_queued_sleep_job(job_id))
+        store.create(_sleep_job(job_id, 1))
         await a._fill()
         await old.started.wait()
         token_a = store.run_token(job_id)
@@ -402,7 +382,7 @@ def test_replicas_remove_only_orphans_untouched_for_minutes(tmp_path: Path) -> N
     migrate(engine)
     store = JobStore(engine)
     folders = JobFolders(tmp_path)
-    store.create(_queued_sleep_job("aaaa00000000000a"))
+    store.create(_sleep_job("aaaa00000000000a", 1))
     folders.create("aaaa00000000000a")
     old, young, uploading = "bbbb00000000000b", "cccc00000000000c", "dddd00000000000d"
     for name in (old, young, uploading):

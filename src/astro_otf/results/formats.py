@@ -61,7 +61,7 @@ def write_csv(catalogue: Catalogue, path: Path) -> Path:
     def write(tmp: Path) -> None:
         tmp.write_text(text, encoding="utf-8", newline="")
 
-    return _write_atomically(Path(path), write)
+    return write_atomically(Path(path), write)
 
 
 def _csv_cells(column: Column) -> list[str]:
@@ -169,7 +169,7 @@ def write_json(catalogue: Catalogue, path: Path, *, infos: Mapping[str, str]) ->
     def write(tmp: Path) -> None:
         tmp.write_text(text + "\n", encoding="utf-8")
 
-    return _write_atomically(Path(path), write)
+    return write_atomically(Path(path), write)
 
 
 def _dumps(value: Any) -> str:
@@ -333,7 +333,7 @@ def write_ds9(catalogue: Catalogue, path: Path) -> Path:
     def write(tmp: Path) -> None:
         tmp.write_text(text, encoding="utf-8")
 
-    return _write_atomically(Path(path), write)
+    return write_atomically(Path(path), write)
 
 
 def _labels(table: Table, n: int) -> list[str]:
@@ -349,12 +349,16 @@ def _labels(table: Table, n: int) -> list[str]:
 # -- shared ------------------------------------------------------------------------------------
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write`` on a temporary name beside ``path``, then rename it to ``path``."""
+def write_atomically(path: Path, write: Callable[[Path], None] | bytes) -> Path:
+    """Run ``write`` (or write those bytes) on a temporary name beside ``path``, then rename
+    it to ``path``: a reader never sees a half-written result file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        write(tmp)
+        if isinstance(write, bytes):
+            tmp.write_bytes(write)
+        else:
+            write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

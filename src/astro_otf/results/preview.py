@@ -24,8 +24,6 @@ import functools
 import io
 import json
 import math
-import os
-import uuid
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from astro_otf.imaging.fits import SkyImage, load_image
 from astro_otf.results.catalogue import Catalogue, float_column
+from astro_otf.results.formats import write_atomically
 
 __all__ = [
     "PLAN_SUFFIX",
@@ -139,7 +138,7 @@ def write_plan(image: SkyImage, path: Path, *, catalogue: str = "catalogue.json"
     loaded image) at ``path``; returns ``path``."""
     ny, nx = image.shape
     plan = PreviewPlan(image.hdu_index, image.origin[0], image.origin[1], nx, ny, catalogue)
-    _write_atomically(Path(path), plan.to_json().encode("utf-8"))
+    write_atomically(Path(path), plan.to_json().encode("utf-8"))
     return Path(path)
 
 
@@ -300,7 +299,7 @@ def draw_preview(image: SkyImage, table: Table, path: Path, *, max_side: int = M
     draw.text((4, height + 3), caption, fill=TEXT_INDEX, font=_font())
     draw.text((4, height + 18), _where(image), fill=TEXT_INDEX, font=_font())
     buffer = _png_bytes(picture)
-    _write_atomically(Path(path), buffer)
+    write_atomically(Path(path), buffer)
     return Path(path)
 
 
@@ -548,13 +547,3 @@ def _angle_text(arcsec: float) -> str:
 def _ordinal(k: int) -> str:
     suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
     return f"{k}{suffix}"
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

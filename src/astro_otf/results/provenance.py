@@ -43,10 +43,8 @@ depends on that cleaning.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,6 +55,8 @@ from typing import Any
 from prov.constants import PROV, XSD
 from prov.identifier import Namespace, QualifiedName
 from prov.model import ProvAgent, ProvDocument, ProvEntity
+
+from astro_otf.results.formats import write_atomically
 
 __all__ = [
     "OTF_SHA256",
@@ -408,16 +408,7 @@ def write_provenance(record: ProvenanceRecord, path: Path) -> Path:
     The file is written under a temporary name in the same folder and renamed into place,
     so a reader never sees a half-written document.
     """
-    path = Path(path)
-    data = _serialize(build_document(record), "json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomically(Path(path), _serialize(build_document(record), "json"))
 
 
 # -- content negotiation and conversion ------------------------------------------------------

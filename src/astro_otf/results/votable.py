@@ -11,9 +11,7 @@ result is expected (see DESIGN.md, "results are written to a temporary name").
 from __future__ import annotations
 
 import io
-import os
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from astropy.io.votable.tree import CooSys, Info, Param, Resource, VOTableFile
 from astropy.table import Table
 
 from astro_otf.results.catalogue import ImageFact
+from astro_otf.results.formats import write_atomically
 
 __all__ = ["VOTABLE_VERSION", "error_votable", "write_catalogue"]
 
@@ -85,17 +84,12 @@ def write_catalogue(
             field.ref = "sky_frame"
     votable.set_all_tables_format("tabledata")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        # astropy's C TABLEDATA writer (astropy 8.0.2) writes a NUL one byte past its 256-byte
-        # row buffer when a row's text fills it exactly: heap corruption that later crashed
-        # processes (seen with PYTHONMALLOC=debug). Its Python writer gives the same XML.
-        votable.to_xml(str(tmp), _debug_python_based_parser=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    # astropy's C TABLEDATA writer (astropy 8.0.2) writes a NUL one byte past its 256-byte
+    # row buffer when a row's text fills it exactly: heap corruption that later crashed
+    # processes (seen with PYTHONMALLOC=debug). Its Python writer gives the same XML.
+    return write_atomically(
+        path, lambda tmp: votable.to_xml(str(tmp), _debug_python_based_parser=True)
+    )
 
 
 def error_votable(message: str) -> bytes:
