@@ -9,7 +9,7 @@ PORT ?= 8000
 # Debian packages the tests use: STILTS (votlint) checks our VOTables; graphviz draws the
 # provenance graph as SVG. (The Slurm tests install and start slurm-wlm and munge themselves,
 # through ../shared/infra/slurm-local.sh.)
-DEB_TEST_PACKAGES := stilts graphviz
+DEB_TEST_PACKAGES := stilts graphviz chromium chromium-driver
 
 .PHONY: run test install install-test deb-test lint typecheck check clean train peers science
 

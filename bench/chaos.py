@@ -218,7 +218,12 @@ class Campaign:
             with SAMPLE_IMAGE.open("rb") as f:
                 r = client.post(
                     "/jobs",
-                    data={"MODEL": "matched-filter", "PHASE": "RUN", "RUNID": f"chaos-{n}"},
+                    data={
+                        "MODEL": "matched-filter",
+                        "PHASE": "RUN",
+                        "NOCACHE": "true",  # every job must run: kills land on runs
+                        "RUNID": f"chaos-{n}",
+                    },
                     files={"IMAGE": ("sample.fits", f)},
                 )
         else:

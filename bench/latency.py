@@ -154,7 +154,9 @@ def main() -> None:
 def _submit(client: httpx.Client) -> str:
     with SAMPLE_IMAGE.open("rb") as f:
         r = client.post(
-            "/jobs", data={"PHASE": "RUN", "MODEL": "sep"}, files={"IMAGE": ("sample.fits", f)}
+            "/jobs",
+            data={"PHASE": "RUN", "MODEL": "sep", "NOCACHE": "true"},
+            files={"IMAGE": ("sample.fits", f)},
         )
     if r.status_code != 303:
         raise SystemExit(f"submission refused: {r.status_code} {r.text}")

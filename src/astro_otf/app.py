@@ -16,26 +16,28 @@ from fastapi.responses import PlainTextResponse
 from sqlalchemy.engine import make_url
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from astro_otf import __version__
+from astro_otf import __version__, web
 from astro_otf.batching.former import BatchRules
 from astro_otf.config import Settings
-from astro_otf.domain.errors import NotAuthenticated, OTFError, QueueFull
+from astro_otf.domain.errors import NotAuthenticated, OTFError, ServiceBusy
 from astro_otf.domain.phases import Phase
 from astro_otf.execution.base import make_executor
 from astro_otf.models.registry import RegistryConfig, build_registry
 from astro_otf.service.events import JobEvents
+from astro_otf.service.feed import JobFeed
 from astro_otf.service.jobs import JobService
 from astro_otf.service.metrics import Metrics
 from astro_otf.service.reaper import Reaper
 from astro_otf.service.replicas import Replicas
 from astro_otf.service.scheduler import Scheduler, utcnow
 from astro_otf.service.threads import in_thread
+from astro_otf.service.uploads import UploadService
 from astro_otf.store.cache import JobCache
 from astro_otf.store.database import make_engine, migrate
 from astro_otf.store.files import JobFolders
 from astro_otf.store.lock import DataFolderBusy, DataFolderLock
 from astro_otf.store.repository import JobStore
-from astro_otf.uws import routes, system
+from astro_otf.uws import routes, system, upload_routes
 
 log = logging.getLogger("astro_otf")
 
@@ -151,10 +153,17 @@ async def _running(app: FastAPI, settings: Settings, *, alone: bool) -> AsyncIte
         ),
         metrics=metrics,
     )
-    service = JobService(settings, store, folders, registry, events, scheduler)
+    feed = JobFeed()
+    uploads = UploadService(settings, engine)
+    service = JobService(
+        settings, store, folders, registry, events, scheduler, feed=feed, uploads=uploads
+    )
+    scheduler.on_progress = service.progress_changed
     reaper = Reaper(service)
     app.state.settings = settings
     app.state.service = service
+    app.state.uploads = uploads
+    app.state.feed = feed
     app.state.scheduler = scheduler
     app.state.executor = executor
     app.state.reaper = reaper
@@ -205,6 +214,7 @@ async def _running(app: FastAPI, settings: Settings, *, alone: bool) -> AsyncIte
             await replicas.stop()
         await scheduler.stop()
         await executor.shutdown()
+        await service.close()
         engine.dispose()
 
 
@@ -246,16 +256,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="On-the-fly source finding in radio images, as IVOA UWS 1.1 jobs.",
         lifespan=lifespan,
+        # /docs and /redoc are served by astro_otf.web with their files shipped, not a CDN's
+        docs_url=None,
+        redoc_url=None,
         **fastapi_options(),
     )
     app.state.settings = settings
     app.include_router(system.router)
     app.include_router(routes.router)
+    app.include_router(upload_routes.router)
+    web.install(app)
 
     @app.exception_handler(OTFError)
     async def otf_error(request: Request, exc: OTFError) -> PlainTextResponse:
         headers = {}
-        if isinstance(exc, QueueFull):
+        if isinstance(exc, ServiceBusy):
             headers["Retry-After"] = str(exc.retry_after)
         if isinstance(exc, NotAuthenticated):
             headers["WWW-Authenticate"] = "Bearer"

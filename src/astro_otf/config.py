@@ -83,6 +83,19 @@ class Settings(BaseSettings):
     max_execution_duration: int = Field(default=86400, ge=1, description="Seconds; a cap.")
     default_destruction_days: float = Field(default=7.0, gt=0)
     max_destruction_days: float = Field(default=30.0, gt=0)
+    upload_days: float = Field(
+        default=7.0, gt=0, description="Days a stored upload (POST /uploads) is kept."
+    )
+    upload_quota_bytes: int = Field(
+        default=20 * 1024**3,
+        ge=1,
+        description="Bytes of stored uploads one owner may hold at once (POST /uploads).",
+    )
+    webhook_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts a job's NOTIFY webhook may call (none: webhooks are off). A "
+        "webhook to any other host is refused when the job is created.",
+    )
     max_wait: int = Field(default=600, ge=1, description="Cap on a blocking WAIT, seconds.")
     max_queued_jobs: int = Field(default=10000, ge=1, description="QUEUED jobs before 503.")
     auth_mode: Literal["anonymous", "token"] = "anonymous"

@@ -64,3 +64,46 @@ async def _sleep_job(otf: AsyncOTFClient) -> str:
     async with httpx.AsyncClient(base_url=otf.url) as http:
         r = await http.post("/jobs", data={"MODEL": "sleep", "DURATION": "1"})
     return r.headers["location"].rsplit("/", 1)[-1]
+
+
+def test_async_upload_events_log_and_rerun(server: ServerProcess, real_data: Path) -> None:
+    """Upload once, follow a job by the event stream, read its log, rerun it changed."""
+    image = real_data / "aegean" / "synthetic_test.fits"
+
+    async def scenario() -> None:
+        async with AsyncOTFClient(server.url) as otf:
+            record = await otf.upload(image)
+            assert record["filename"] == image.name and record["bytes"] == image.stat().st_size
+            job_id = await otf.submit(
+                f"upload:{record['upload_id']}",
+                {"MODEL": "sleep", "DURATION": "0.5"},
+                run=False,
+                run_id="async-events",
+            )
+            seen: list[tuple[str, str | None]] = []
+
+            async def listen() -> None:
+                async for event in otf.events(jobs=[job_id]):
+                    seen.append((event.event, event.phase))
+                    if event.phase == "COMPLETED":
+                        return
+
+            listener = asyncio.create_task(listen())
+            await asyncio.sleep(0.5)  # the stream is open before the job starts
+            await otf.run(job_id)
+            await asyncio.wait_for(listener, 30)
+            phases = [p for kind, p in seen if kind == "phase"]
+            assert phases[-1] == "COMPLETED" and "EXECUTING" in phases, seen
+            job = await otf.job(job_id)
+            assert job.input["upload_id"] == record["upload_id"] and job.image == image.name
+            assert "sleeping" in await otf.log(job_id)
+            assert len((await otf.log(job_id, tail=1)).splitlines()) == 1
+            listed = await otf.jobs(run_id="async-events")
+            assert [j.job_id for j in listed] == [job_id] and listed[0].image == image.name
+
+            again = await otf.rerun(job_id, {"DURATION": 0})
+            done = await otf.wait(again)
+            assert done.phase == "COMPLETED" and done.parameters["duration"] == "0"
+            assert done.input["sha256"] == job.input["sha256"]
+
+    asyncio.run(scenario())

@@ -349,3 +349,153 @@ def test_models_wait_results_show_roi_and_config_file(
         [str(OTF), "health"], env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert health.returncode == 0 and cli_server.url in health.stdout, health.stderr
+
+
+# -- issue 14: run ids from file names, logs, reruns with overrides, uploads, events --------
+
+
+def test_bulk_submit_names_runs_after_the_files_and_log_shows_the_run(
+    cli_server: ServerProcess, image: Path, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "field-a.fits", tmp_path / "field-b.fits"
+    first.write_bytes(image.read_bytes())
+    second.write_bytes(image.read_bytes())
+    done = otf(cli_server.url, "submit", str(first), str(second), "--wait", "--json", "--no-cache")
+    assert done.returncode == 0, done.stderr
+    jobs = json.loads(done.stdout)["jobs"]
+    assert not any(j["jobInfo"].get("cached_from") for j in jobs)
+    assert [j["runId"] for j in jobs] == ["field-a", "field-b"]
+    assert {j["phase"] for j in jobs} == {"COMPLETED"}
+    by_run = {j["runId"]: j["jobId"] for j in jobs}
+
+    # the table form shows the run ids too
+    table = otf(cli_server.url, "submit", str(first), str(second), "--run-id", "mine")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.count(" mine ") == 2, table.stdout
+
+    listed = otf(cli_server.url, "jobs", "--run-id", "field-b", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [j["jobId"] for j in json.loads(listed.stdout)["jobs"]] == [by_run["field-b"]]
+    named = otf(cli_server.url, "jobs", "--image", "field-a.fits", "--json")
+    assert by_run["field-a"] in {j["jobId"] for j in json.loads(named.stdout)["jobs"]}
+    assert by_run["field-b"] not in {j["jobId"] for j in json.loads(named.stdout)["jobs"]}
+    shown = otf(cli_server.url, "jobs", "--run-id", "field-a")
+    line = next(ln for ln in shown.stdout.splitlines() if by_run["field-a"] in ln)
+    assert "field-a.fits" in line and "COMPLETED" in line
+
+    log = otf(cli_server.url, "log", by_run["field-a"])
+    assert log.returncode == 0, log.stderr
+    served = httpx.get(f"{cli_server.url}/jobs/{by_run['field-a']}/log", timeout=10).text
+    assert served.strip() and log.stdout.strip() == served.strip()
+    tail = otf(cli_server.url, "log", by_run["field-a"], "--tail", "1")
+    assert tail.returncode == 0 and tail.stdout.strip() == served.strip().splitlines()[-1]
+    assert otf(cli_server.url, "log", "nosuchjob123").returncode == 4
+    assert otf(cli_server.url, "log", by_run["field-a"], "--tail", "0").returncode == 2
+
+
+def test_rerun_with_a_changed_threshold(cli_server: ServerProcess, image: Path) -> None:
+    first = otf(cli_server.url, "submit", str(image), "--wait", "--json", "-p", "thresh=5")
+    assert first.returncode == 0, first.stderr
+    old = json.loads(first.stdout)
+    again = otf(
+        cli_server.url, "rerun", old["jobId"], "-p", "thresh=20", "--run-id", "strict",
+        "--wait", "--json",
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    new = json.loads(again.stdout)
+    assert new["jobId"] != old["jobId"] and new["phase"] == "COMPLETED"
+    assert new["runId"] == "strict"
+    assert new["parameters"]["thresh"] == "20" and old["parameters"]["thresh"] == "5"
+    assert new["jobInfo"]["input"]["sha256"] == old["jobInfo"]["input"]["sha256"]
+    assert 0 < new["jobInfo"]["n_sources"] < old["jobInfo"]["n_sources"]
+    refused = otf(cli_server.url, "rerun", old["jobId"], "-p", "thresh=-1")
+    assert refused.returncode == 4 and "thresh" in refused.stderr.lower()
+
+
+def test_upload_once_then_three_thresholds(
+    cli_server: ServerProcess, image: Path, tmp_path: Path
+) -> None:
+    stored = otf(cli_server.url, "upload", str(image))
+    assert stored.returncode == 0, stored.stderr
+    upload_id = stored.stdout.strip()
+    assert JOB_ID.match(upload_id), stored.stdout
+    record = json.loads(otf(cli_server.url, "upload", str(image), "--json").stdout)
+    assert record["upload_id"] == upload_id  # the same bytes: the same upload
+
+    counts = []
+    for thresh, how in (("4", "--upload-id"), ("20", "--upload-id"), ("60", "positional")):
+        args = ["--upload-id", upload_id] if how == "--upload-id" else [f"upload:{upload_id}"]
+        done = otf(cli_server.url, "submit", *args, "-p", f"thresh={thresh}", "--wait", "--json")
+        assert done.returncode == 0, done.stderr
+        doc = json.loads(done.stdout)
+        assert doc["phase"] == "COMPLETED"
+        assert doc["jobInfo"]["input"]["upload_id"] == upload_id
+        assert doc["jobInfo"]["input"]["filename"] == image.name
+        assert doc["parameters"]["thresh"] == thresh
+        counts.append(doc["jobInfo"]["n_sources"])
+    assert counts[0] >= counts[1] >= counts[2] and counts[0] > counts[2], counts
+    uploads = httpx.get(
+        f"{cli_server.url}/uploads", headers={"Accept": "application/json"}, timeout=10
+    ).json()["uploads"]
+    assert [u["upload_id"] for u in uploads].count(upload_id) == 1
+
+    # the same parameters again: the service reuses the finished job; --no-cache runs it
+    cached = json.loads(
+        otf(cli_server.url, "submit", "-u", upload_id, "-p", "thresh=4", "--json", "-w").stdout
+    )
+    assert cached["phase"] == "COMPLETED" and cached["jobInfo"].get("cached_from")
+    fresh = json.loads(
+        otf(
+            cli_server.url, "submit", "-u", upload_id, "-p", "thresh=4", "--no-cache",
+            "--json", "-w",
+        ).stdout
+    )  # fmt: skip
+    assert fresh["phase"] == "COMPLETED" and not fresh["jobInfo"].get("cached_from")
+    assert fresh["parameters"].get("nocache") in (None, "true")
+
+    missing = otf(cli_server.url, "submit", "--upload-id", "nosuchupload")
+    assert missing.returncode == 4 and "Traceback" not in missing.stderr
+    not_fits = otf(cli_server.url, "upload", str(tmp_path / "absent.fits"))
+    assert not_fits.returncode == 2
+
+
+def test_wait_follows_the_event_stream(cli_server: ServerProcess, image: Path) -> None:
+    from astro_otf.cli.follow import JobFollower
+    from astro_otf.client import OTFClient
+
+    started = otf(cli_server.url, "submit", str(image), "-m", "sleep", "-p", "DURATION=1.5")
+    job_id = started.stdout.strip()
+    assert started.returncode == 0 and JOB_ID.match(job_id), started.stderr
+    waited = otf(cli_server.url, "wait", job_id)
+    assert waited.returncode == 0, waited.stderr
+    assert f"job {job_id} COMPLETED" in waited.stdout
+    assert "Traceback" not in waited.stderr
+
+    # the same machinery in-process: it was the event stream that carried the wait
+    with OTFClient(cli_server.url) as client:
+        ids = [
+            client.submit(image, {"MODEL": "sleep", "DURATION": "1"}, run_id=f"ev{i}")
+            for i in range(2)
+        ]
+        follower = JobFollower(client, ids, show=False, resync=60.0)
+        t0 = time.monotonic()
+        jobs = follower.run(timeout=60)
+        assert follower.used_events
+        assert {j.phase for j in jobs.values()} == {"COMPLETED"}
+        assert time.monotonic() - t0 < 30
+        # a timeout while the job still runs: exit 5 from the CLI
+        slow = client.submit(image, {"MODEL": "sleep", "DURATION": "20"})
+    timed_out = otf(cli_server.url, "wait", slow, "--timeout", "1")
+    assert timed_out.returncode == 5, (timed_out.stdout, timed_out.stderr)
+    assert otf(cli_server.url, "abort", slow).returncode == 0
+
+
+def test_job_shows_progress_and_quote_while_it_runs(cli_server: ServerProcess, image: Path) -> None:
+    started = otf(cli_server.url, "submit", str(image), "-m", "sleep", "-p", "DURATION=20")
+    job_id = started.stdout.strip()
+    assert wait_phase(cli_server, job_id, {"EXECUTING"}) == "EXECUTING"
+    shown = otf(cli_server.url, "job", job_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "Progress" in shown.stdout and "EXECUTING" in shown.stdout
+    assert "Image" in shown.stdout and image.name in shown.stdout
+    assert otf(cli_server.url, "abort", job_id).returncode == 0

@@ -59,7 +59,8 @@ def submit(client: httpx.Client, image: Path, **fields: str) -> str:
     with image.open("rb") as f:
         r = client.post(
             "/jobs",
-            data={"MODEL": "matched-filter", "PHASE": "RUN", **fields},
+            # NOCACHE: these jobs are here to run (the same image twice is no repeat here)
+            data={"MODEL": "matched-filter", "PHASE": "RUN", "NOCACHE": "true", **fields},
             files={"IMAGE": (image.name, f)},
         )
     assert r.status_code == 303, r.text

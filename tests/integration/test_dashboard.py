@@ -384,3 +384,53 @@ def test_unreachable_server_is_reported_and_the_app_keeps_running(tmp_path: Path
         await until(pilot, lambda: not app.is_running, "quit")
 
     drive(url, scenario, download_dir=tmp_path, refresh=0.2)
+
+
+# -- progress from the event stream ----------------------------------------------------------
+
+
+def test_progress_column_follows_the_event_stream(
+    dash_server: ServerProcess, http: httpx.Client, real_data: Path
+) -> None:
+    image = real_data / "aegean" / "synthetic_test.fits"
+    fields = {"MODEL": "sleep", "DURATION": "3", "PHASE": "RUN", "RUNID": "dash-run"}
+
+    async def scenario(app: Dashboard, pilot: Pilot[None]) -> None:
+        await until(pilot, lambda: app.follow_mode == "events" and app.refreshes, "first read")
+        running = create(http, fields, image)  # after the first read: only events tell
+        await until(
+            pilot,
+            lambda: (
+                running in app.visible_job_ids() and "inference" in cell(app, running, "progress")
+            ),
+            "the progress of the running job",
+        )
+        progress = cell(app, running, "progress")
+        assert "%" in progress and "ETA" in progress, progress
+        assert cell(app, running, "image") == "img.fits"  # the name create() sends
+        assert cell(app, running, "run") == "dash-run"
+        assert cell(app, running, "model") == "sleep"
+        app.select_job(running)
+        await pilot.pause()
+        assert "progress: " in detail(app) and "inference" in detail(app)
+        await until(pilot, lambda: cell(app, running, "phase") == "COMPLETED", "COMPLETED", 20)
+        assert cell(app, running, "progress") == ""
+        assert app.events_seen >= 2
+        assert "(events)" in app.sync_message
+
+    # a refresh timer that never fires while the test runs: the events do the work
+    drive(dash_server.url, scenario, refresh=120)
+
+
+def test_a_service_without_events_is_polled(dash_server: ServerProcess) -> None:
+    async def scenario(app: Dashboard, pilot: Pilot[None]) -> None:
+        await until(pilot, lambda: app.refreshes >= 2, "two refreshes")
+        assert app.follow_mode == "polling" and app.events_seen == 0
+
+    async def main() -> None:
+        with OTFClient(dash_server.url) as client:
+            app = Dashboard(client, refresh=0.5, events=False)
+            async with app.run_test(size=SIZE) as pilot:
+                await scenario(app, pilot)
+
+    asyncio.run(main())

@@ -126,8 +126,11 @@ def test_jobs_run_on_the_dask_workers(
     client: httpx.Client, server: ServerProcess, real_data: Path
 ) -> None:
     image = real_data / "aegean" / "synthetic_test.fits"
-    ids = [create(client, {"PHASE": "RUN", "MODEL": "matched-filter"}, image) for _ in range(3)]
-    ids += [create(client, {"PHASE": "RUN"}, image) for _ in range(2)]
+    ids = [
+        create(client, {"PHASE": "RUN", "MODEL": "matched-filter", "NOCACHE": "true"}, image)
+        for _ in range(3)
+    ]
+    ids += [create(client, {"PHASE": "RUN", "NOCACHE": "true"}, image) for _ in range(2)]
     docs = [wait_final(client, job_id, timeout=120) for job_id in ids]
     assert [d["phase"] for d in docs] == ["COMPLETED"] * 5, [d["errorSummary"] for d in docs]
     assert server.worker_pids() == []  # no local worker processes: Dask ran them

@@ -15,6 +15,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -321,6 +322,59 @@ def test_samp_without_hub_is_a_status_message(window: MainWindow, tmp_path: Path
     }
     assert not window.send_to_samp()
     assert window.statusBar().currentMessage().startswith("SAMP:")
+
+
+# --------------------------------------------------------------------------- uploads / progress
+
+
+def _set(editor: object, value: float) -> None:
+    if hasattr(editor, "setValue"):
+        editor.setValue(value)
+    else:
+        getattr(editor, "setText")(str(value))  # noqa: B009 - a QLineEdit
+
+
+def test_one_upload_serves_several_jobs_and_the_bar_follows_the_job(
+    window: MainWindow, qtbot: Any, client: OTFClient
+) -> None:
+    shown: list[tuple[str, int]] = []
+    window.progressChanged.connect(lambda text, value: shown.append((text, value)))
+    assert window.open_image(SYNTHETIC)
+    window.select_model("sep")
+    with qtbot.waitSignal(window.jobFinished, timeout=60_000):
+        assert window.submit()
+    first = window.job
+    assert first is not None and first.phase == "COMPLETED", window.statusBar().currentMessage()
+    assert window.last_submission_sent_image
+    assert len(window.upload_ids) == 1
+    upload_id = next(iter(window.upload_ids.values()))
+    assert first.input["upload_id"] == upload_id
+    assert any(text == "upload %p%" and value == 1000 for text, value in shown)
+
+    # the same file again, with another model: no bytes sent, the progress bar follows it
+    window.select_model("sleep")
+    assert window.form is not None
+    _set(window.form.editors["duration"], 2.5)
+    shown.clear()
+    with qtbot.waitSignal(window.jobFinished, timeout=60_000):
+        assert window.submit()
+    second = window.job
+    assert second is not None and second.phase == "COMPLETED"
+    assert not window.last_submission_sent_image
+    assert second.input["upload_id"] == upload_id
+    running = [(t, v) for t, v in shown if "inference" in t]
+    assert running and all(0 < v < 1000 for _, v in running), shown
+    assert shown[-1] == ("COMPLETED", 1000) and window.progress.value() == 1000
+    assert [u["upload_id"] for u in client.uploads()].count(upload_id) == 1
+
+    # the service lost the upload: the window stores the file again and goes on
+    client.delete_upload(upload_id)
+    window.select_model("sep")
+    with qtbot.waitSignal(window.jobFinished, timeout=60_000):
+        assert window.submit()
+    assert window.job is not None and window.job.phase == "COMPLETED"
+    assert window.last_submission_sent_image
+    assert window.job.input["upload_id"] == next(iter(window.upload_ids.values()))
 
 
 # --------------------------------------------------------------------------- errors

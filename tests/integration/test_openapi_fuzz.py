@@ -153,6 +153,8 @@ def test_no_generated_request_is_a_server_error(
     for result in fuzz_schema.get_all_operations():
         operation = result.ok()
         operations += 1
+        if operation.path == "/jobs/events":
+            continue  # a stream that never ends: test_job_identity reads it, bad input too
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             failures.append(run_fuzz(operation, mode, EXAMPLES_PER_OPERATION))
             if "{job_id}" not in operation.path:

@@ -78,7 +78,7 @@ def test_jobs_on_both_replicas_run_exactly_once(
         ids = []
         for i in range(6):
             c = ca if i % 2 else cb
-            ids.append(create(c, {"PHASE": "RUN"}, image))
+            ids.append(create(c, {"PHASE": "RUN", "NOCACHE": "true"}, image))
             ids.append(sleep_job(c, 0.3, run=True))
         # WAIT on the replica that did not take the job wakes when the leader ends it
         docs = [wait_final(cb if i % 2 else ca, job_id, 120) for i, job_id in enumerate(ids)]

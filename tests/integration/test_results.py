@@ -344,8 +344,10 @@ def test_rerun_refusals(finished: dict[str, dict[str, Any]], client: httpx.Clien
     assert r.status_code == 409 and "PENDING" in r.text
     assert client.post("/jobs/0000000000000000/rerun").status_code == 404
     done = finished["aegean/synthetic_test.fits"]["jobId"]
-    r = client.post(f"/jobs/{done}/rerun", data={"THRESH": "2"})
+    r = client.post(f"/jobs/{done}/rerun", data={"THRESH": "abc"})  # overrides are checked
     assert r.status_code == 400 and "thresh" in r.text.lower()
+    r = client.post(f"/jobs/{done}/rerun", data={"MODEL": "sleep"})  # the model is not changed
+    assert r.status_code == 400 and "model" in r.text.lower()
     r = client.post(f"/jobs/{done}/rerun", data={"PHASE": "ABORT"})
     assert r.status_code == 400 and "PHASE" in r.text.upper()
     before = len(client.get("/jobs", headers={"Accept": "application/json"}).json()["jobs"])
@@ -387,7 +389,7 @@ def test_error_document_as_text_and_as_votable(
 def test_preview_is_drawn_on_the_first_request_once(
     client: httpx.Client, server: ServerProcess, real_data: Path
 ) -> None:
-    job_id = create(client, {"PHASE": "RUN"}, real_data / REAL_IMAGES[0])
+    job_id = create(client, {"PHASE": "RUN", "NOCACHE": "true"}, real_data / REAL_IMAGES[0])
     doc = wait_final(client, job_id)
     assert doc["phase"] == "COMPLETED", doc.get("errorSummary")
     results_dir = server.data_dir / "jobs" / job_id / "results"
@@ -406,7 +408,7 @@ def test_preview_is_drawn_on_the_first_request_once(
     again = client.get(f"/jobs/{job_id}/results/preview")
     assert again.content == answers[0].content and png.stat().st_ino == inode  # kept
     # a preview whose input is gone is a 404 saying why, and the job is unharmed
-    job_id = create(client, {"PHASE": "RUN"}, real_data / REAL_IMAGES[0])
+    job_id = create(client, {"PHASE": "RUN", "NOCACHE": "true"}, real_data / REAL_IMAGES[0])
     assert wait_final(client, job_id)["phase"] == "COMPLETED"
     (server.data_dir / "jobs" / job_id / "inputs" / "image.fits").unlink()
     r = client.get(f"/jobs/{job_id}/results/preview")

@@ -75,8 +75,12 @@ def test_jobs_run_in_slurm_jobs(cluster: str, tmp_path: Path, real_data: Path) -
                 assert time.monotonic() < deadline, client.get("/health/ready").text
                 time.sleep(0.5)
             image = real_data / "aegean" / "synthetic_test.fits"
-            ids = [create(client, {"PHASE": "RUN"}, image)]
-            ids.append(create(client, {"PHASE": "RUN", "MODEL": "matched-filter"}, image))
+            ids = [create(client, {"PHASE": "RUN", "NOCACHE": "true"}, image)]
+            ids.append(
+                create(
+                    client, {"PHASE": "RUN", "MODEL": "matched-filter", "NOCACHE": "true"}, image
+                )
+            )
             docs = [wait_final(client, job_id, timeout=180) for job_id in ids]
             queue = subprocess.run(
                 [squeue, "--noheader", "--format=%i %j"], capture_output=True, text=True

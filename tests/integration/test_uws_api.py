@@ -465,7 +465,7 @@ def test_delete_of_executing_job_stops_it(client: httpx.Client) -> None:
         ({"thresh": "abc"}, True, "THRESH"),
         ({"bogus": "1"}, True, "BOGUS: unknown parameter"),
         ({}, False, "IMAGE: is required"),
-        ({"IMAGE": "/data/sky.fits"}, False, "IMAGE: must be uploaded"),
+        ({"IMAGE": "/data/sky.fits"}, False, "IMAGE: '/data/sky.fits' is neither upload:"),
         ({"MODEL": "yolo-9000"}, True, "MODEL: 'yolo-9000' is not a registered model"),
         ({"PHASE": "SUSPEND"}, True, "PHASE"),
         ({"RA": "10"}, True, "DEC: is required"),

@@ -35,8 +35,13 @@ def test_final_phases_never_run_again(src: Phase) -> None:
 
 def test_no_skipping_the_queue() -> None:
     assert not can_move(Phase.PENDING, Phase.EXECUTING)
-    assert not can_move(Phase.PENDING, Phase.COMPLETED)
     assert not can_move(Phase.QUEUED, Phase.COMPLETED)
+
+
+def test_only_a_job_that_runs_nothing_completes_from_pending() -> None:
+    # RUN of a job whose computation a completed job made: its results at once (reuse of results)
+    assert can_move(Phase.PENDING, Phase.COMPLETED)
+    assert not can_move(Phase.PENDING, Phase.EXECUTING)
 
 
 def test_sources_of_aborted_are_the_active_phases() -> None:

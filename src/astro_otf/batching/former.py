@@ -133,7 +133,7 @@ class BatchFormer:
             most_jobs, most_tiles = shares.get(key, (self.rules.max_jobs, self.rules.max_tiles))
             chosen = self._fill(jobs, most_jobs, most_tiles)
         else:
-            chosen = _fair_order(jobs)[:1]
+            chosen = fair_order(jobs)[:1]
         return Batch(key, tuple(chosen), ready[key])
 
     def next_deadline(self, queue: Iterable[QueuedJob]) -> float | None:
@@ -171,7 +171,7 @@ class BatchFormer:
         max_tiles = min(self.rules.max_tiles, most_tiles)
         chosen: list[QueuedJob] = []
         tiles = 0
-        for job in _fair_order(jobs):
+        for job in fair_order(jobs):
             if len(chosen) >= max_jobs:
                 break
             if chosen and tiles + job.tiles > max_tiles:
@@ -191,7 +191,7 @@ def _shares(queue: Sequence[QueuedJob], workers: int) -> dict[BatchKey, tuple[in
     return {key: (math.ceil(jobs[key] / workers), math.ceil(tiles[key] / workers)) for key in jobs}
 
 
-def _fair_order(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
+def fair_order(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
     """Priority first; then each owner's n-th job (oldest first) in round n; then age."""
     per_owner: dict[str | None, list[QueuedJob]] = defaultdict(list)
     for job in sorted(jobs, key=lambda j: (-j.priority, j.queued_at, j.job_id)):

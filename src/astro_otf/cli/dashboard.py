@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,13 +35,23 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Static
 
-from astro_otf.cli.common import PHASE_STYLES, result_filename, safe_name
+from astro_otf.cli.common import (
+    PHASE_STYLES,
+    format_duration,
+    progress_fraction,
+    progress_text,
+    result_filename,
+    safe_name,
+)
 from astro_otf.client import (
+    Event,
+    EventStream,
     Job,
     JobSummary,
     OTFClient,
     OTFClientError,
     OTFError,
+    Progress,
     ServerUnreachable,
 )
 
@@ -48,10 +59,15 @@ PHASE_FILTERS: tuple[str | None, ...] = (None, *PHASE_STYLES)
 _JOB_COLUMNS = (
     ("job", "Job ID"),
     ("phase", "Phase"),
+    ("image", "Image"),
+    ("run", "Run ID"),
     ("model", "Model"),
+    ("progress", "Progress"),
     ("created", "Created"),
     ("runtime", "Run time"),
 )
+#: Width of the text bar in the progress column.
+_BAR = 10
 _BATCH_COLUMNS = (
     ("model", "Model"),
     ("queued", "Queued"),
@@ -184,19 +200,6 @@ def format_time(value: datetime | None) -> str:
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def format_duration(seconds: float | None) -> str:
-    """``12.3s``, ``4m05s`` or ``2h03m`` ("-" when unknown)."""
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-
-
 def format_size(size: int | None) -> str:
     """A byte count for people ("?" when unknown)."""
     if size is None:
@@ -217,6 +220,18 @@ def run_seconds(job: Job | None, now: datetime | None = None) -> float | None:
     return (end - job.start_time).total_seconds()
 
 
+def progress_cell(phase: str, progress: Progress | None, now: datetime | None = None) -> Text:
+    """The progress column: a small bar and the stage, percentage and ETA of an active job
+    (``queued 2/5`` while it waits); empty once it has ended."""
+    if phase not in ("QUEUED", "EXECUTING"):
+        return Text("")
+    filled = round(_BAR * progress_fraction(phase, progress))
+    text = Text("█" * filled, style=PHASE_STYLES.get(phase, ""))
+    text.append("░" * (_BAR - filled), style="dim")
+    text.append(" " + progress_text(phase, progress, now))
+    return text
+
+
 def _mean(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -227,6 +242,15 @@ def _message(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- refresh data
+
+
+@dataclass(frozen=True, slots=True)
+class _Live:
+    """A job's phase and progress as an event reported them, and when it arrived."""
+
+    phase: str
+    progress: Progress | None
+    received: float
 
 
 @dataclass(slots=True)
@@ -345,6 +369,7 @@ class Dashboard(App[None]):
         download_dir: Path = Path("."),
         *,
         limit: int = 100,
+        events: bool = True,
     ) -> None:
         if not refresh > 0:
             raise ValueError(f"refresh must be a positive number of seconds, got {refresh}")
@@ -377,6 +402,15 @@ class Dashboard(App[None]):
         self._refresh_again = False
         self._generation = 0
         self._unreachable = False
+        self._refresh_started = 0.0
+        #: Phase and progress of jobs as the event stream last told (newer than the list).
+        self._live: dict[str, _Live] = {}
+        #: How the jobs are followed: "events" (the stream), "polling" (no stream) or "".
+        self.follow_mode = ""
+        #: Events received from the stream.
+        self.events_seen = 0
+        self._stream: EventStream | None = None
+        self._use_events = events
 
     # ----------------------------------------------------------------- layout
 
@@ -384,7 +418,9 @@ class Dashboard(App[None]):
         yield Header()
         with Horizontal(id="main"):
             with Vertical(id="left"):
-                yield Input(placeholder="/ filter on job id or model", id="text-filter")
+                yield Input(
+                    placeholder="/ filter on job id, model, image or run id", id="text-filter"
+                )
                 jobs: DataTable[Any] = DataTable(id="jobs", cursor_type="row", zebra_stripes=True)
                 yield jobs
             with Vertical(id="right"):
@@ -414,6 +450,82 @@ class Dashboard(App[None]):
         jobs.focus()
         self.set_interval(self.refresh_interval, self._timer_refresh)
         self._request_refresh()
+        if self._use_events:
+            self._start_events()
+        else:
+            self.follow_mode = "polling"
+
+    def on_unmount(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+    # ----------------------------------------------------------------- events
+
+    def _start_events(self) -> None:
+        """Read the event stream in a thread of its own; each event reaches the screen
+        through ``call_from_thread``. Without a stream (404) the dashboard polls."""
+        stream = self._stream = self.client.events()
+
+        def read() -> None:
+            try:
+                for event in stream:
+                    if not self._deliver(self._on_event, event):
+                        return
+            except OTFClientError as exc:
+                if exc.status_code in (404, 405, 406, 501):
+                    self._deliver(self._events_unavailable, "no event stream; polling")
+                else:
+                    self._deliver(self._events_unavailable, f"events: {_message(exc)}")
+            except Exception as exc:  # unreachable, broke off: the timer refresh goes on
+                self._deliver(self._events_unavailable, f"events: {_message(exc)}")
+
+        self.follow_mode = "events"
+        threading.Thread(target=read, name="otf-dashboard-events", daemon=True).start()
+
+    def _deliver(self, handler: Callable[[Any], None], value: Any) -> bool:
+        """Run ``handler(value)`` in the app's thread; False once the app has gone."""
+        if not self.is_running or (self._stream is not None and self._stream.closed):
+            return False
+        try:
+            self.call_from_thread(handler, value)
+        except Exception:
+            return False
+        return True
+
+    @_while_running
+    def _events_unavailable(self, message: str) -> None:
+        self.follow_mode = "polling"
+        self._stream = None
+        self._set_sync(message)
+
+    @_while_running
+    def _on_event(self, event: Event) -> None:
+        self.events_seen += 1
+        if event.event == "reset":
+            self._request_refresh()
+            return
+        job_id = event.job_id
+        if not job_id:
+            return
+        if event.event == "deleted":
+            self._summaries = [s for s in self._summaries if s.job_id != job_id]
+            self._details.pop(job_id, None)
+            self._live.pop(job_id, None)
+            self._render_jobs()
+            self._render_detail()
+            return
+        known = any(s.job_id == job_id for s in self._summaries)
+        phase = event.phase
+        if phase is None:
+            previous = self._live.get(job_id)
+            phase = previous.phase if previous is not None else self._phase_of(job_id)
+        self._live[job_id] = _Live(phase, event.progress, time.monotonic())
+        if not known or event.event == "phase":
+            self._request_refresh()  # a new job, or a new phase: read its document
+        if known:
+            self._render_jobs()
+            if job_id == self.selected_job_id:
+                self._render_detail()
 
     @property
     def jobs_table(self) -> DataTable[Any]:
@@ -484,6 +596,7 @@ class Dashboard(App[None]):
             while True:
                 self._refresh_again = False
                 generation = self._generation
+                self._refresh_started = time.monotonic()
                 settled = {k: j.phase for k, j in self._details.items() if not j.is_active}
                 try:
                     snapshot = await asyncio.to_thread(self._collect, settled, self._models)
@@ -566,6 +679,12 @@ class Dashboard(App[None]):
         for job_id in list(self._details):
             if job_id not in listed:
                 del self._details[job_id]
+        # what the list says is newer than events received before it was read
+        self._live = {
+            k: v
+            for k, v in self._live.items()
+            if k in listed and v.received > self._refresh_started
+        }
         self._render_jobs()
         self._render_detail()
         if snapshot.metrics is not None:
@@ -575,6 +694,8 @@ class Dashboard(App[None]):
         shown = self.jobs_table.row_count
         stamp = datetime.now().strftime("%H:%M:%S")
         message = f"updated {stamp}: {len(self._summaries)} jobs, {shown} shown"
+        if self.follow_mode:
+            message += f" ({self.follow_mode})"
         if snapshot.metrics_error:
             message += f"; {snapshot.metrics_error}"
         self._set_sync(message)
@@ -587,23 +708,52 @@ class Dashboard(App[None]):
         if not self.text_filter:
             return True
         needle = self.text_filter.casefold()
-        model = self._model_of(summary.job_id) or ""
-        return needle in summary.job_id.casefold() or needle in model.casefold()
+        fields = (
+            summary.job_id,
+            self._model_of(summary.job_id) or "",
+            summary.image or "",
+            summary.run_id or "",
+        )
+        return any(needle in f.casefold() for f in fields)
 
     def _model_of(self, job_id: str) -> str | None:
         job = self._details.get(job_id)
-        if job is None:
-            return None
-        return job.parameters.get("model") or job.parameters.get("MODEL")
+        if job is not None:
+            model = job.parameters.get("model") or job.parameters.get("MODEL")
+            if model:
+                return model
+        summary = next((s for s in self._summaries if s.job_id == job_id), None)
+        return summary.model_id if summary is not None else None
+
+    def _phase_of(self, job_id: str) -> str:
+        job = self._details.get(job_id)
+        if job is not None:
+            return job.phase
+        summary = next((s for s in self._summaries if s.job_id == job_id), None)
+        return summary.phase if summary is not None else "QUEUED"
+
+    def live_state(self, summary: JobSummary) -> tuple[str, Progress | None]:
+        """The newest phase and progress known of a job: from the event stream, else from
+        its document (newer than the list after an action), else from the list."""
+        live = self._live.get(summary.job_id)
+        if live is not None:
+            return live.phase, live.progress
+        job = self._details.get(summary.job_id)
+        if job is not None and job.phase != summary.phase:
+            return job.phase, job.progress
+        return summary.phase, summary.progress
 
     def _cells(self, summary: JobSummary, now: datetime) -> tuple[Any, ...]:
         job = self._details.get(summary.job_id)
-        # The detail may be newer than the summary (after an action): show the newer phase.
-        phase = job.phase if job is not None else summary.phase
+        phase, progress = self.live_state(summary)
+        image = summary.image or (job.image if job is not None else None)
         return (
             summary.job_id,
             phase_text(phase),
+            image or "-",
+            summary.run_id or "",
             self._model_of(summary.job_id) or "…",
+            progress_cell(phase, progress, now),
             format_time(summary.creation_time),
             format_duration(run_seconds(job, now)),
         )
@@ -681,6 +831,18 @@ class Dashboard(App[None]):
         text.append("  ")
         text.append_text(phase_text(job.phase))
         text.append("\n")
+        summary = next((s for s in self._summaries if s.job_id == job_id), None)
+        phase, progress = self.live_state(summary) if summary is not None else (job.phase, None)
+        if phase in ("QUEUED", "EXECUTING"):
+            text.append("progress: ")
+            text.append_text(progress_cell(phase, progress))
+            text.append("\n")
+        if job.quote_time is not None and job.is_active:
+            text.append(f"quote: {format_time(job.quote_time)}\n")
+        if job.image:
+            text.append(f"image: {job.image}\n")
+        if job.cached_from:
+            text.append(f"cached from: {job.cached_from}\n")
         if job.run_id:
             text.append(f"run id: {job.run_id}\n")
         if job.owner_id:

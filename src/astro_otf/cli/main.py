@@ -16,7 +16,6 @@ from __future__ import annotations
 import glob
 import json
 import sys
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,17 +25,27 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from rich.columns import Columns
 from rich.console import Console
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from astro_otf import __version__
-from astro_otf.cli.common import PHASE_STYLES, result_filename
+from astro_otf.cli.common import (
+    PHASE_STYLES,
+    format_duration,
+    progress_fraction,
+    progress_text,
+    result_filename,
+)
+from astro_otf.cli.follow import follow
 from astro_otf.client import (
     Job,
     OTFClient,
     OTFClientError,
     ProtocolError,
     ServerUnreachable,
+    image_reference,
 )
 
 EXIT_OK = 0
@@ -214,13 +223,23 @@ def serve(
 def submit(
     ctx: typer.Context,
     images: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
             metavar="IMAGE...",
-            help="FITS images to search: files, folders (every .fits inside) or glob "
-            "patterns ('data/**/*.fits', quoted so that the shell leaves them alone).",
+            help="FITS images to search: files, folders (every .fits inside), glob "
+            "patterns ('data/**/*.fits', quoted so that the shell leaves them alone), or "
+            "files already on the service: upload:ID (see otf upload) or sha256:HEX.",
         ),
-    ],
+    ] = None,
+    upload_id: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--upload-id",
+            "-u",
+            metavar="ID",
+            help="Search a file stored with `otf upload` (no bytes sent); repeat for several.",
+        ),
+    ] = None,
     param: Annotated[
         list[str] | None,
         typer.Option(
@@ -243,8 +262,20 @@ def submit(
         bool, typer.Option("--run/--no-run", help="Queue the job at once, or leave it PENDING.")
     ] = True,
     run_id: Annotated[
-        str | None, typer.Option("--run-id", help="Your own label for the job (RUNID).")
+        str | None,
+        typer.Option(
+            "--run-id",
+            help="Your own label for the job (RUNID); several images get their file stems.",
+        ),
     ] = None,
+    no_cache: Annotated[
+        bool,
+        typer.Option(
+            "--no-cache",
+            help="Run even when a finished job of the same input, model and parameters "
+            "could give its results (NOCACHE).",
+        ),
+    ] = False,
     wait: Annotated[
         bool, typer.Option("--wait", "-w", help="Wait until the job has ended.")
     ] = False,
@@ -265,9 +296,13 @@ def submit(
         bool, typer.Option("--json", help="Print the job document(s) as JSON.")
     ] = False,
 ) -> None:
-    """Upload each IMAGE as a new job; print the job ids, or with --wait the outcomes."""
-    paths = _expand_images(images)
-    bulk = len(paths) > 1 or (out is not None and (out.is_dir() or str(out).endswith("/")))
+    """Create a job for each IMAGE; print the job ids, or with --wait the outcomes."""
+    sources = _expand_images(images or [])
+    sources += [f"upload:{u}" for u in upload_id or []]
+    if not sources:
+        _fail("name an IMAGE (or --upload-id ID) to search", EXIT_USAGE)
+    sources = list(dict.fromkeys(sources))
+    bulk = len(sources) > 1 or (out is not None and (out.is_dir() or str(out).endswith("/")))
     if out is not None:
         folder = out if bulk else out.parent
         if bulk and not out.exists():
@@ -289,9 +324,11 @@ def submit(
 
     with _client(ctx) as client:
         if bulk:
-            _submit_many(client, paths, params, run, run_id, wait, timeout, out, as_json)
+            _submit_many(
+                client, sources, params, run, run_id, no_cache, wait, timeout, out, as_json
+            )
             return
-        job_id = client.submit(paths[0], params, run=run, run_id=run_id)
+        job_id = client.submit(sources[0], params, run=run, run_id=run_id, nocache=no_cache)
         _follow(client, job_id, f"submitted job {job_id}", wait, timeout, out, as_json)
 
 
@@ -314,7 +351,7 @@ def _follow(
     if not as_json:
         typer.echo(f"{what}; waiting for it to end", err=True)
     try:
-        job = client.wait(job_id, timeout=timeout)
+        job = follow(client, [job_id], timeout=timeout, show=not as_json)[job_id]
     except KeyboardInterrupt:
         typer.echo(f"interrupted; job {job_id} goes on on the service", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -334,12 +371,15 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _expand_images(args: list[str]) -> list[Path]:
-    """Files as given, every FITS file under a folder, and the matches of glob patterns."""
-    found: list[Path] = []
+def _expand_images(args: list[str]) -> list[Path | str]:
+    """Files as given, every FITS file under a folder, the matches of glob patterns, and
+    references to files on the service (``upload:ID``, ``sha256:HEX``) as strings."""
+    found: list[Path | str] = []
     for arg in args:
         path = Path(arg)
-        if path.is_dir():
+        if image_reference(arg) is not None and not path.exists():
+            found.append(arg)
+        elif path.is_dir():
             inside = sorted(
                 p
                 for p in path.rglob("*")
@@ -361,31 +401,45 @@ def _expand_images(args: list[str]) -> list[Path]:
     return unique
 
 
+def _label_of(client: OTFClient, source: Path | str) -> str:
+    """The file name a source goes by: a local file's, or an upload's as stored."""
+    if isinstance(source, Path):
+        return source.name
+    if source.startswith("upload:"):
+        try:
+            return str(client.upload_info(source.removeprefix("upload:")).get("filename") or "")
+        except OTFClientError:
+            return ""
+    return ""
+
+
 def _submit_many(
     client: OTFClient,
-    paths: list[Path],
+    sources: list[Path | str],
     params: dict[str, str],
     run: bool,
     run_id: str | None,
+    nocache: bool,
     wait: bool,
     timeout: float | None,
     out: Path | None,
     as_json: bool,
 ) -> None:
-    """Bulk submission: progress bars for the uploads and for the jobs, then a summary."""
+    """Bulk submission: a progress bar for the uploads, one per job while they run (the
+    event stream), then a summary. Each job's RUNID is its file's stem unless --run-id."""
     from rich.progress import (
         BarColumn,
         DownloadColumn,
-        MofNCompleteColumn,
         Progress,
         TextColumn,
         TimeElapsedColumn,
     )
 
     err = Console(stderr=True, highlight=False)
-    total = sum(p.stat().st_size for p in paths)
-    submitted: list[tuple[Path, str]] = []
-    refused: list[tuple[Path, str]] = []
+    names = {str(s): _label_of(client, s) for s in sources}
+    total = sum(s.stat().st_size for s in sources if isinstance(s, Path))
+    submitted: list[tuple[Path | str, str]] = []
+    refused: list[tuple[Path | str, str]] = []
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -394,50 +448,49 @@ def _submit_many(
         console=err,
         disable=as_json,
     ) as bar:
-        task = bar.add_task(f"uploading {len(paths)} images", total=total)
-        for path in paths:
+        task = bar.add_task(f"uploading {len(sources)} images", total=total)
+        for source in sources:
+            name = names[str(source)]
+            label = run_id if run_id is not None else (_stem(Path(name)) if name else None)
             try:
                 job_id = client.submit(
-                    path,
+                    source,
                     params,
                     run=run,
-                    run_id=run_id,
+                    run_id=label,
                     progress=lambda n: bar.advance(task, n),
+                    nocache=nocache,
                 )
-                submitted.append((path, job_id))
+                submitted.append((source, job_id))
             except OTFClientError as exc:  # this image refused (e.g. a bad parameter)
-                refused.append((path, exc.message))
+                refused.append((source, exc.message))
     jobs: dict[str, Job] = {}
     if wait and submitted:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            disable=as_json,
-        ) as bar:
-            task = bar.add_task("jobs ending", total=len(submitted))
-            try:
-                for _, job_id in submitted:
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    jobs[job_id] = client.wait(job_id, timeout=left)
-                    bar.advance(task)
-            except KeyboardInterrupt:
-                err.print("interrupted; the jobs go on on the service")
-                raise typer.Exit(EXIT_INTERRUPTED) from None
+        labels = {job_id: names[str(s)] or str(s) for s, job_id in submitted}
+        try:
+            jobs = follow(
+                client,
+                [job_id for _, job_id in submitted],
+                labels,
+                timeout=timeout,
+                show=not as_json,
+                console=err,
+            )
+        except KeyboardInterrupt:
+            err.print("interrupted; the jobs go on on the service")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
     else:
         jobs = {job_id: client.job(job_id) for _, job_id in submitted}
     written: dict[str, Path] = {}
     if out is not None:
         taken: set[str] = set()
-        for path, job_id in submitted:
+        for source, job_id in submitted:
             if jobs[job_id].phase != "COMPLETED":
                 continue
-            name = _stem(path) + ".xml"
+            stem = _stem(Path(names[str(source)] or job_id))
+            name = stem + ".xml"
             if name in taken:
-                name = f"{_stem(path)}-{job_id}.xml"
+                name = f"{stem}-{job_id}.xml"
             taken.add(name)
             written[job_id] = out / name
             client.download_result(job_id, "result", written[job_id])
@@ -449,22 +502,25 @@ def _submit_many(
             }
         )
     else:
-        table = Table("Image", "Job ID", "Phase", "Sources", "Catalogue / error")
-        for path, job_id in submitted:
+        table = Table("Image", "Job ID", "Run ID", "Phase", "Sources", "Catalogue / error")
+        for source, job_id in submitted:
             job = jobs[job_id]
-            sources = job.job_info.get("n_sources") if job.phase == "COMPLETED" else None
+            sources_found = job.job_info.get("n_sources") if job.phase == "COMPLETED" else None
             detail = str(written.get(job_id, "")) if job.phase == "COMPLETED" else ""
+            if job.cached_from:
+                detail = f"{detail} (cached from {job.cached_from})".strip()
             if job.phase == "ERROR":
                 detail = f"[red]{_error_message(client, job)}[/red]"
             table.add_row(
-                str(path),
+                str(source),
                 job_id,
+                job.run_id or "",
                 _phase(job.phase),
-                "" if sources is None else str(sources),
+                "" if sources_found is None else str(sources_found),
                 detail,
             )
-        for path, message in refused:
-            table.add_row(str(path), "", "[red]refused[/red]", "", f"[red]{message}[/red]")
+        for source, message in refused:
+            table.add_row(str(source), "", "", "[red]refused[/red]", "", f"[red]{message}[/red]")
         _stdout().print(table)
     if refused or any(j.phase in ("ERROR", "ABORTED") for j in jobs.values()):
         raise typer.Exit(EXIT_JOB_FAILED)
@@ -506,6 +562,18 @@ def _report_outcome(client: OTFClient, job: Job, out: Path | None, as_json: bool
 def rerun(
     ctx: typer.Context,
     job_id: Annotated[str, typer.Argument(metavar="ID", help="Id of a finished job.")],
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-p",
+            metavar="NAME=VALUE",
+            help="Change this model parameter (e.g. threshold=0.6); repeat for several.",
+        ),
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Your own label for the new job (RUNID).")
+    ] = None,
     run: Annotated[
         bool, typer.Option("--run/--no-run", help="Queue the new job at once, or leave it PENDING.")
     ] = True,
@@ -524,14 +592,16 @@ def rerun(
         bool, typer.Option("--json", help="Print the job document as JSON.")
     ] = False,
 ) -> None:
-    """Run a finished job again with its recorded inputs, model and parameters."""
+    """Run a finished job again on the same input (not sent again), with its model and
+    parameters but for those given with -p."""
     if out is not None and not out.parent.is_dir():
         _fail(f"no such directory for --out: {out.parent}", EXIT_USAGE)
     wait = wait or out is not None
     if wait and not run:
         _fail("--wait/--out need the job to run; drop --no-run", EXIT_USAGE)
+    overrides = _parse_params(param)
     with _client(ctx) as client:
-        new_id = client.rerun(job_id, run=run)
+        new_id = client.rerun(job_id, overrides, run=run, run_id=run_id)
         _follow(client, new_id, f"job {new_id} replays job {job_id}", wait, timeout, out, as_json)
 
 
@@ -546,21 +616,43 @@ def list_jobs(
         str | None, typer.Option(help="Only jobs created after this ISO-8601 time.")
     ] = None,
     last: Annotated[int | None, typer.Option(min=1, help="Only the N most recent jobs.")] = None,
+    run_id: Annotated[
+        list[str] | None,
+        typer.Option("--run-id", help="Only jobs with this run id; repeat for several."),
+    ] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--image", help="Only jobs on this input file name ('*' matches anything); repeat."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
 ) -> None:
     """List your jobs."""
     with _client(ctx) as client:
-        jobs = client.jobs(phases=phase, after=after, last=last)
+        jobs = client.jobs(phases=phase, after=after, last=last, run_id=run_id, image=image)
     if as_json:
         _print_json({"jobs": [j.raw for j in jobs]})
         return
     if not jobs:
         typer.echo("no jobs")
         return
-    table = Table("Job ID", "Phase", "Run ID", "Owner", "Created (UTC)")
+    now = datetime.now(UTC)
+    table = Table(
+        "Job ID", "Phase", "Run ID", "Image", "Model", "Sources", "Progress", "Owner",
+        "Created (UTC)",
+    )  # fmt: skip
     for j in jobs:
         table.add_row(
-            j.job_id, _phase(j.phase), j.run_id or "", j.owner_id or "", _time(j.creation_time)
+            j.job_id,
+            _phase(j.phase),
+            j.run_id or "",
+            j.image or "",
+            j.model_id or "",
+            "" if j.sources is None else str(j.sources),
+            progress_text(j.phase, j.progress, now) if j.progress is not None else "",
+            j.owner_id or "",
+            _time(j.creation_time),
         )
     _stdout().print(table)
 
@@ -584,7 +676,16 @@ def show_job(
     grid.add_column()
     grid.add_row("Job ID", job.job_id)
     grid.add_row("Phase", _phase(job.phase))
+    if job.is_active:
+        progress = job.progress
+        bar = ProgressBar(total=1.0, completed=progress_fraction(job.phase, progress), width=30)
+        grid.add_row("Progress", Columns([bar, progress_text(job.phase, progress)]))
+        if job.quote_time is not None:
+            left = format_duration((job.quote_time - datetime.now(UTC)).total_seconds())
+            grid.add_row("Quote", f"{_time(job.quote_time)} (in {left})")
     for label, value in (
+        ("Image", job.image),
+        ("Cached from", job.cached_from),
         ("Run ID", job.run_id),
         ("Owner", job.owner_id),
         ("Created (UTC)", _time(job.creation_time)),
@@ -709,17 +810,15 @@ def wait_jobs(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the jobs as JSON.")] = False,
 ) -> None:
-    """Wait until every job has ended (UWS WAIT, no polling); exit 1 if one did not complete."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    jobs = []
+    """Wait until every job has ended, with a progress bar each (the service's event
+    stream; polling where there is none); exit 1 if one did not complete."""
     with _client(ctx) as client:
         try:
-            for job_id in job_ids:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                jobs.append(client.wait(job_id, timeout=left))
+            found = follow(client, job_ids, timeout=timeout, show=not as_json)
         except KeyboardInterrupt:
             typer.echo("interrupted; the jobs go on on the service", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+    jobs = [found[j] for j in dict.fromkeys(job_ids)]
     if as_json:
         _print_json({"jobs": [j.raw for j in jobs]})
     else:
@@ -729,6 +828,49 @@ def wait_jobs(
         raise typer.Exit(EXIT_WAIT_TIMEOUT)
     if any(j.phase != "COMPLETED" for j in jobs):
         raise typer.Exit(EXIT_JOB_FAILED)
+
+
+@app.command("log")
+def job_log(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    tail: Annotated[
+        int | None, typer.Option("--tail", "-n", min=1, max=10000, help="Only the last N lines.")
+    ] = None,
+) -> None:
+    """Print a job's log (what the service did with it, stage by stage)."""
+    with _client(ctx) as client:
+        text = client.log(job_id, tail)
+    typer.echo(text, nl=not text.endswith("\n"))
+
+
+@app.command("upload")
+def upload(
+    ctx: typer.Context,
+    files: Annotated[
+        list[Path], typer.Argument(metavar="FILE...", help="FITS images to store on the service.")
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the upload records as JSON.")
+    ] = False,
+) -> None:
+    """Store FITS images on the service once; print each upload id, for
+    `otf submit --upload-id ID` (or IMAGE upload:ID) as often as you like."""
+    for path in files:
+        if not path.is_file():
+            _fail(f"no such file: {path}", EXIT_USAGE)
+    records = []
+    with _client(ctx) as client:
+        for path in files:
+            records.append(client.upload(path))
+    if as_json:
+        _print_json(records[0] if len(records) == 1 else {"uploads": records})
+        return
+    for path, record in zip(files, records, strict=True):
+        if len(files) == 1:
+            typer.echo(record["upload_id"])
+        else:
+            typer.echo(f"{record['upload_id']}\t{path}")
 
 
 @app.command("results")

@@ -12,6 +12,15 @@ from any machine that can reach the service::
         if job.phase == "COMPLETED":
             otf.download_result(job_id, "result", Path("field.xml"))
 
+Upload a file once and name it in several jobs (``upload:<id>``); follow jobs as the
+service pushes their phases and progress::
+
+        upload_id = otf.upload(Path("field.fits"))["upload_id"]
+        ids = [otf.submit(f"upload:{upload_id}", {"thresh": t}) for t in ("4", "5", "6")]
+        with otf.events(jobs=ids) as stream:
+            for event in stream:
+                print(event.job_id, event.phase, event.progress)
+
 :class:`AsyncOTFClient` offers the same calls to asyncio programs.
 """
 
@@ -28,10 +37,13 @@ from astro_otf.client.api import (
     OTFClient,
     OTFClientError,
     OTFError,
+    Progress,
     ProtocolError,
     ResultRef,
     ServerUnreachable,
+    image_reference,
 )
+from astro_otf.client.events import Event, EventStream, SSEParser
 
 __all__ = [
     "ACTIVE_PHASES",
@@ -41,12 +53,17 @@ __all__ = [
     "URL_ENV",
     "AsyncOTFClient",
     "ErrorSummary",
+    "Event",
+    "EventStream",
     "Job",
     "JobSummary",
     "OTFClient",
     "OTFClientError",
     "OTFError",
+    "Progress",
     "ProtocolError",
     "ResultRef",
+    "SSEParser",
     "ServerUnreachable",
+    "image_reference",
 ]

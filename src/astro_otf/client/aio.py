@@ -10,13 +10,17 @@ client is safe to share between threads, so concurrent calls use one connection 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import functools
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from astro_otf.client.api import Job, JobSummary, OTFClient
+from astro_otf.client.events import Event
 
 
 class AsyncOTFClient:
@@ -45,13 +49,78 @@ class AsyncOTFClient:
 
     async def submit(
         self,
-        image: Path,
+        image: Path | str,
         params: Mapping[str, str] | None = None,
         run: bool = True,
         run_id: str | None = None,
         progress: Callable[[int], None] | None = None,
+        *,
+        nocache: bool = False,
     ) -> str:
-        return await asyncio.to_thread(self.sync.submit, image, params, run, run_id, progress)
+        return await asyncio.to_thread(
+            functools.partial(
+                self.sync.submit, image, params, run, run_id, progress, nocache=nocache
+            )
+        )
+
+    async def upload(
+        self, path: Path, progress: Callable[[int], None] | None = None
+    ) -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync.upload, path, progress)
+
+    async def uploads(self) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.sync.uploads)
+
+    async def upload_info(self, upload_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync.upload_info, upload_id)
+
+    async def delete_upload(self, upload_id: str) -> None:
+        await asyncio.to_thread(self.sync.delete_upload, upload_id)
+
+    async def log(self, job_id: str, tail: int | None = None) -> str:
+        return await asyncio.to_thread(self.sync.log, job_id, tail)
+
+    async def quote(self, job_id: str) -> datetime | None:
+        return await asyncio.to_thread(self.sync.quote, job_id)
+
+    async def events(
+        self,
+        last_event_id: str | None = None,
+        jobs: Sequence[str] | None = None,
+        **options: Any,
+    ) -> AsyncIterator[Event]:
+        """The event stream (see :meth:`OTFClient.events`) as an async iterator: a thread
+        reads the stream, the event loop stays free. Leaving the ``async for`` (or
+        closing the iterator) closes the stream."""
+        stream = self.sync.events(last_event_id, jobs, **options)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
+
+        def put(item: Event | BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has gone
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def pump() -> None:
+            try:
+                for event in stream:
+                    put(event)
+            except BaseException as exc:  # handed to the consumer, raised there
+                put(exc)
+            finally:
+                put(None)
+
+        reader = threading.Thread(target=pump, name="otf-events", daemon=True)
+        reader.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stream.close()
 
     async def job(self, job_id: str) -> Job:
         return await asyncio.to_thread(self.sync.job, job_id)
@@ -61,8 +130,13 @@ class AsyncOTFClient:
         phases: Sequence[str] | None = None,
         after: datetime | str | None = None,
         last: int | None = None,
+        *,
+        run_id: str | Sequence[str] | None = None,
+        image: str | Sequence[str] | None = None,
     ) -> list[JobSummary]:
-        return await asyncio.to_thread(self.sync.jobs, phases, after, last)
+        return await asyncio.to_thread(
+            functools.partial(self.sync.jobs, phases, after, last, run_id=run_id, image=image)
+        )
 
     async def wait(self, job_id: str, timeout: float | None = None, poll_wait: int = 60) -> Job:
         return await asyncio.to_thread(self.sync.wait, job_id, timeout, poll_wait)
@@ -76,8 +150,14 @@ class AsyncOTFClient:
     async def delete(self, job_id: str) -> None:
         await asyncio.to_thread(self.sync.delete, job_id)
 
-    async def rerun(self, job_id: str, run: bool = True, run_id: str | None = None) -> str:
-        return await asyncio.to_thread(self.sync.rerun, job_id, run, run_id)
+    async def rerun(
+        self,
+        job_id: str,
+        overrides: Mapping[str, Any] | None = None,
+        run: bool = True,
+        run_id: str | None = None,
+    ) -> str:
+        return await asyncio.to_thread(self.sync.rerun, job_id, overrides, run, run_id)
 
     async def result(self, job_id: str, result_id: str = "result") -> bytes:
         return await asyncio.to_thread(self.sync.result, job_id, result_id)

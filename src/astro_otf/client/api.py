@@ -24,12 +24,15 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, TYPE_CHECKING, Any, Self
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import httpx
 
 from astro_otf import __version__
+
+if TYPE_CHECKING:
+    from astro_otf.client.events import EventStream
 
 #: Where the client looks when neither an argument nor ``OTF_URL`` names the service.
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -169,6 +172,80 @@ class ErrorSummary:
         return cls(type=str(doc.get("type") or "fatal"), message=str(doc.get("message") or ""))
 
 
+def _lenient_float(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _lenient_int(value: Any) -> int | None:
+    number = _lenient_float(value)
+    return None if number is None else int(number)
+
+
+def _lenient_time(value: Any) -> datetime | None:
+    try:
+        return _parse_time(value, "time")
+    except ProtocolError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far an active job has got (``jobInfo.progress``, list entries and events).
+
+    A QUEUED job has ``stage == "queued"`` and its ``position`` in a queue ``of`` jobs;
+    an EXECUTING one a stage (``loading``, ``reading``, ``inference``, ``fitting``,
+    ``writing``), ``fraction`` 0..1 of the whole job and tile counts. ``eta`` is the
+    server's estimate of the end. Progress is advisory: a field of the wrong type is
+    left out rather than refused.
+    """
+
+    stage: str
+    fraction: float | None = None
+    position: int | None = None
+    of: int | None = None
+    tiles_done: int | None = None
+    tiles_total: int | None = None
+    eta: datetime | None = None
+    batch_jobs: int | None = None
+    updated: datetime | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_queued(self) -> bool:
+        return self.stage == "queued"
+
+    def eta_seconds(self, now: datetime | None = None) -> float | None:
+        """Seconds until the estimated end (0 when it is past; None when unknown)."""
+        if self.eta is None:
+            return None
+        return max(0.0, (self.eta - (now or datetime.now(UTC))).total_seconds())
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Progress | None:
+        """The progress in ``doc``, or None when there is none (null, absent, not an object)."""
+        if not isinstance(doc, Mapping) or not doc:
+            return None
+        fraction = _lenient_float(doc.get("fraction"))
+        return cls(
+            stage=str(doc.get("stage") or "running"),
+            fraction=None if fraction is None else min(1.0, max(0.0, fraction)),
+            position=_lenient_int(doc.get("position")),
+            of=_lenient_int(doc.get("of")),
+            tiles_done=_lenient_int(doc.get("tiles_done")),
+            tiles_total=_lenient_int(doc.get("tiles_total")),
+            eta=_lenient_time(doc.get("eta")),
+            batch_jobs=_lenient_int(doc.get("batch_jobs")),
+            updated=_lenient_time(doc.get("updated")),
+            raw=dict(doc),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """A job as the service describes it at one moment.
@@ -208,6 +285,33 @@ class Job:
         """The result named ``result_id``, or None when the job has no such result."""
         return next((r for r in self.results if r.id == result_id), None)
 
+    @property
+    def progress(self) -> Progress | None:
+        """How far the job has got while it is active (``jobInfo.progress``)."""
+        return Progress.from_json(self.job_info.get("progress"))
+
+    @property
+    def cached_from(self) -> str | None:
+        """The job whose results this one reuses without running (``jobInfo.cached_from``)."""
+        return _opt_str(self.job_info.get("cached_from")) or None
+
+    @property
+    def input(self) -> dict[str, Any]:
+        """What the service knows of the input image (``jobInfo.input``): filename, sha256,
+        bytes, upload_id, object, telescope, frequency_hz, shape."""
+        value = self.job_info.get("input")
+        return dict(value) if isinstance(value, Mapping) else {}
+
+    @property
+    def image(self) -> str | None:
+        """The input image's file name, when the service says."""
+        return _opt_str(self.input.get("filename")) or None
+
+    @property
+    def quote_time(self) -> datetime | None:
+        """The UWS quote (estimated end time) as a time, when there is a readable one."""
+        return _lenient_time(self.quote)
+
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Job:
         doc = _mapping(doc, "job")
@@ -246,6 +350,15 @@ class JobSummary:
     owner_id: str | None = None
     creation_time: datetime | None = None
     href: str | None = None
+    #: The input file name (None for an older service or a job without one yet).
+    image: str | None = None
+    model_id: str | None = None
+    #: Catalogue length once COMPLETED.
+    sources: int | None = None
+    end_time: datetime | None = None
+    progress: Progress | None = None
+    #: Where the preview result is, once there is one.
+    preview: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -258,6 +371,12 @@ class JobSummary:
             owner_id=_opt_str(doc.get("ownerId")),
             creation_time=_parse_time(doc.get("creationTime"), "creationTime"),
             href=_opt_str(doc.get("href")),
+            image=_opt_str(doc.get("image")),
+            model_id=_opt_str(doc.get("modelId")),
+            sources=_lenient_int(doc.get("sources")),
+            end_time=_lenient_time(doc.get("endTime")),
+            progress=Progress.from_json(doc.get("progress")),
+            preview=_opt_str(doc.get("preview")),
             raw=dict(doc),
         )
 
@@ -335,6 +454,45 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 FilesOpener = Callable[[contextlib.ExitStack], Mapping[str, Any]]
+
+
+#: Prefixes of an ``IMAGE`` that names a file already on the service.
+IMAGE_REFERENCES = ("upload:", "sha256:")
+
+
+def image_reference(image: Path | str) -> str | None:
+    """``image`` when it names a file on the service (``upload:<id>``, ``sha256:<hex>``):
+    a string, not a :class:`~pathlib.Path`; None for a local file."""
+    if isinstance(image, str) and image.startswith(IMAGE_REFERENCES):
+        return image
+    return None
+
+
+def _replace(form: dict[str, str], name: str, value: str) -> dict[str, str]:
+    """``form`` with ``name`` (any case) set to ``value``."""
+    out = {k: v for k, v in form.items() if k.upper() != name}
+    out[name] = value
+    return out
+
+
+def _several(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def _file_opener(
+    field_name: str, path: Path, progress: Callable[[int], None] | None
+) -> FilesOpener:
+    """Opens ``path`` afresh for each attempt of a multipart upload."""
+
+    def open_file(stack: contextlib.ExitStack) -> Mapping[str, Any]:
+        handle: IO[bytes] = stack.enter_context(path.open("rb"))
+        if progress is not None:
+            handle = _Counted(handle, progress)  # type: ignore[assignment]
+        return {field_name: (path.name, handle, "application/fits")}
+
+    return open_file
 
 
 class _Counted:
@@ -439,6 +597,7 @@ class OTFClient:
         follow_redirects: bool = False,
         retry: bool = True,
         allow_status: Collection[int] = (),
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """Send one request, retrying on 503, and raise for any error status.
 
@@ -454,7 +613,7 @@ class OTFClient:
                     params=list(params) if params else None,
                     data=dict(data) if data is not None else None,
                     files=files(stack) if files is not None else None,
-                    headers=self._headers(accept),
+                    headers={**self._headers(accept), **(headers or {})},
                     timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
                 )
                 try:
@@ -533,36 +692,40 @@ class OTFClient:
 
     def submit(
         self,
-        image: Path,
+        image: Path | str,
         params: Mapping[str, str] | None = None,
         run: bool = True,
         run_id: str | None = None,
         progress: Callable[[int], None] | None = None,
+        *,
+        nocache: bool = False,
     ) -> str:
         """Create a job for the FITS file ``image``; return its id.
 
+        ``image`` is a local file (a :class:`~pathlib.Path`, or a string naming one), or a
+        string naming a file already on the service: ``"upload:<upload_id>"`` (see
+        :meth:`upload`) or ``"sha256:<hex>"``; then no bytes are sent.
         ``params`` are sent as form fields (``MODEL``, ``PRECISION``, ``thresh`` ...).
         With ``run`` the job is queued at once (``PHASE=RUN``); otherwise it stays
-        PENDING until :meth:`run`. The file is streamed, never read into memory.
+        PENDING until :meth:`run`. With ``nocache`` the job runs even when a finished job
+        of the same input, model and parameters could give its results (``NOCACHE``).
+        The file is streamed, never read into memory.
         """
-        image = Path(image)
-        if not image.is_file():
-            raise FileNotFoundError(f"no such file: {image}")
+        reference = image_reference(image)
+        path = None if reference is not None else Path(image)
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
         form = {str(k): str(v) for k, v in (params or {}).items()}
         if run:
-            form = {k: v for k, v in form.items() if k.upper() != "PHASE"}
-            form["PHASE"] = "RUN"
+            form = _replace(form, "PHASE", "RUN")
         if run_id is not None:
-            form = {k: v for k, v in form.items() if k.upper() != "RUNID"}
-            form["RUNID"] = run_id
-
-        def open_image(stack: contextlib.ExitStack) -> Mapping[str, Any]:
-            handle: IO[bytes] = stack.enter_context(image.open("rb"))
-            if progress is not None:
-                handle = _Counted(handle, progress)  # type: ignore[assignment]
-            return {"IMAGE": (image.name, handle, "application/fits")}
-
-        response = self._request("POST", self._endpoint("jobs"), data=form, files=open_image)
+            form = _replace(form, "RUNID", run_id)
+        if nocache:
+            form = _replace(form, "NOCACHE", "true")
+        if reference is not None:
+            form = _replace(form, "IMAGE", reference)
+        opener = None if path is None else _file_opener("IMAGE", path, progress)
+        response = self._request("POST", self._endpoint("jobs"), data=form, files=opener)
         response.close()
         if not response.is_redirect and response.status_code != 201:
             raise ProtocolError(
@@ -570,14 +733,22 @@ class OTFClient:
             )
         return self._redirected_job_id(response)
 
-    def rerun(self, job_id: str, run: bool = True, run_id: str | None = None) -> str:
-        """Replay finished job ``job_id`` with its recorded inputs, model and parameters;
-        return the new job's id. With ``run`` the new job is queued at once."""
-        form: dict[str, str] = {}
+    def rerun(
+        self,
+        job_id: str,
+        overrides: Mapping[str, Any] | None = None,
+        run: bool = True,
+        run_id: str | None = None,
+    ) -> str:
+        """Replay finished job ``job_id`` with its recorded input, model and parameters,
+        but for ``overrides`` (model parameters, e.g. ``{"threshold": 0.6}``); return the
+        new job's id. The input file is reused on the service, never sent again. With
+        ``run`` the new job is queued at once."""
+        form = {str(k): _param_str(v) for k, v in (overrides or {}).items()}
         if run:
-            form["PHASE"] = "RUN"
+            form = _replace(form, "PHASE", "RUN")
         if run_id is not None:
-            form["RUNID"] = run_id
+            form = _replace(form, "RUNID", run_id)
         response = self._request("POST", self._endpoint("jobs", job_id, "rerun"), data=form)
         response.close()
         if not response.is_redirect:
@@ -585,6 +756,108 @@ class OTFClient:
                 f"POST /jobs/{job_id}/rerun answered {response.status_code}, expected 303"
             )
         return self._redirected_job_id(response)
+
+    # ----------------------------------------------------------------- uploads
+
+    def upload(self, path: Path, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Store the FITS file ``path`` on the service once (``POST /uploads``); return its
+        record (``upload_id``, ``sha256``, ``filename``, ``bytes``, ``expires``, ``header``
+        ...). Jobs then name it with ``submit("upload:<upload_id>", ...)``. The same bytes
+        uploaded again give the same record."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+        response = self._request(
+            "POST",
+            self._endpoint("uploads"),
+            accept=_JSON,
+            files=_file_opener("file", path, progress),
+        )
+        doc = dict(_mapping(self._json(response), "upload"))
+        _require(doc, "upload_id", "upload")
+        return doc
+
+    def uploads(self) -> list[dict[str, Any]]:
+        """The caller's stored uploads."""
+        response = self._request("GET", self._endpoint("uploads"), accept=_JSON)
+        items = _mapping(self._json(response), "upload list").get("uploads")
+        if not isinstance(items, list):
+            raise ProtocolError("upload list without an 'uploads' array")
+        return [dict(_mapping(item, "upload")) for item in items]
+
+    def upload_info(self, upload_id: str) -> dict[str, Any]:
+        """One stored upload's record."""
+        response = self._request("GET", self._endpoint("uploads", upload_id), accept=_JSON)
+        return dict(_mapping(self._json(response), "upload"))
+
+    def delete_upload(self, upload_id: str) -> None:
+        """Remove a stored upload (jobs that used it keep their inputs)."""
+        self._request("DELETE", self._endpoint("uploads", upload_id)).close()
+
+    # ----------------------------------------------------------------- following jobs
+
+    def log(self, job_id: str, tail: int | None = None) -> str:
+        """The job's log as text; only its last ``tail`` lines when given."""
+        if tail is not None and tail < 1:
+            raise ValueError(f"tail must be a positive number of lines, got {tail}")
+        params = [("tail", str(tail))] if tail is not None else None
+        response = self._request(
+            "GET", self._endpoint("jobs", job_id, "log"), accept="text/plain", params=params
+        )
+        return response.text
+
+    def quote(self, job_id: str) -> datetime | None:
+        """The UWS quote: when the service expects the job to end (None when it cannot say)."""
+        response = self._request("GET", self._endpoint("jobs", job_id, "quote"))
+        return _lenient_time(response.text.strip())
+
+    def events(
+        self,
+        last_event_id: str | None = None,
+        jobs: Sequence[str] | None = None,
+        *,
+        reconnect_delay: float = 1.0,
+        max_reconnects: int = 5,
+        idle_timeout: float = 60.0,
+    ) -> EventStream:
+        """The service's events (``GET /jobs/events``): an iterator of :class:`Event`
+        (``phase``, ``progress``, ``deleted``, ``reset``), optionally only of ``jobs``.
+
+        It resumes after ``last_event_id`` and, when the connection drops or stays
+        silent for ``idle_timeout`` seconds (the service sends a keep-alive every 15 s),
+        reconnects with ``Last-Event-ID`` (``max_reconnects`` failed attempts in a row
+        raise :class:`ServerUnreachable`). An ``event: reset`` says that events were
+        lost: re-read the jobs. A service without events answers 404
+        (:class:`OTFClientError`). Close the stream (or use it as a context manager)
+        to stop; :meth:`EventStream.close` may be called from another thread.
+        """
+        from astro_otf.client.events import EventStream
+
+        return EventStream(
+            self,
+            last_event_id=last_event_id,
+            jobs=jobs,
+            reconnect_delay=reconnect_delay,
+            max_reconnects=max_reconnects,
+            idle_timeout=idle_timeout,
+        )
+
+    def _open_events(
+        self, last_event_id: str | None, jobs: Sequence[str] | None, idle_timeout: float
+    ) -> httpx.Response:
+        """One streamed ``GET /jobs/events`` (for :class:`EventStream`)."""
+        params = [("job", j) for j in jobs or ()]
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else None
+        timeout = httpx.Timeout(self._timeout, connect=min(self._timeout, 10.0), read=idle_timeout)
+        return self._request(
+            "GET",
+            self._endpoint("jobs", "events"),
+            accept="text/event-stream",
+            params=params,
+            timeout=timeout,
+            stream=True,
+            headers=headers,
+        )
 
     def provenance(self, job_id: str, fmt: str = "json") -> bytes:
         """The job's provenance document: ``json`` (PROV-JSON), ``xml``, ``provn`` or
@@ -594,23 +867,33 @@ class OTFClient:
         )
         return response.content
 
-    def job(self, job_id: str) -> Job:
-        """The job's current description."""
-        return self._fetch_job(job_id)
+    def job(self, job_id: str, wait: int | None = None) -> Job:
+        """The job's current description; with ``wait``, after at most that many seconds
+        in which the job stays in its active phase (UWS ``WAIT``: the answer comes as
+        soon as the phase changes)."""
+        if wait is not None and (wait == 0 or wait < -1):
+            raise ValueError(f"wait must be a positive number of seconds or -1: {wait}")
+        return self._fetch_job(job_id, wait=wait)
 
     def jobs(
         self,
         phases: Sequence[str] | None = None,
         after: datetime | str | None = None,
         last: int | None = None,
+        *,
+        run_id: str | Sequence[str] | None = None,
+        image: str | Sequence[str] | None = None,
     ) -> list[JobSummary]:
         """The caller's jobs, optionally only in ``phases``, created after ``after``,
-        or only the ``last`` most recent ones."""
+        the ``last`` most recent ones, with one of the run ids ``run_id``, or whose input
+        file name matches ``image`` (``*`` is a wildcard)."""
         params: list[tuple[str, str]] = [("PHASE", p.upper()) for p in phases or ()]
         if after is not None:
             params.append(("AFTER", _format_time(after)))
         if last is not None:
             params.append(("LAST", str(last)))
+        params += [("RUNID", r) for r in _several(run_id)]
+        params += [("IMAGE", i) for i in _several(image)]
         response = self._request("GET", self._endpoint("jobs"), accept=_JSON, params=params)
         doc = _mapping(self._json(response), "job list")
         items = doc.get("jobs")

@@ -73,12 +73,19 @@ class UnsupportedMediaType(OTFError):
     status_code = 415
 
 
-class QueueFull(OTFError):
+class ServiceBusy(OTFError):
+    """The service cannot take this now; the client may try again after ``retry_after``
+    seconds (503 with Retry-After)."""
+
     status_code = 503
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class QueueFull(ServiceBusy):
+    """The queue holds as many jobs as it may."""
 
 
 class JobFailure(Exception):

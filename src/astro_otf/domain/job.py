@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,6 +27,22 @@ def is_job_id(text: str) -> bool:
     """Whether ``text`` can be a job id at all: one that cannot is an unknown job, answered
     without asking the store (a NUL or a 100 kB path never reaches the database)."""
     return _JOB_ID.fullmatch(text) is not None
+
+
+#: Parameters that change how or when a job runs, not what it computes.
+NOT_COMPUTED = frozenset({"priority", "nocache", "notify"})
+
+
+def computation_key(inputs: Mapping[str, str], parameters: Mapping[str, str]) -> str:
+    """What a job computes, as one sha256: its inputs (file parameter name -> content
+    sha256) and its stored parameter strings (model, model_version and precision among
+    them), less those in :data:`NOT_COMPUTED`. Two jobs with the same key make the same
+    results."""
+    data = {
+        "inputs": dict(sorted(inputs.items())),
+        "parameters": {k: v for k, v in sorted(parameters.items()) if k not in NOT_COMPUTED},
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,10 @@ class Job:
     parameters: list[JobParameter] = field(default_factory=list)
     results: list[JobResult] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    #: The uploaded image's file name as the client gave it (None: no upload, or unnamed).
+    image_name: str | None = None
+    #: What the job computes, hashed (see :func:`computation_key`); None: never reused.
+    cache_key: str | None = None
 
     def parameter_values(self) -> dict[str, str]:
         """The stored non-file parameter strings, by canonical name."""
@@ -87,3 +110,12 @@ class JobSummary:
     run_id: str | None
     owner: str | None
     creation_time: datetime
+    model_id: str | None = None
+    image_name: str | None = None
+    end_time: datetime | None = None
+    #: The catalogue's length once COMPLETED (jobInfo n_sources).
+    sources: int | None = None
+    #: The progress the job's row holds while it runs (jobInfo progress).
+    progress: dict[str, Any] | None = None
+    #: Whether the job lists a preview result.
+    has_preview: bool = False

@@ -293,6 +293,20 @@ NATIVE_PARAMETERS: tuple[ParamSpec, ...] = (
         "nothing: the service draws it on its first request (25-90 ms) and keeps it.",
         default=True,
     ),
+    ParamSpec(
+        "nocache",
+        "bool",
+        "Run the job even if a completed job of the same owner already computed the same "
+        "thing (same input bytes, model, version, precision and parameters); by default such "
+        "a job is COMPLETED at once with that job's results.",
+        default=False,
+    ),
+    ParamSpec(
+        "notify",
+        "str",
+        "A URL the service POSTs a JSON note to when the job ends (phase, run id, address). "
+        "Only hosts the operator allows (webhook_hosts) are called.",
+    ),
 )
 NATIVE_BY_NAME = {p.name: p for p in NATIVE_PARAMETERS}
 
@@ -342,7 +356,11 @@ def validate(
         if spec.type == "str":
             out.stored[name] = str(value)
     if image_required and "image" not in file_names:
-        raise ParameterError("image", "is required: upload the FITS image as a multipart file part")
+        raise ParameterError(
+            "image",
+            "is required: upload the FITS image as a multipart file part, or name a stored "
+            "upload with IMAGE=upload:<id> (POST /uploads)",
+        )
     for spec in app_specs.values():
         if spec.name not in out.values and spec.default is not None:
             out.values[spec.name] = spec.default

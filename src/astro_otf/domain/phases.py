@@ -25,7 +25,9 @@ FINAL_PHASES = frozenset({Phase.COMPLETED, Phase.ERROR, Phase.ABORTED, Phase.ARC
 
 #: Every move the service makes. A move not listed here is refused.
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
-    Phase.PENDING: frozenset({Phase.QUEUED, Phase.ABORTED, Phase.ERROR}),
+    # COMPLETED: sent RUN, it takes the results of a completed job that computed the same
+    # thing (reuse of results), without queueing
+    Phase.PENDING: frozenset({Phase.QUEUED, Phase.ABORTED, Phase.ERROR, Phase.COMPLETED}),
     Phase.QUEUED: frozenset({Phase.EXECUTING, Phase.ABORTED, Phase.ERROR}),
     Phase.EXECUTING: frozenset(
         {Phase.COMPLETED, Phase.ERROR, Phase.ABORTED, Phase.QUEUED}  # QUEUED: requeue on restart

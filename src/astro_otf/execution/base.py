@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from astro_otf.execution.task import BatchTask, TaskOutcome
+from astro_otf.execution.task import BatchTask, JobProgress, TaskOutcome
 from astro_otf.models.registry import RegistryConfig
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ class Executor(Protocol):
         task: BatchTask,
         timeout: float | None,
         report: Callable[[TaskOutcome], None] | None = None,
+        progress: Callable[[JobProgress], None] | None = None,
     ) -> list[TaskOutcome]:
         """Run one batch of jobs: an outcome per job, in order. Raises TimeoutError past
         ``timeout`` seconds and WorkerDied when the process running it dies. Cancelling the
@@ -62,7 +63,11 @@ class Executor(Protocol):
         outcome as soon as that job has ended, before the batch does; an executor that
         cannot tell (Dask) only returns the outcomes at the batch's end. A job reported
         this way is the caller's from then on: its outcome in the returned list is the same,
-        and a later failure of the batch (death, timeout, cancel) no longer concerns it."""
+        and a later failure of the batch (death, timeout, cancel) no longer concerns it.
+
+        ``progress``, when given, may be called (in the event loop, synchronously) with a
+        job's progress while it runs (its stage, tiles done of total); the worker throttles
+        these, and an executor that cannot tell calls it never or with stage only."""
         ...
 
     def alive(self) -> bool:

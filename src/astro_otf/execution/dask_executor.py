@@ -20,6 +20,9 @@ output is thrown away.
 Unlike a local worker, a Dask task reports its jobs' outcomes together when the batch ends
 (a per-job channel through a Dask Queue would cost a scheduler round trip per job and one
 more thing to lose with the scheduler); batches are kept short by the former's share rule.
+Progress does come while a batch runs: the task logs each (throttled) progress report as a
+Dask worker event on the ``otf-progress`` topic, and this client, subscribed to it, passes it
+on to ``run``'s ``progress`` (best effort: an event lost only leaves a stage shown longer).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from astro_otf.execution.base import BatchInterrupted, NoCapableWorker, WorkerDied
-from astro_otf.execution.task import BatchTask, TaskOutcome
+from astro_otf.execution.task import BatchTask, JobProgress, TaskOutcome
 from astro_otf.execution.worker import run_batch
 from astro_otf.models.registry import RegistryConfig
 
@@ -39,6 +42,34 @@ log = logging.getLogger(__name__)
 
 #: Seconds between checks of the connection and of the workers while not ready.
 RECHECK_S = 2.0
+
+#: The Dask event topic that carries the progress of running batches.
+PROGRESS_TOPIC = "otf-progress"
+
+
+def run_batch_on_dask(task: BatchTask) -> list[TaskOutcome]:
+    """:func:`run_batch` in a Dask worker, its jobs' progress logged as worker events."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not in a worker (a local test run): nobody to tell
+        return run_batch(task)
+
+    def send(progress: JobProgress) -> None:
+        worker.log_event(
+            PROGRESS_TOPIC,
+            {
+                "batch_id": task.batch_id,
+                "job_id": progress.job_id,
+                "stage": progress.stage,
+                "tiles_done": progress.tiles_done,
+                "tiles_total": progress.tiles_total,
+                "batch_jobs": progress.batch_jobs,
+            },
+        )
+
+    return run_batch(task, progress=send)
 
 
 class DaskExecutor:
@@ -61,6 +92,8 @@ class DaskExecutor:
         self._problem: str | None = f"connecting to the Dask scheduler at {address}"
         self._worker_info: dict[str, Any] = {}
         self._closed = False
+        #: batch id -> where its jobs' progress goes
+        self._progress: dict[str, Callable[[JobProgress], None]] = {}
 
     # -- connection ----------------------------------------------------------------------
 
@@ -78,6 +111,7 @@ class DaskExecutor:
                     self._client = await Client(
                         self.address, asynchronous=True, timeout="5s", set_as_default=False
                     )
+                    self._client.subscribe_topic(PROGRESS_TOPIC, self._on_progress)
                 except Exception as exc:
                     self._problem = (
                         f"cannot reach the Dask scheduler at {self.address} "
@@ -104,6 +138,24 @@ class DaskExecutor:
                     )
                 reported = self._problem
             await asyncio.sleep(RECHECK_S)
+
+    def _on_progress(self, event: tuple[float, Any]) -> None:
+        """A worker's progress event (in the event loop): to its batch's ``progress``."""
+        try:
+            _, msg = event
+            callback = self._progress.get(msg["batch_id"])
+            if callback is not None:
+                callback(
+                    JobProgress(
+                        str(msg["job_id"]),
+                        str(msg["stage"]),
+                        msg.get("tiles_done"),
+                        msg.get("tiles_total"),
+                        int(msg.get("batch_jobs") or 1),
+                    )
+                )
+        except Exception:
+            log.exception("a progress event could not be passed on: %r", event)
 
     async def _drop_client(self) -> None:
         client, self._client = self._client, None
@@ -138,9 +190,11 @@ class DaskExecutor:
         task: BatchTask,
         timeout: float | None,
         report: Callable[[TaskOutcome], None] | None = None,
+        progress: Callable[[JobProgress], None] | None = None,
     ) -> list[TaskOutcome]:
         """Run the batch as one Dask task. ``report`` is not used: a Dask task's outcomes
-        come back together when the batch ends, and the scheduler records them then."""
+        come back together when the batch ends, and the scheduler records them then.
+        ``progress`` gets the progress events its task logs."""
         from distributed.client import FutureCancelledError
         from distributed.scheduler import KilledWorker
 
@@ -148,8 +202,10 @@ class DaskExecutor:
         if client is None or self._problem is not None:
             raise BatchInterrupted(self._problem or "the Dask scheduler is not connected")
         self._check_resources()
+        if progress is not None:
+            self._progress[task.batch_id] = progress
         future = client.submit(
-            run_batch,
+            run_batch_on_dask,
             task,
             key=f"otf-batch-{task.batch_id}",
             pure=False,
@@ -176,6 +232,8 @@ class DaskExecutor:
             ) from None
         except OSError as exc:
             raise BatchInterrupted(f"lost the Dask scheduler ({exc})") from None
+        finally:
+            self._progress.pop(task.batch_id, None)
 
     def _check_resources(self) -> None:
         if not self.resources:

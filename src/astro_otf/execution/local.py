@@ -10,6 +10,8 @@ sentinel): no thread waits on a worker.
 A worker reports each job of its batch as soon as that job's results are staged (a message
 per job on its pipe), then the batch's end: the scheduler records every job when its own
 work ends, and a worker that dies mid-batch takes down only the jobs it had not reported.
+While a job runs its worker also sends its progress (throttled in the worker: see
+:class:`astro_otf.execution.worker.ProgressSender`), passed on to ``run``'s ``progress``.
 
 Workers die with their server. A worker whose server was killed (kill -9, the OOM killer)
 must not finish its batch on its own: the restarted server has queued those jobs again. On
@@ -38,7 +40,7 @@ from multiprocessing.context import SpawnProcess
 from typing import Any
 
 from astro_otf.execution.base import JobCancelled, WorkerDied
-from astro_otf.execution.task import BatchTask, TaskOutcome
+from astro_otf.execution.task import BatchTask, JobProgress, TaskOutcome
 from astro_otf.models.registry import RegistryConfig
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,10 @@ PARENT_CHECK_S = 0.5
 #: Seconds between safety looks at a busy worker's pipe (see LocalExecutor.run).
 RECHECK_S = 1.0
 
-#: The messages a worker sends on its pipe: (JOB_DONE, TaskOutcome) as each job of its batch
-#: ends, then (BATCH_DONE, [TaskOutcome, ...]) when the whole batch has.
+#: The messages a worker sends on its pipe: (PROGRESS, JobProgress) while a job runs,
+#: (JOB_DONE, TaskOutcome) as each job of its batch ends, then (BATCH_DONE, [TaskOutcome, ...])
+#: when the whole batch has.
+PROGRESS = "progress"
 JOB_DONE = "job"
 BATCH_DONE = "batch"
 
@@ -96,7 +100,11 @@ def worker_main(conn: Connection, registry: RegistryConfig, parent_pid: int | No
         if task is None:
             return
         # each job's outcome as soon as it is known, then the batch's end
-        outcomes = run_batch(task, report=lambda outcome: conn.send((JOB_DONE, outcome)))
+        outcomes = run_batch(
+            task,
+            report=lambda outcome: conn.send((JOB_DONE, outcome)),
+            progress=lambda progress: conn.send((PROGRESS, progress)),
+        )
         conn.send((BATCH_DONE, outcomes))
 
 
@@ -107,6 +115,7 @@ class _Worker:
         self.batch_id: str | None = None
         self.future: asyncio.Future[list[TaskOutcome]] | None = None
         self.report: Callable[[TaskOutcome], None] | None = None
+        self.progress: Callable[[JobProgress], None] | None = None
         self.retired = False
         self.exited = asyncio.Event()
 
@@ -180,6 +189,13 @@ class LocalExecutor:
 
     def _handle(self, worker: _Worker, kind: str, payload: Any) -> None:
         future = worker.future
+        if kind == PROGRESS:
+            if worker.progress is not None and future is not None and not future.done():
+                try:
+                    worker.progress(payload)
+                except Exception:
+                    log.exception("recording the progress of job %s failed", payload.job_id)
+            return
         if kind == JOB_DONE:
             # one job of the batch ended: the service records it now (not if the run was
             # stopped meanwhile: then its end is already being recorded)
@@ -190,6 +206,7 @@ class LocalExecutor:
                     log.exception("recording the end of job %s failed", payload.job_id)
             return
         worker.batch_id, worker.future, worker.report = None, None, None
+        worker.progress = None
         self._signal_free()
         if future is not None and not future.done():
             future.set_result(payload)
@@ -224,11 +241,12 @@ class LocalExecutor:
         task: BatchTask,
         timeout: float | None,
         report: Callable[[TaskOutcome], None] | None = None,
+        progress: Callable[[JobProgress], None] | None = None,
     ) -> list[TaskOutcome]:
         """Run ``task`` in an idle worker. Raises TimeoutError past ``timeout`` seconds and
         WorkerDied if the process dies; cancelling the caller kills the worker. ``report`` is
         called (in the event loop) with each job's outcome as soon as the worker sends it,
-        before the batch ends."""
+        before the batch ends; ``progress`` with each progress report of a job."""
         loop = asyncio.get_running_loop()
         assert self._freed is not None, "start() the executor first"
         while (worker := self._pick()) is None:  # a killed worker's successor is starting
@@ -236,6 +254,7 @@ class LocalExecutor:
             await self._freed.wait()
         future: asyncio.Future[list[TaskOutcome]] = loop.create_future()
         worker.batch_id, worker.future, worker.report = task.batch_id, future, report
+        worker.progress = progress
         timer = None
         if timeout:
             timer = loop.call_later(timeout, self._kill, worker, TimeoutError())

@@ -51,3 +51,16 @@ class TaskOutcome:
     info: dict[str, Any] = field(default_factory=dict)
     error_message: str | None = None
     error_type: str = "fatal"
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """How far one job of a running batch has got, as its worker says while it runs.
+    ``stage`` is one of loading, reading, inference, fitting, writing; during inference
+    ``tiles_done`` of ``tiles_total`` (None where the app has no tiles)."""
+
+    job_id: str
+    stage: str
+    tiles_done: int | None = None
+    tiles_total: int | None = None
+    batch_jobs: int = 1

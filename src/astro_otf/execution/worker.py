@@ -14,11 +14,17 @@ by another) can never list its files. Every line a run writes in the job's log c
 token (``[run <token>]``), from "... pid P, batch B of N job(s), run T" to "run T ended", so
 that runs of one job can be told apart, and while it runs the run holds an ``flock`` on
 ``logs/run.lock``: a second live run of the job would wait for it, and says so in the log.
+
+While a batch runs, each job's progress (its stage; tiles done of total during inference) goes
+to ``progress`` (the local executor sends it over the worker's pipe): every change of stage,
+and within a stage at most one report per job every PROGRESS_INTERVAL_S seconds
+(:class:`ProgressSender`), so that a job of thousands of tiles costs a handful of messages.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -33,7 +39,7 @@ from typing import Any
 
 from astro_otf.domain.errors import JobFailure, OTFError
 from astro_otf.domain.parameters import roi_from, validate
-from astro_otf.execution.task import BatchTask, JobTask, ProducedResult, TaskOutcome
+from astro_otf.execution.task import BatchTask, JobProgress, JobTask, ProducedResult, TaskOutcome
 from astro_otf.models.base import App, AppOutput, AppRequest, BatchableApp, ResultFile
 from astro_otf.models.registry import Registry, RegistryConfig, build_registry
 from astro_otf.results.products import JobContext, write_products
@@ -44,6 +50,53 @@ _registries: dict[RegistryConfig, Registry] = {}
 #: (a process being killed frees it at once; a live stale run is then stopped by its own
 #: server, or could only finish without its results being listed).
 RUN_LOCK_WAIT_S = 30.0
+
+#: Seconds between two progress reports of one job within one stage (a new stage is always
+#: reported at once): at most about 4 messages a second per job.
+PROGRESS_INTERVAL_S = 0.25
+
+
+class ProgressSender:
+    """Passes a batch's progress reports on to ``send``, dropping those that come too fast:
+    a job's new stage always goes, and within a stage one report per
+    ``interval`` seconds. Never raises: a report that cannot be sent is lost, the job goes
+    on."""
+
+    def __init__(
+        self,
+        send: Callable[[JobProgress], None],
+        batch_jobs: int,
+        *,
+        interval: float = PROGRESS_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._send = send
+        self.batch_jobs = batch_jobs
+        self.interval = interval
+        self._clock = clock
+        #: job id -> (stage, when) of its last report sent
+        self._last: dict[str, tuple[str, float]] = {}
+
+    def __call__(
+        self, job_id: str, stage: str, tiles_done: int | None = None, tiles_total: int | None = None
+    ) -> None:
+        self.send(job_id, stage, tiles_done, tiles_total)
+
+    def send(
+        self, job_id: str, stage: str, tiles_done: int | None = None, tiles_total: int | None = None
+    ) -> bool:
+        """Report (True) or drop (False) one job's progress."""
+        now = self._clock()
+        last = self._last.get(job_id)
+        if last is not None and last[0] == stage and now - last[1] < self.interval:
+            return False
+        self._last[job_id] = (stage, now)
+        try:
+            self._send(JobProgress(job_id, stage, tiles_done, tiles_total, self.batch_jobs))
+        except Exception:
+            logging.getLogger(__name__).debug("progress of %s not sent", job_id, exc_info=True)
+            return False
+        return True
 
 
 def warm_up(config: RegistryConfig) -> None:
@@ -175,7 +228,7 @@ def _open(task: JobTask, batch: BatchTask) -> _Job:
     return job
 
 
-def _request(app: App, job: _Job) -> AppRequest:
+def _request(app: App, job: _Job, sender: ProgressSender | None = None) -> AppRequest:
     task = job.task
     files = ["image"] if task.image_path else []
     checked = validate(
@@ -194,6 +247,7 @@ def _request(app: App, job: _Job) -> AppRequest:
         staging_dir=job.staging,
         log=job.log,
         owner=task.owner,
+        on_progress=None if sender is None else functools.partial(sender, task.job_id),
     )
 
 
@@ -203,6 +257,7 @@ def _products(app: App, job: _Job, output: AppOutput, batch: BatchTask) -> list[
     if output.catalogue is None:
         return list(output.results)
     assert job.request is not None
+    job.request.progress("writing")
     where = _where()
     context = JobContext(
         job_id=job.task.job_id,
@@ -280,14 +335,18 @@ def _failure(job: _Job, exc: BaseException, batch: BatchTask) -> TaskOutcome:
 
 
 def run_batch(
-    batch: BatchTask, report: Callable[[TaskOutcome], None] | None = None
+    batch: BatchTask,
+    report: Callable[[TaskOutcome], None] | None = None,
+    progress: Callable[[JobProgress], None] | None = None,
 ) -> list[TaskOutcome]:
     """Run every job of ``batch``; apps that can share forward passes get them together.
 
     Each job's run is closed (its log and run lock released, its results staged) as soon as
     its outcome is known, and ``report`` (when given) is called with that outcome at once,
     before the batch's later jobs are done: the service records each job when its own work
-    ends, not when the whole batch does."""
+    ends, not when the whole batch does. ``progress`` (when given) gets each job's progress
+    as it goes, throttled by :class:`ProgressSender`."""
+    sender = None if progress is None else ProgressSender(progress, len(batch.tasks))
     jobs = [_open(task, batch) for task in batch.tasks]
     outcomes: dict[str, TaskOutcome] = {}
     closed: set[str] = set()
@@ -300,11 +359,14 @@ def run_batch(
             report(outcome)
 
     try:
+        if sender is not None:
+            for job in jobs:
+                sender(job.task.job_id, "loading")
         app = _registry(batch.registry).get(batch.model_id, batch.model_version)
         ready: list[_Job] = []
         for job in jobs:
             try:
-                job.request = _request(app, job)
+                job.request = _request(app, job, sender)
                 ready.append(job)
             except Exception as exc:
                 settle(job, _failure(job, exc, batch))
@@ -315,8 +377,12 @@ def run_batch(
         else:
             for job in ready:
                 one: AppOutput | BaseException
+                request = job.request
+                assert request is not None
+                # the app's own reports (if any) refine this first stage
+                request.progress("reading" if app.needs_image else "inference")
                 try:
-                    one = app.run(job.request)  # type: ignore[arg-type]
+                    one = app.run(request)
                 except Exception as exc:
                     one = exc
                 settle(job, _outcome(app, job, one, batch))

@@ -58,7 +58,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from astro_otf.client import Job, OTFClient
+from astro_otf.cli.common import progress_fraction, progress_text
+from astro_otf.client import Job, OTFClient, Progress
 from astro_otf.gui.image import (
     Catalogue,
     ImageLoadError,
@@ -192,12 +193,20 @@ class MainWindow(QMainWindow):
 
     Signals: ``jobFinished(str)`` carries the job id (``""`` when no job was created)
     once a submission has ended, whatever its outcome; ``imageOpened(str)`` the path of
-    a newly shown image; ``errorShown(str)`` every error message shown.
+    a newly shown image; ``errorShown(str)`` every error message shown;
+    ``progressChanged(str, int)`` the progress bar's text and value (0..1000) of the
+    running job.
+
+    An image is uploaded once (``POST /uploads``) and its upload id remembered by path,
+    modification time and size: later jobs on the same file name it (``upload:<id>``)
+    instead of sending it again. A service without ``/uploads`` gets the image with
+    each job.
     """
 
     jobFinished = Signal(str)
     imageOpened = Signal(str)
     errorShown = Signal(str)
+    progressChanged = Signal(str, int)
 
     def __init__(self, client: OTFClient, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -220,6 +229,13 @@ class MainWindow(QMainWindow):
         self._worker: JobWorker | None = None
         self._upload_total = 1
         self._pending_finish = ""
+        #: Upload ids by (resolved path, mtime in ns, size) of the file.
+        self.upload_ids: dict[tuple[str, int, int], str] = {}
+        #: False once the service has answered that it has no ``/uploads``.
+        self.uploads_supported = True
+        #: Whether the latest submission sent the image's bytes (False: it reused an upload).
+        self.last_submission_sent_image = False
+        self._upload_key: tuple[str, int, int] | None = None
         self.setWindowTitle(f"astro-otf — {client.url}")
         self.resize(1300, 820)
         self._build_ui()
@@ -562,24 +578,36 @@ class MainWindow(QMainWindow):
             return False
         params = {**self.form_parameters(), **self.roi_parameters()}
         try:
-            self._upload_total = max(1, self.image.path.stat().st_size)
+            stat = self.image.path.stat()
         except OSError as exc:
             self.show_error(f"Cannot read {self.image.path}: {exc}")
             return False
+        self._upload_total = max(1, stat.st_size)
+        self._upload_key = (str(self.image.path.resolve()), stat.st_mtime_ns, stat.st_size)
+        upload_id = self.upload_ids.get(self._upload_key)
+        self.last_submission_sent_image = False
         self.job = None
         self.job_id = None
         self._set_exports_enabled(False)
-        self.progress.setValue(0)
-        self.phase_label.setText("Uploading…")
+        self._show_progress("reusing the upload" if upload_id else "upload %p%", 0)
+        self.phase_label.setText("Submitting…" if upload_id else "Uploading…")
         self.show_info(f"Submitting {self.image.path.name} with {params}")
         self.submit_button.setEnabled(False)
 
         thread = QThread(self)
-        worker = JobWorker(self.client, self.image.path, params)
+        worker = JobWorker(
+            self.client,
+            self.image.path,
+            params,
+            use_uploads=self.uploads_supported,
+            upload_id=upload_id,
+        )
         worker.moveToThread(thread)
         thread.started.connect(worker.run)
         worker.uploaded.connect(self._on_uploaded)
+        worker.stored.connect(self._on_stored)
         worker.phase.connect(self._on_phase)
+        worker.progressed.connect(self._on_progress)
         worker.done.connect(self._on_done)
         worker.failed.connect(self._on_failed)
         worker.done.connect(thread.quit)
@@ -589,21 +617,47 @@ class MainWindow(QMainWindow):
         thread.start()
         return True
 
+    def _show_progress(self, text: str, value: int) -> None:
+        """Set the progress bar (``text`` may hold Qt's ``%p``) and announce it."""
+        value = max(0, min(1000, value))
+        if self.progress.format() != text or self.progress.value() != value:
+            self.progress.setFormat(text)
+            self.progress.setValue(value)
+            self.progressChanged.emit(text, value)
+
     @Slot(int)
     def _on_uploaded(self, nbytes: int) -> None:
-        self.progress.setValue(min(1000, int(1000 * nbytes / self._upload_total)))
+        self.last_submission_sent_image = True
+        self._show_progress("upload %p%", int(1000 * nbytes / self._upload_total))
+
+    @Slot(str)
+    def _on_stored(self, upload_id: str) -> None:
+        if not upload_id:
+            self.uploads_supported = False
+        elif self._upload_key is not None:
+            self.upload_ids[self._upload_key] = upload_id
 
     @Slot(str, str)
     def _on_phase(self, job_id: str, phase: str) -> None:
         self.job_id = job_id
-        self.progress.setValue(1000)
         self.phase_label.setText(f"Job {job_id}: {phase}")
+
+    @Slot(str, str, object)
+    def _on_progress(self, job_id: str, phase: str, progress: object) -> None:
+        if phase not in ("QUEUED", "EXECUTING"):
+            self._show_progress(phase, 1000)
+            return
+        job_progress = progress if isinstance(progress, Progress) else None
+        text = progress_text(phase, job_progress).replace("%", "%%")
+        self._show_progress(text, int(1000 * progress_fraction(phase, job_progress)))
 
     @Slot(str, object, bytes)
     def _on_done(self, job_id: str, job: object, votable: bytes) -> None:
         assert isinstance(job, Job)
         self.job_id, self.job = job_id, job
         self.phase_label.setText(f"Job {job_id}: {job.phase}")
+        cached = f" (results of job {job.cached_from})" if job.cached_from else ""
+        self._show_progress(job.phase + cached, 1000)
         if job.phase != "COMPLETED":
             reason = job.error_summary.message if job.error_summary else "no reason given"
             self.show_error(f"Job {job_id} ended {job.phase}: {reason}")

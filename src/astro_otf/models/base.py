@@ -3,12 +3,15 @@
 The service validates a job's parameters against ``App.parameters`` at submission; a worker
 process later calls ``App.run`` with typed values. An app writes its result files into
 ``AppRequest.staging_dir``; the worker moves them into the job's results folder only when the
-app returns, so a failed run never leaves a half-written result listed.
+app returns, so a failed run never leaves a half-written result listed. While it runs, an app
+says how far it has got with :meth:`AppRequest.progress` (its stage, and tiles done of total
+during inference): the worker throttles and forwards that to the scheduler.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -41,6 +44,20 @@ class AppRequest:
     staging_dir: Path
     log: logging.Logger
     owner: str | None = None
+    #: Where :meth:`progress` reports go (set by the worker; None: nobody listens).
+    on_progress: Callable[[str, int | None, int | None], None] | None = None
+
+    def progress(
+        self, stage: str, tiles_done: int | None = None, tiles_total: int | None = None
+    ) -> None:
+        """Say how far the job has got: ``stage`` is one of loading, reading, inference,
+        fitting, writing; during inference, ``tiles_done`` of ``tiles_total``. Cheap enough
+        to call for every tile (the worker drops what comes too fast) and never raises."""
+        if self.on_progress is not None:
+            try:
+                self.on_progress(stage, tiles_done, tiles_total)
+            except Exception:  # a report lost must never fail the job
+                self.log.debug("progress report failed", exc_info=True)
 
 
 @dataclass

@@ -188,6 +188,7 @@ class OnnxDetector:
         """Load, cut out, fit the normalisation and plan the tiles of one job."""
         if request.image_path is None:
             raise JobFailure("IMAGE is required")
+        request.progress("reading")
         manifest = self.model.manifest
         image = load_image(request.image_path)
         full_shape = image.shape
@@ -341,6 +342,8 @@ class OnnxDetector:
                 )
             except Exception as exc:
                 results[n] = exc
+        for p in jobs.values():
+            p.request.progress("inference", 0, len(p.specs))
         if manifest.output.score_normalisation == "median_mad":
             # Small images measure their score map in the detection pass itself (candidates
             # are kept until the rms is known); big ones first sample STAT_TILES tiles.
@@ -352,6 +355,8 @@ class OnnxDetector:
                 del jobs[n]
         items = [(p, spec) for p in jobs.values() for spec in p.specs]
         for p, spec, raw, score, peak, attrs in self.forward(items, precision):
+            p.tiles_done += 1
+            p.request.progress("inference", p.tiles_done, len(p.specs))
             if attrs is not None:
                 ys, xs = np.nonzero((peak > 0.5) & (score >= p.threshold) & np.isfinite(raw))
                 snr = _pixel_snr(p.chain, raw, xs, ys, (spec.x0, spec.y0), p.peak_radius)
@@ -395,6 +400,7 @@ class OnnxDetector:
 
     def _write(self, p: _Prepared, precision: str) -> AppOutput:
         request = p.request
+        request.progress("fitting")
         if self.model.manifest.measure is not None:
             table = self._fitted_table(p)
         elif self._attr:
@@ -875,6 +881,8 @@ class _Prepared:
     candidates: list[tuple[TileSpec, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(
         default_factory=list
     )
+    #: tiles of the detection pass done so far (for progress reports)
+    tiles_done: int = 0
 
 
 def ort_errors() -> tuple[type[Exception], ...]:

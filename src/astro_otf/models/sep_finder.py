@@ -139,6 +139,7 @@ class SepFinder:
 
         if request.image_path is None:
             raise JobFailure("no image was given: upload the FITS image as the IMAGE file part")
+        request.progress("reading")
         image = load_image(request.image_path)
         beam = image.beam
         ny, nx = full_shape = image.shape
@@ -196,6 +197,7 @@ class SepFinder:
             use_filter,
             precision,
         )
+        request.progress("inference")
         try:
             bkg = sep.Background(data, mask=mask, bw=box, bh=box, fw=3, fh=3)
             bkg.subfrom(data)
@@ -242,6 +244,7 @@ class SepFinder:
             seed,
         )
 
+        request.progress("fitting")
         table = _catalogue(image, objects, peak, local_rms, flux)
         infos = {
             "image_hdu": str(image.hdu_index),

@@ -8,12 +8,22 @@ the input image was searched), a few hundred bytes listed as the ``preview`` res
 service draws the PNG from the job's input image and its catalogue (``catalogue.json``) the
 first time a client asks for it (:func:`draw_from_plan`), and keeps it beside the plan.
 
+A radio image is mostly noise with a few sources a handful of sigma above it, so the
+display limits come from the image's own noise (median and a robust sigma from the pixels
+below the median, which sources do not reach): the background is dark and an 8-sigma
+point source white, where limits from the extreme percentiles of the pixels made the noise
+as bright as the sources. When bright (extended) emission reaches far above the noise, the
+range above a few sigma is compressed by an asinh stretch instead of saturated. The axes
+are labelled as the catalogue is, in ICRS right ascension and declination, whatever the
+image's own frame (FK5, Galactic, ...).
+
 The drawing is cheap on purpose: Pillow, not matplotlib; an image larger than ``max_side``
 pixels on a side is shown by every k-th pixel (basic slicing of a memory-mapped image reads
-only those rows from disk); the asinh stretch's limits come from a sample of the shown
-pixels; one palette image (1 byte a pixel) compressed at level 1; sources drawn as ellipse
-outlines (polygons) or, when tiny, as markers; one line of text for the coordinates.
-Blank (all-NaN) and constant images still give a picture rather than an error.
+only those rows from disk); the display limits come from a sample of the shown pixels; one
+palette image (1 byte a pixel) compressed at level 1; sources drawn as ellipse outlines
+(polygons) or, when tiny, as markers; the axes' ticks from a few hundred WCS transforms of
+points on the image's edges; Pillow's own font. Blank (all-NaN) and constant images still
+give a picture rather than an error.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import astropy.units as u
 import numpy as np
 from astropy.coordinates import Galactic, SkyCoord
 from astropy.table import Table
+from astropy.visualization import ZScaleInterval
 from PIL import Image, ImageDraw, ImageFont
 
 from astro_otf.imaging.fits import SkyImage, load_image
@@ -46,9 +57,11 @@ __all__ = [
     "PreviewCache",
     "PreviewPlan",
     "PreviewUnavailable",
+    "axis_ticks",
     "display_shape",
     "draw_from_plan",
     "draw_preview",
+    "image_box",
     "is_plan",
     "png_path",
     "write_plan",
@@ -60,11 +73,25 @@ PLAN_SUFFIX = ".plan.json"
 #: An image larger than this on a side is shown by every k-th pixel (the PNG's cost is
 #: mostly deflating its pixels: 1024 on a side took twice as long as 800).
 MAX_SIDE = 800
-#: Percentage of the finite pixels between the display limits.
+#: The display stretches: ``noise`` (the default) from the image's noise, ``zscale`` (IRAF's
+#: zscale limits, linear), ``percentile`` (the central PERCENTILE % of the pixels, asinh).
+STRETCHES = ("noise", "zscale", "percentile")
+DEFAULT_STRETCH = "noise"
+#: ``noise``: the limits are the median minus NOISE_BELOW and plus NOISE_ABOVE robust sigma
+#: (linear between), so the noise is a dark texture and a source above ~6 sigma is white.
+NOISE_BELOW = 2.0
+NOISE_ABOVE = 6.0
+#: ``noise``: when the brightest pixels (the top of the central PERCENTILE %) reach above
+#: median + NOISE_ABOVE sigma, the upper limit is raised to them and an asinh stretch shows
+#: median + NOISE_ABOVE sigma at this fraction of the colour map (bright emission is
+#: compressed, not saturated).
+NOISE_KNEE = 0.6
+#: Percentage of the finite pixels between the display limits (``percentile``; and the
+#: reach of the bright emission for ``noise``).
 PERCENTILE = 99.5
 #: At most this many pixels are sorted to find the display limits.
 STRETCH_SAMPLE = 1 << 16
-#: Softening of the asinh stretch (astropy's AsinhStretch default).
+#: Softening of the ``percentile`` asinh stretch (astropy's AsinhStretch default).
 ASINH_A = 0.1
 #: A small image is enlarged by a whole factor until its longer side is at least this.
 MIN_SIDE = 512
@@ -74,8 +101,19 @@ MIN_RADIUS_DISPLAY_PIX = 1.5
 DEFAULT_RADIUS_PIX = 5.0
 #: Vertices of each large ellipse's outline.
 ELLIPSE_VERTICES = 36
-#: Height of the caption strip under the image, in pixels.
+#: Height of the caption strip under the axes, in pixels.
 CAPTION_HEIGHT = 34
+#: Margins around the image (pixels): room for the declination (or RA) tick labels and the
+#: axis title on the left, the RA (or Dec) labels and title below, half a label right and top.
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 90, 36, 10, 38
+#: The PNG is at least this wide, so that the caption fits under a narrow image.
+MIN_WIDTH = 490
+TICK_LENGTH = 4
+FONT_SIZE = 11
+#: Tick labels along the bottom (left) edge are at least this far apart, in pixels.
+TICK_SPACING_X, TICK_SPACING_Y = 80, 50
+#: Points sampled along each edge to find where the RA and Dec lines cross it.
+EDGE_SAMPLES = 200
 OVERLAY_RGB = (0x00, 0xE5, 0xFF)
 BLANK_RGB = (140, 140, 140)
 CAPTION_RGB = (235, 235, 235)
@@ -143,7 +181,12 @@ def write_plan(image: SkyImage, path: Path, *, catalogue: str = "catalogue.json"
 
 
 def draw_from_plan(
-    plan_path: Path, image_path: Path, out: Path, *, max_side: int = MAX_SIDE
+    plan_path: Path,
+    image_path: Path,
+    out: Path,
+    *,
+    max_side: int = MAX_SIDE,
+    stretch: str = DEFAULT_STRETCH,
 ) -> Path:
     """Draw the PNG of the plan at ``plan_path`` from the input image at ``image_path`` and
     the catalogue beside the plan; written at ``out`` (under a temporary name first).
@@ -178,7 +221,7 @@ def draw_from_plan(
         origin=(plan.x0, plan.y0),
     )
     table = read_catalogue_json(Path(plan_path).with_name(plan.catalogue))
-    return draw_preview(image, table, out, max_side=max_side)
+    return draw_preview(image, table, out, max_side=max_side, stretch=stretch)
 
 
 class PreviewCache:
@@ -249,55 +292,79 @@ def read_catalogue_json(path: Path) -> Table:
 
 
 def write_preview(
-    catalogue: Catalogue, image: SkyImage, path: Path, *, max_side: int = MAX_SIDE
+    catalogue: Catalogue,
+    image: SkyImage,
+    path: Path,
+    *,
+    max_side: int = MAX_SIDE,
+    stretch: str = DEFAULT_STRETCH,
 ) -> Path:
     """Draw ``image`` with the sources of ``catalogue`` over it as a PNG at ``path`` (see
     :func:`draw_preview`)."""
-    return draw_preview(image, catalogue.table, path, max_side=max_side)
+    return draw_preview(image, catalogue.table, path, max_side=max_side, stretch=stretch)
 
 
-def draw_preview(image: SkyImage, table: Table, path: Path, *, max_side: int = MAX_SIDE) -> Path:
+def draw_preview(
+    image: SkyImage,
+    table: Table,
+    path: Path,
+    *,
+    max_side: int = MAX_SIDE,
+    stretch: str = DEFAULT_STRETCH,
+) -> Path:
     """Draw ``image`` with the sources of ``table`` over it as a PNG at ``path``.
 
     ``image`` is the image that was searched (the cut-out when a region of interest was
     asked for); the table's ``x``/``y`` are pixels of the uploaded image, so
     ``image.origin`` is subtracted from them (a source without them is placed from its
-    ``ra``/``dec``). The image is shown with an asinh stretch between the limits of the
-    central 99.5 % of its finite pixels (blank pixels grey), north up as the pixels lie.
-    Sources with ``maj``, ``min`` and ``pa`` are ellipses of those FWHM axes; others are
-    circles of the beam's major axis (5 pixels without a beam). When the image is larger
+    ``ra``/``dec``). The image is shown north up as the pixels lie, blank pixels grey, with
+    the ``stretch`` of :data:`STRETCHES` (see :func:`_limits`; the default from the image's
+    noise). Sources with ``maj``, ``min`` and ``pa`` are ellipses of those FWHM axes; others
+    are circles of the beam's major axis (5 pixels without a beam). When the image is larger
     than ``max_side`` on a side only every k-th pixel is read and shown (:func:`_stride`);
-    a small one is enlarged by a whole factor. Under the image, one caption line: the
-    number of sources, the frame and the sky position of the centre and the field size.
-    The file is written under a temporary name and renamed into place; returns ``path``.
+    a small one is enlarged by a whole factor. The image is framed by axes with ICRS RA and
+    Dec ticks (:func:`_axes`); under them, the number of sources and a line with the ICRS
+    position of the centre and the field size. The file is written under a temporary name
+    and renamed into place; returns ``path``.
     """
     if max_side < 1:
         raise ValueError(f"max_side must be at least 1, not {max_side}")
+    if stretch not in STRETCHES:
+        raise ValueError(f"stretch must be one of {', '.join(STRETCHES)}, not {stretch!r}")
     ny, nx = image.shape
     k = _stride((ny, nx), max_side)
     # Basic slicing of a memory-mapped array reads only the strided rows from disk.
     data = np.array(image.data[::k, ::k], dtype=np.float32)
     zoom = _zoom(data.shape)
-    indices = _colour_indices(data)[::-1]  # row 0 of a PNG is the top: north up
+    indices = _colour_indices(data, stretch)[::-1]  # row 0 of a PNG is the top: north up
     if zoom > 1:
         indices = np.repeat(np.repeat(indices, zoom, axis=0), zoom, axis=1)
-    height, width = indices.shape
-    canvas = np.full((height + CAPTION_HEIGHT, max(width, 1)), BACKGROUND_INDEX, dtype=np.uint8)
-    canvas[:height, :width] = indices
-    n_drawn, polygons = _overlay(canvas[:height, :width], table, image, k, zoom)
-    picture = Image.fromarray(canvas, mode="P")
+    indices = np.ascontiguousarray(indices)
+    n_drawn, polygons = _overlay(indices, table, image, k, zoom)
+    shown = Image.fromarray(indices, mode="P")
+    if polygons:  # drawn on the image alone, so that they stop at its edges
+        draw = ImageDraw.Draw(shown)
+        for outline in polygons:
+            draw.line(outline, fill=OVERLAY_INDEX)
+    left, top, width, height = image_box((ny, nx), max_side)
+    full_height, full_width = display_shape((ny, nx), max_side)
+    picture = Image.new("P", (full_width, full_height), BACKGROUND_INDEX)
+    picture.paste(shown, (left, top))
     picture.putpalette(_palette())
     draw = ImageDraw.Draw(picture)
-    for outline in polygons:
-        draw.line(outline, fill=OVERLAY_INDEX)
+    draw.rectangle((left - 1, top - 1, left + width, top + height), outline=TEXT_INDEX)
+    _axes(picture, draw, image, k, zoom, (left, top, width, height))
     n = len(table)
     caption = f"{n} source{'s' if n != 1 else ''}"
     if n_drawn != n:
         caption += f" ({n_drawn} drawn)"
     if k > 1:
         caption += f"; every {_ordinal(k)} pixel shown"
-    draw.text((4, height + 3), caption, fill=TEXT_INDEX, font=_font())
-    draw.text((4, height + 18), _where(image), fill=TEXT_INDEX, font=_font())
+    if stretch != DEFAULT_STRETCH:
+        caption += f"; {stretch} stretch"
+    below = top + height + MARGIN_BOTTOM
+    draw.text((4, below + 3), caption, fill=TEXT_INDEX, font=_font())
+    draw.text((4, below + 18), _where(image), fill=TEXT_INDEX, font=_font())
     buffer = _png_bytes(picture)
     write_atomically(Path(path), buffer)
     return Path(path)
@@ -305,11 +372,20 @@ def draw_preview(image: SkyImage, table: Table, path: Path, *, max_side: int = M
 
 def display_shape(shape: tuple[int, int], max_side: int = MAX_SIDE) -> tuple[int, int]:
     """(height, width) in pixels of the PNG of an image of ``shape`` (ny, nx)."""
+    left, top, width, height = image_box(shape, max_side)
+    return top + height + MARGIN_BOTTOM + CAPTION_HEIGHT, max(
+        left + width + MARGIN_RIGHT, MIN_WIDTH
+    )
+
+
+def image_box(shape: tuple[int, int], max_side: int = MAX_SIDE) -> tuple[int, int, int, int]:
+    """Where the image of ``shape`` (ny, nx) lies in its PNG: (left, top, width, height)
+    in pixels; the axes, their labels and the caption are around it."""
     ny, nx = max(int(shape[0]), 0), max(int(shape[1]), 0)
     k = _stride((ny, nx), max_side)
     sy, sx = len(range(0, ny, k)), len(range(0, nx, k))
     zoom = _zoom((sy, sx))
-    return sy * zoom + CAPTION_HEIGHT, max(sx * zoom, 1)
+    return MARGIN_LEFT, MARGIN_TOP, sx * zoom, sy * zoom
 
 
 def _stride(shape: tuple[int, int], max_side: int) -> int:
@@ -325,35 +401,117 @@ def _zoom(shape: tuple[int, ...]) -> int:
     return max(1, MIN_SIDE // longest)
 
 
-def _limits(data: np.ndarray) -> tuple[float, float]:
-    """Display limits: the central ``PERCENTILE`` % of a sample of the finite pixels; the
-    full range when most are equal; around the one value of a constant image."""
+#: Display limits (vmin, vmax) and the softening of the asinh stretch between them (None:
+#: linear).
+Limits = tuple[float, float, float | None]
+
+
+def _limits(data: np.ndarray, stretch: str = DEFAULT_STRETCH) -> Limits:
+    """The display limits of ``data`` for ``stretch``, from a sample of its finite pixels.
+
+    ``noise``: the median ``m`` and a robust sigma ``s`` (1.4826 times the median distance
+    below ``m`` of the pixels below it; exact zeros, the blank of many mosaics, left out when
+    there are other pixels) give linear limits ``m - 2 s`` to ``m + 6 s``; when the bright
+    end of the central PERCENTILE % reaches above ``m + 6 s`` it becomes the upper limit and
+    an asinh stretch keeps ``m + 6 s`` at NOISE_KNEE of the colour map. ``zscale``:
+    astropy's ZScaleInterval, linear. ``percentile``: the central PERCENTILE %, asinh
+    (ASINH_A). A sample without spread (most pixels equal) falls back to ``percentile``,
+    then to the full range; a constant image is mid-grey around its value.
+    """
     step = max(1, math.isqrt(data.size // STRETCH_SAMPLE))
     sample = data[::step, ::step].ravel()
     finite = sample[np.isfinite(sample)]
     if finite.size == 0:
-        return 0.0, 1.0
-    cut = (100.0 - PERCENTILE) / 200.0
-    lo, hi = (round(q * (finite.size - 1)) for q in (cut, 1.0 - cut))
-    part = np.partition(finite, (lo, hi))
-    vmin, vmax = float(part[lo]), float(part[hi])
+        return 0.0, 1.0, None
+    if stretch == "noise":
+        limits = _noise_limits(finite)
+        if limits is not None:
+            return limits
+    elif stretch == "zscale":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lo_z, hi_z = ZScaleInterval().get_limits(finite)
+        if float(hi_z) > float(lo_z):
+            return float(lo_z), float(hi_z), None
+    vmin, vmax = _percentile_range(finite)
     if not vmax > vmin:  # most pixels equal: use the full range
         vmin, vmax = float(finite.min()), float(finite.max())
     if not vmax > vmin:  # a constant image: mid-grey around its value
         spread = abs(vmin) if vmin != 0.0 else 1.0
         vmin, vmax = vmin - spread, vmax + spread
-    return vmin, vmax
+    return vmin, vmax, ASINH_A
 
 
-def _colour_indices(data: np.ndarray) -> np.ndarray:
-    """Palette indices of the pixels: the asinh-stretched value, or the blank colour."""
-    vmin, vmax = _limits(data)
+def _percentile_range(finite: np.ndarray) -> tuple[float, float]:
+    """The limits of the central PERCENTILE % of ``finite`` (a 1-D sample)."""
+    cut = (100.0 - PERCENTILE) / 200.0
+    lo, hi = (round(q * (finite.size - 1)) for q in (cut, 1.0 - cut))
+    part = np.partition(finite, (lo, hi))
+    return float(part[lo]), float(part[hi])
+
+
+def _noise_limits(finite: np.ndarray) -> Limits | None:
+    """The ``noise`` limits of a sample of finite pixels (see :func:`_limits`); None when
+    its noise cannot be measured (most pixels equal)."""
+    values = finite[finite != 0.0]
+    if values.size < 16:
+        values = finite
+    # One partition gives the median and the bright end of the central PERCENTILE %.
+    cut = (100.0 - PERCENTILE) / 200.0
+    mid, top = values.size // 2, round((1.0 - cut) * (values.size - 1))
+    part = np.partition(values, (mid, top))
+    median, bright = float(part[mid]), float(part[top])
+    below = np.float32(median) - part[:mid]
+    below = below[below > 0.0]
+    if below.size < 8:
+        return None
+    sigma = 1.4826 * float(np.partition(below, below.size // 2)[below.size // 2])
+    if not (math.isfinite(sigma) and sigma > 0.0):
+        return None
+    vmin = median - NOISE_BELOW * sigma
+    knee = median + NOISE_ABOVE * sigma
+    if not knee > vmin:  # sigma lost in the values' precision
+        return None
+    if not bright > knee:
+        return vmin, knee, None
+    t = (knee - vmin) / (bright - vmin)  # where the knee lies on a linear scale
+    if t >= NOISE_KNEE:
+        return vmin, bright, None
+    return vmin, bright, _softening(t, NOISE_KNEE)
+
+
+def _softening(t: float, target: float) -> float:
+    """The softening ``a`` with asinh(t / a) / asinh(1 / a) == target (0 < t < target < 1):
+    the asinh stretch that shows the fraction ``t`` of the range at ``target``."""
+    lo, hi = -12.0, 12.0  # log10(a): from nearly logarithmic to nearly linear
+    for _ in range(60):
+        mid = (lo + hi) / 2.0
+        a = 10.0**mid
+        if math.asinh(t / a) / math.asinh(1.0 / a) > target:
+            lo = mid  # too compressed: soften less
+        else:
+            hi = mid
+    return float(10.0 ** ((lo + hi) / 2.0))
+
+
+def _colour_indices(data: np.ndarray, stretch: str = DEFAULT_STRETCH) -> np.ndarray:
+    """Palette indices of the pixels: the stretched value, or the blank colour."""
+    return _stretched(data, _limits(data, stretch))
+
+
+def _stretched(data: np.ndarray, limits: Limits) -> np.ndarray:
+    """Palette indices of the pixels between ``limits`` (linear, or asinh with the given
+    softening), the blank colour where not finite."""
+    vmin, vmax, softening = limits
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         scaled = (data - np.float32(vmin)) * np.float32(1.0 / (vmax - vmin))
         np.clip(scaled, 0.0, 1.0, out=scaled)
-        stretched = np.arcsinh(scaled / np.float32(ASINH_A)) * np.float32(
-            (LEVELS - 1) / math.asinh(1.0 / ASINH_A)
-        )
+        if softening is None:
+            stretched = scaled * np.float32(LEVELS - 1)
+        else:
+            stretched = np.arcsinh(scaled * np.float32(1.0 / softening)) * np.float32(
+                (LEVELS - 1) / math.asinh(1.0 / softening)
+            )
     blank = ~np.isfinite(stretched)
     stretched[blank] = 0.0
     indices = (stretched + 0.5).astype(np.uint8)
@@ -374,7 +532,11 @@ def _palette() -> list[int]:
 
 @functools.cache
 def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default()
+    """Pillow's own font (no font file needed): scalable when Pillow has FreeType."""
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)
+    except (OSError, ValueError):  # pragma: no cover - a Pillow without FreeType
+        return ImageFont.load_default()
 
 
 def _png_bytes(picture: Image.Image) -> bytes:
@@ -513,27 +675,252 @@ def _pixel_angles(image: SkyImage, x: np.ndarray, y: np.ndarray, pa: np.ndarray)
 
 
 def _where(image: SkyImage) -> str:
-    """The caption's coordinate line: the frame, the sky position of the centre and the
-    field size, e.g. "ICRS centre RA 12:34:56.7 Dec +12:34:56; 8.5' x 8.5'"."""
+    """The caption's coordinate line: the ICRS position of the centre, the field size and,
+    when the image is in another frame, that frame, e.g.
+    "ICRS centre RA 12:34:56.7 Dec +12:34:56; 8.5' x 8.5'; image frame FK5"."""
     ny, nx = image.shape
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             centre = image.wcs.pixel_to_world((nx - 1) / 2.0, (ny - 1) / 2.0)
             frame = image.frame
+            icrs = centre.icrs
         scale = image.pixel_scale_arcsec
     except Exception:  # an odd WCS: the picture is still worth having
         return ""
     size = f"{_angle_text(nx * scale)} x {_angle_text(ny * scale)}"
+    ra = icrs.ra.to_string(unit=u.hourangle, sep=":", precision=1, pad=True)
+    dec = icrs.dec.to_string(unit=u.deg, sep=":", precision=0, alwayssign=True, pad=True)
+    text = f"ICRS centre RA {ra} Dec {dec}; {size}"
     if isinstance(frame, Galactic):
         gal = centre.galactic
-        return f"Galactic centre l {gal.l.deg:.4f} b {gal.b.deg:+.4f}; {size}"
-    name = frame.name.upper()
-    ra = centre.spherical.lon.to_string(unit=u.hourangle, sep=":", precision=1, pad=True)
-    dec = centre.spherical.lat.to_string(
-        unit=u.deg, sep=":", precision=0, alwayssign=True, pad=True
-    )
-    return f"{name} centre RA {ra} Dec {dec}; {size}"
+        text += f"; image frame Galactic (l {gal.l.deg:.4f} b {gal.b.deg:+.4f})"
+    elif frame.name != "icrs":
+        text += f"; image frame {frame.name.upper()}"
+    return text
+
+
+# -- the axes: ICRS ticks on the image's edges --------------------------------------------
+
+#: Steps between RA ticks, in seconds of time, and between Dec ticks, in arcsec.
+RA_STEPS_S: tuple[float, ...] = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600)
+RA_STEPS_S += (900, 1200, 1800, 3600, 7200, 10800, 14400, 21600, 43200)
+DEC_STEPS_AS: tuple[float, ...] = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600)
+DEC_STEPS_AS += (900, 1200, 1800, 3600, 7200, 18000, 36000, 54000, 72000, 108000, 162000)
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One tick on an edge: its place along the edge (display pixels from the image's left
+    or top) and its label."""
+
+    at: float
+    label: str
+
+
+def axis_ticks(
+    image: SkyImage, k: int, zoom: int, length: tuple[int, int]
+) -> tuple[tuple[str, list[Tick]], tuple[str, list[Tick]]]:
+    """The ICRS ticks of the bottom and the left edge of the shown image: for each, the
+    coordinate it carries ("RA" or "Dec") and its ticks (display pixels along the edge from
+    the image's left, or top, and sexagesimal labels). ``length`` is the shown image's
+    (width, height) in display pixels; ``k`` its stride, ``zoom`` its enlargement.
+
+    RA goes on the edge along which it changes more (the bottom for a north-up image),
+    Dec on the other. A tick is where a round RA or Dec line crosses the edge, found from
+    ``EDGE_SAMPLES`` points along it converted to ICRS with the image's WCS (so rotated,
+    FK5 and Galactic images are right); the step is the smallest round one that keeps the
+    labels apart. No ticks where the WCS gives no sky position.
+    """
+    width, height = length
+    n = EDGE_SAMPLES
+    along_x = np.linspace(-0.5, width - 0.5, n)  # display columns of the bottom edge
+    along_y = np.linspace(-0.5, height - 0.5, n)  # display rows of the left edge
+    # Image pixel (x, y) is at display column x*zoom/k + (zoom-1)/2 and, north up, at
+    # display row height-1 - y*zoom/k - (zoom-1)/2 (as in _overlay); the display's bottom
+    # and left edges are at image y = -k/2 and x = -k/2.
+    to_image = k / zoom
+    offset = (zoom - 1) / 2.0
+    bx = (along_x - offset) * to_image
+    by = np.full(n, -k / 2.0)
+    lx = np.full(n, -k / 2.0)
+    ly = (height - 1 - along_y - offset) * to_image
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sky = image.wcs.pixel_to_world(np.concatenate([bx, lx]), np.concatenate([by, ly]))
+            icrs = sky.icrs
+            ra = np.asarray(icrs.ra.deg, dtype=float)
+            dec = np.asarray(icrs.dec.deg, dtype=float)
+    except Exception:  # an odd WCS: no ticks, the picture is still worth having
+        return ("RA", []), ("Dec", [])
+    edges = ((along_x, ra[:n], dec[:n]), (along_y, ra[n:], dec[n:]))
+    spans = [(_ra_span(r, d), _span(d)) for _, r, d in edges]
+    ra_bottom = spans[0][0] + spans[1][1] >= spans[0][1] + spans[1][0]
+    result: list[tuple[str, list[Tick]]] = []
+    for i, (positions, r, d) in enumerate(edges):
+        on_ra = ra_bottom == (i == 0)
+        spacing = TICK_SPACING_X if i == 0 else TICK_SPACING_Y
+        room = max(2, int((length[i] + 1) // spacing))
+        if on_ra:
+            ticks = _edge_ticks(positions, _unwrap_degrees(r), RA_STEPS_S, 15.0, room, spacing)
+            labels = [Tick(at, _ra_label(v, step)) for at, v, step in ticks]
+        else:
+            ticks = _edge_ticks(positions, d, DEC_STEPS_AS, 1.0, room, spacing)
+            labels = [Tick(at, _dec_label(v, step)) for at, v, step in ticks]
+        result.append(("RA" if on_ra else "Dec", labels))
+    return result[0], result[1]
+
+
+def _span(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.max() - finite.min()) if finite.size else 0.0
+
+
+def _ra_span(ra: np.ndarray, dec: np.ndarray) -> float:
+    """How far RA changes along an edge, in degrees on the sky (times cos Dec)."""
+    good = np.isfinite(ra) & np.isfinite(dec)
+    if not np.any(good):
+        return 0.0
+    return _span(_unwrap_degrees(ra[good])) * float(np.cos(np.radians(np.median(dec[good]))))
+
+
+def _unwrap_degrees(values: np.ndarray) -> np.ndarray:
+    """``values`` (degrees, NaN where unknown) without their jumps at 0/360."""
+    out = np.array(values, dtype=float)
+    good = np.isfinite(out)
+    out[good] = np.degrees(np.unwrap(np.radians(out[good])))
+    return out
+
+
+def _edge_ticks(
+    positions: np.ndarray,
+    values: np.ndarray,
+    steps: tuple[float, ...],
+    unit_arcsec: float,
+    room: int,
+    spacing: float,
+) -> list[tuple[float, float, float]]:
+    """(position, value in degrees, step in ``steps``' unit) of each tick on an edge whose
+    coordinate is ``values`` (degrees) at ``positions``: where the multiples of the
+    smallest of ``steps`` (in units of ``unit_arcsec`` arcsec) giving at most ``room``
+    ticks cross it, at least ``spacing`` apart."""
+    good = np.isfinite(values)
+    if np.count_nonzero(good) < 2:
+        return []
+    low, high = float(values[good].min()), float(values[good].max())
+    step, first, last = steps[-1], 0, -1
+    for candidate in steps:  # the smallest step giving at most ``room`` ticks
+        step_deg = candidate * unit_arcsec / 3600.0
+        first, last = math.ceil(low / step_deg - 1e-9), math.floor(high / step_deg + 1e-9)
+        step = candidate
+        if last - first + 1 <= room:
+            break
+    step_deg = step * unit_arcsec / 3600.0
+    if last < first:
+        return []
+    marks = np.arange(first, last + 1) * step_deg
+    # Segments between neighbouring known samples, and where each mark crosses them.
+    v0, v1 = values[:-1], values[1:]
+    p0, p1 = positions[:-1], positions[1:]
+    segment = np.isfinite(v0) & np.isfinite(v1) & (v0 != v1)
+    v0, v1, p0, p1 = v0[segment], v1[segment], p0[segment], p1[segment]
+    d0 = v0[None, :] - marks[:, None]
+    d1 = v1[None, :] - marks[:, None]
+    crossing = ((d0 <= 0) & (d1 >= 0)) | ((d0 >= 0) & (d1 <= 0))
+    which, seg = np.nonzero(crossing)
+    fraction = (marks[which] - v0[seg]) / (v1[seg] - v0[seg])
+    at = p0[seg] + fraction * (p1[seg] - p0[seg])
+    ticks: list[tuple[float, float, float]] = []
+    for i in np.argsort(at, kind="stable"):
+        if ticks and at[i] - ticks[-1][0] < spacing:
+            continue
+        ticks.append((float(at[i]), float(marks[which[i]]), step))
+    return ticks
+
+
+def _ra_label(ra_deg: float, step_s: float) -> str:
+    """RA as hours, minutes and seconds, to the precision of the tick step (seconds of
+    time), e.g. "10h", "10h05m", "10h05m30s", "10h05m30.5s"."""
+    tenths = round((ra_deg % 360.0) / 15.0 * 36000.0) % 864000
+    h, rest = divmod(tenths, 36000)
+    m, rest = divmod(rest, 600)
+    if step_s >= 3600:
+        return f"{h:02d}h"
+    if step_s >= 60:
+        return f"{h:02d}h{m:02d}m"
+    if step_s >= 1:
+        return f"{h:02d}h{m:02d}m{rest // 10:02d}s"
+    return f"{h:02d}h{m:02d}m{rest // 10:02d}.{rest % 10}s"
+
+
+def _dec_label(dec_deg: float, step_as: float) -> str:
+    """Dec as signed degrees, arcminutes and arcseconds, to the precision of the tick step
+    (arcsec), e.g. "+30°", "+30°05'", "-30°05'30\"", "+30°05'30.5\""."""
+    tenths = round(dec_deg * 36000.0)
+    sign = "-" if tenths < 0 else "+"
+    d, rest = divmod(abs(tenths), 36000)
+    m, rest = divmod(rest, 600)
+    if step_as >= 3600:
+        return f"{sign}{d:02d}\N{DEGREE SIGN}"
+    if step_as >= 60:
+        return f"{sign}{d:02d}\N{DEGREE SIGN}{m:02d}'"
+    if step_as >= 1:
+        return f"{sign}{d:02d}\N{DEGREE SIGN}{m:02d}'{rest // 10:02d}\""
+    return f"{sign}{d:02d}\N{DEGREE SIGN}{m:02d}'{rest // 10:02d}.{rest % 10}\""
+
+
+def _axes(
+    picture: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    image: SkyImage,
+    k: int,
+    zoom: int,
+    box: tuple[int, int, int, int],
+) -> None:
+    """Draw the ICRS ticks, their labels and the axis titles around the shown image at
+    ``box`` (left, top, width, height) of ``picture``."""
+    left, top, width, height = box
+    font = _font()
+    (bottom_name, bottom), (left_name, left_ticks) = axis_ticks(image, k, zoom, (width, height))
+    edge_y = top + height  # the frame's bottom line
+    right_limit = picture.width - 1
+    for tick in bottom:
+        x = left + round(tick.at)
+        draw.line(((x, edge_y), (x, edge_y + TICK_LENGTH)), fill=TEXT_INDEX)
+        text_width = draw.textlength(tick.label, font=font)
+        tx = min(max(x - text_width / 2.0, 0.0), right_limit - text_width)
+        draw.text((tx, edge_y + TICK_LENGTH + 2), tick.label, fill=TEXT_INDEX, font=font)
+    edge_x = left - 1  # the frame's left line
+    for tick in left_ticks:
+        y = top + round(tick.at)
+        draw.line(((edge_x - TICK_LENGTH, y), (edge_x, y)), fill=TEXT_INDEX)
+        text_width = draw.textlength(tick.label, font=font)
+        ty = min(max(y - FONT_SIZE / 2.0 - 2, 0.0), picture.height - FONT_SIZE - 2)
+        draw.text(
+            (edge_x - TICK_LENGTH - 3 - text_width, ty), tick.label, fill=TEXT_INDEX, font=font
+        )
+    bottom_title = f"{bottom_name} (ICRS)"
+    title_width = draw.textlength(bottom_title, font=font)
+    tx = min(max(left + width / 2.0 - title_width / 2.0, 0.0), right_limit - title_width)
+    draw.text((tx, edge_y + TICK_LENGTH + FONT_SIZE + 8), bottom_title, fill=TEXT_INDEX, font=font)
+    _vertical_text(picture, f"{left_name} (ICRS)", 2, top + height / 2.0)
+
+
+def _vertical_text(picture: Image.Image, text: str, x: int, centre_y: float) -> None:
+    """Write ``text`` upwards (rotated a quarter turn) at column ``x``, centred on row
+    ``centre_y``, in the text colour (not anti-aliased: the picture is a palette image)."""
+    font = _font()
+    _, _, x1, y1 = font.getbbox(text)
+    mask = Image.new("1", (int(x1) + FONT_SIZE, int(y1) + FONT_SIZE), 0)
+    ImageDraw.Draw(mask).text((2, 2), text, fill=1, font=font)
+    inked = mask.getbbox()
+    if inked is None:
+        return
+    mask = mask.crop(inked).rotate(90, expand=True)
+    y = round(centre_y - mask.height / 2.0)
+    y = min(max(y, 0), max(picture.height - mask.height, 0))
+    picture.paste(TEXT_INDEX, (x, y, x + mask.width, y + mask.height), mask)
 
 
 def _angle_text(arcsec: float) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
+import json
 import platform
 import sys
 from collections.abc import Mapping
@@ -262,6 +263,34 @@ def image_facts(
     return facts
 
 
+#: What the service recorded about a job's input image, beside it (service.jobs writes it).
+IDENTITY_FILE = "identity.json"
+#: Of that record, what the catalogue carries as INFOs (``input_<key>``).
+IDENTITY_INFOS = ("filename", "sha256", "object", "telescope", "frequency_hz", "shape")
+
+
+def input_identity(image_path: Path | None) -> dict[str, object]:
+    """The input's file name, sha256, object, telescope, frequency and shape as the service
+    recorded them when the job was created; empty when there is no record (an image on the
+    server's disk, a job from before records were kept)."""
+    if image_path is None:
+        return {}
+    try:
+        recorded = json.loads((image_path.parent / IDENTITY_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    out: dict[str, object] = {}
+    for key in (*IDENTITY_INFOS, "upload_id"):
+        value = recorded.get(key)
+        if isinstance(value, list):
+            value = " x ".join(str(v) for v in value)
+        if value is not None:
+            out[key] = value
+    return out
+
+
 def key_cards(image: SkyImage) -> dict[str, str]:
     header = image.header
     return {card: str(header[card]) for card in KEY_CARDS if card in header}
@@ -274,11 +303,13 @@ def write_products(
     job: JobContext,
 ) -> list[Product]:
     """Write every result of ``job`` into ``staging``; the list of products written."""
+    identity = input_identity(job.image_path)
     infos = {
         "job_id": job.job_id,
         "owner": job.owner or "anonymous",
         "model_id": job.model_id,
         "model_version": job.model_version,
+        **{f"input_{k}": str(v) for k, v in identity.items() if v is not None},
         **catalogue.infos,
         "software_version": f"{SERVICE_NAME} {service_version()}",
         "batch_id": job.batch_id,
@@ -322,7 +353,14 @@ def write_products(
     inputs = []
     if job.image_path is not None and job.image_path.is_file():
         cards = key_cards(image) if image is not None else {}
-        inputs.append(file_entity("image", job.image_path, "application/fits", cards))
+        described = {
+            k: str(v)
+            for k, v in identity.items()
+            if k in ("filename", "upload_id") and v is not None
+        }
+        inputs.append(
+            file_entity("image", job.image_path, "application/fits", {**described, **cards})
+        )
     outputs = [
         file_entity("result", staging / p.filename, p.mime_type) for p in written if p != PREVIEW
     ]

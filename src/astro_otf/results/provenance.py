@@ -411,6 +411,48 @@ def write_provenance(record: ProvenanceRecord, path: Path) -> Path:
     return write_atomically(Path(path), _serialize(build_document(record), "json"))
 
 
+def reuse_provenance(
+    original: bytes, *, job_id: str, cached_from: str, owner: str | None, when: datetime
+) -> bytes:
+    """The provenance of a job answered by reusing results: the PROV-JSON of the job that
+    computed its results (``cached_from``), with an activity of its own that says so (it
+    was informed by the original run, used its results and made the same files, on behalf
+    of ``owner``)."""
+    doc = ProvDocument.deserialize(content=original.decode("utf-8"), format="json")
+    otf = next((ns for ns in doc.namespaces if ns.prefix == "otf"), None)
+    if otf is None:
+        otf = Namespace("otf", _URN_OTF)
+        doc.add_namespace(otf)
+    for namespace in (VOPROV, PROV):
+        doc.add_namespace(namespace)
+    moment = _utc(when, "when")
+    taken = {str(record.identifier) for record in doc.get_records() if record.identifier}
+    reuse_id = f"reuse-{_clean(job_id)}"
+    while f"otf:{reuse_id}" in taken:
+        reuse_id += "-1"
+    reuse = doc.activity(
+        otf[reuse_id],
+        moment,
+        moment,
+        {
+            PROV["type"]: VOPROV["Activity"],
+            VOPROV["name"]: "reuse of results",
+            PROV["label"]: _text(
+                f"job {job_id}: the results of job {cached_from}, which ran the same model "
+                "version with the same parameters on the same input bytes"
+            ),
+            otf["jobId"]: _text(job_id),
+            otf["cachedFrom"]: _text(cached_from),
+        },
+    )
+    original_run = otf[f"job-{_clean(cached_from)}"]
+    if any(str(r.identifier) == str(original_run) for r in doc.get_records()):
+        doc.wasInformedBy(reuse, original_run)
+    requester = _owner_agent(doc, _Identifiers(otf), owner)
+    doc.wasAssociatedWith(reuse, requester, other_attributes={PROV["role"]: "submitter"})
+    return _serialize(doc, "json")
+
+
 # -- content negotiation and conversion ------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ returns as soon as the phase moves (no sleep-polling)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 
 class JobEvents:
@@ -16,6 +17,8 @@ class JobEvents:
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        #: Called with the job id at each notification (the event feed reads the new phase).
+        self.listeners: list[Callable[[str], None]] = []
 
     def watch(self, job_id: str) -> asyncio.Event:
         event = self._events.get(job_id)
@@ -24,6 +27,13 @@ class JobEvents:
         return event
 
     def notify(self, job_id: str) -> None:
+        """The job changed: wake its waiters and tell the listeners."""
+        self.forget(job_id)
+        for listener in self.listeners:
+            listener(job_id)
+
+    def forget(self, job_id: str) -> None:
+        """Wake the job's waiters, if any (and leave no watch behind), telling no one else."""
         event = self._events.pop(job_id, None)
         if event is not None:
             event.set()

@@ -8,13 +8,16 @@ read or write goes to the store.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import os
 import shutil
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 from astro_otf.config import Settings
 from astro_otf.domain.errors import (
@@ -26,32 +29,76 @@ from astro_otf.domain.errors import (
     PhaseConflict,
     QueueFull,
 )
-from astro_otf.domain.job import Job, JobParameter, JobSummary, is_job_id, new_job_id
+from astro_otf.domain.job import (
+    Job,
+    JobParameter,
+    JobSummary,
+    computation_key,
+    is_job_id,
+    new_job_id,
+)
 from astro_otf.domain.parameters import check_run_id, check_texts, validate
 from astro_otf.domain.phases import ACTIVE_PHASES, FINAL_PHASES, Phase
 from astro_otf.imaging.fits import UploadRefused, check_upload
+from astro_otf.imaging.identity import describe_image, sanitise_filename
 from astro_otf.models.registry import Registry
+from astro_otf.results.formats import write_atomically
 from astro_otf.results.preview import PreviewCache, PreviewUnavailable, is_plan
-from astro_otf.results.provenance import ProvenanceUnavailable, convert
+from astro_otf.results.products import IDENTITY_FILE
+from astro_otf.results.provenance import ProvenanceUnavailable, convert, reuse_provenance
 from astro_otf.service.events import JobEvents
+from astro_otf.service.feed import JobFeed
 from astro_otf.service.scheduler import Scheduler, utcnow
 from astro_otf.service.threads import in_thread
+from astro_otf.service.webhooks import WebhookSender, check_webhook
 from astro_otf.store.files import JobFolders
 from astro_otf.store.repository import JobStore
+
+if TYPE_CHECKING:
+    from astro_otf.service.uploads import UploadService
 
 log = logging.getLogger(__name__)
 
 #: Previews drawn on their first request (one per process: its locks are per preview file).
 PREVIEWS = PreviewCache()
 
-#: The server's name for each uploaded file parameter; the client's file name is never used.
+#: The server's name for each uploaded file parameter; the client's file name is never used
+#: as a path (it is kept, cleaned, as the job's ``image_name``).
 UPLOAD_NAMES = {"image": "image.fits"}
+#: Jobs whose owner and last published phase the event feed remembers.
+FEED_MEMORY = 50_000
 #: The most jobs one listing may ask for with LAST (a bigger number is a client mistake,
 #: not a database error).
 MAX_LIST_LAST = 1_000_000
 #: The longest the reaper sleeps between passes (reaper.MAX_SLEEP): a new job destroyed
 #: later than this needs no re-planning (each one costs the reaper two queries).
 REAPER_HORIZON = timedelta(hours=1)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class HashingWriter:
+    """A file an upload streams into, hashed on the way (no second read of the file)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.raw.write(data)
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -63,6 +110,25 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+#: The most of a job log one request reads from its end (a log grows with every run).
+MAX_LOG_BYTES = 8 << 20
+
+
+def _read_log(path: Path, tail: int | None) -> str:
+    """The log's text (its last MAX_LOG_BYTES), or its last ``tail`` lines."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - MAX_LOG_BYTES))
+        data = f.read()
+    text = data.decode("utf-8", errors="replace")
+    if size > MAX_LOG_BYTES:
+        text = text.split("\n", 1)[-1]  # the first line may be cut
+    if tail is None:
+        return text
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[-tail:]) if tail else ""
+
+
 class JobService:
     def __init__(
         self,
@@ -72,14 +138,28 @@ class JobService:
         registry: Registry,
         events: JobEvents,
         scheduler: Scheduler,
+        *,
+        feed: JobFeed | None = None,
+        uploads: UploadService | None = None,
     ) -> None:
         self.settings = settings
+        self.feed = feed or JobFeed()
+        self.uploads = uploads
+        #: job id -> (owner, last phase published on the feed), newest last
+        self._seen: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
+        self._announcing: set[str] = set()
+        self._announce_again: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        events.listeners.append(self.job_changed)
+        self.webhooks = WebhookSender()
         self.store = store
         self.folders = folders
         self.registry = registry
         self.events = events
         self.scheduler = scheduler
         self._check_owner = settings.auth_mode == "token"
+        #: Whether jobs are seen only by their owners (token mode).
+        self.checks_owner = self._check_owner
         #: Counting the queue and adding to it happen under this lock, so that RUNs arriving
         #: together cannot overfill it (one process; replicas need a database lock).
         self._queue_lock = asyncio.Lock()
@@ -96,12 +176,13 @@ class JobService:
         """Make the job's folder before its upload streams in."""
         self.folders.create(job_id)
 
-    def open_upload(self, job_id: str, name: str) -> IO[bytes]:
-        """A file to stream the upload of parameter ``name`` into (server-chosen path)."""
+    def open_upload(self, job_id: str, name: str) -> HashingWriter:
+        """A file to stream the upload of parameter ``name`` into (server-chosen path),
+        hashed while it streams (its ``digest`` goes to :meth:`create`)."""
         filename = UPLOAD_NAMES.get(name)
         if filename is None:
             raise ParameterError(name, "is not a file parameter; only IMAGE is uploaded")
-        return self.folders.input_file(job_id, filename).open("wb")
+        return HashingWriter(self.folders.input_file(job_id, filename).open("wb"))
 
     def _staged(self, job_id: str) -> Path:
         return self.folders.input_file(job_id, UPLOAD_NAMES["image"] + ".new")
@@ -130,14 +211,41 @@ class JobService:
         *,
         run_id: str | None = None,
         start: bool = False,
+        image_name: str | None = None,
+        digests: Mapping[str, str] | None = None,
+        reuse: bool = True,
     ) -> Job:
         """Validate and record a new job; ``files`` are the uploaded parameters' names, whose
-        files are already in the job's folder."""
+        files are already in the job's folder (``digests``: their sha256, when hashed while
+        they streamed in; ``image_name``: the client's name for the image). An IMAGE field
+        naming a stored upload (``upload:<id>``, ``sha256:<hex>``) is linked in as the
+        image. Started with ``start`` and not ``reuse``-refused (NOCACHE), a job whose
+        computation a completed job of the same owner already made is COMPLETED at once
+        with that job's results."""
         if run_id is not None:
             check_run_id(run_id)
-        model_id, params, priority = self._check(fields, files)
+        fields = dict(fields)
+        files = list(files)
+        digests = dict(digests or {})
+        upload_id = None
+        if "image" in fields:
+            if "image" in files:
+                raise ParameterError("image", "is given twice: as a file part and as a field")
+            upload = await self._link_upload(job_id, owner, fields.pop("image"))
+            files.append("image")
+            digests["image"] = upload.sha256
+            image_name = image_name or upload.filename
+            upload_id = upload.upload_id
+        model_id, params, priority, values = self._check(fields, files)
+        identity: dict[str, Any] | None = None
+        inputs: dict[str, str] = {}
         if "image" in files:
-            await self._check_image(self.folders.input_file(job_id, UPLOAD_NAMES["image"]))
+            path = self.folders.input_file(job_id, UPLOAD_NAMES["image"])
+            await self._check_image(path)
+            identity = await in_thread(
+                self._identify, job_id, path, image_name, digests.get("image"), upload_id
+            )
+            inputs["image"] = identity["sha256"]
         now = utcnow()
         job = Job(
             job_id=job_id,
@@ -154,20 +262,135 @@ class JobService:
             ),
             destruction_time=now + timedelta(days=self.settings.default_destruction_days),
             parameters=params,
+            info={} if identity is None else {"input": identity},
+            image_name=None if identity is None else identity["filename"],
+            # only a job with an input is reused: one without (a diagnostic app) is run for
+            # the running's sake
+            cache_key=computation_key(inputs, values) if inputs else None,
         )
-        if start:  # born QUEUED, so that a refused start stores nothing
+        reused = None
+        if start and reuse and not values.get("nocache"):
+            reused = await self._reuse(job)
+        if reused is not None:
+            stored = reused
+        elif start:  # born QUEUED, so that a refused start stores nothing
             async with self._queue_lock:
                 await self._check_queue_room()
                 job.phase = Phase.QUEUED
                 job.queue_time = utcnow()
+                job.quote = self.scheduler.estimate_end(job)
                 stored = await in_thread(self._record, job)
             self.scheduler.wake()
         else:
             stored = await in_thread(self._record, job)
         log.info("job %s created (model %s, owner %s)", job_id, model_id, owner)
+        self.job_changed(job_id)
         if job.destruction_time is not None and job.destruction_time - now <= REAPER_HORIZON:
             self._destruction_changed()  # else the reaper wakes before it anyway
         return stored
+
+    async def _link_upload(self, job_id: str, owner: str | None, ref: str) -> Any:
+        """The stored upload ``ref`` names, linked in as the job's image."""
+        if self.uploads is None:
+            raise ParameterError("image", "this service keeps no uploads; send the file itself")
+        upload = await self.uploads.resolve(owner, ref)
+        await in_thread(self.prepare, job_id)
+        await in_thread(_copy, upload.path, self.folders.input_file(job_id, UPLOAD_NAMES["image"]))
+        return upload
+
+    def _identify(
+        self,
+        job_id: str,
+        path: Path,
+        image_name: str | None,
+        sha256: str | None,
+        upload_id: str | None,
+    ) -> dict[str, Any]:
+        """What the job's image is, for people (file name, object, telescope, frequency,
+        shape) and for reuse (its sha256); kept beside it for the worker too."""
+        identity: dict[str, Any] = {
+            "filename": sanitise_filename(image_name or UPLOAD_NAMES["image"]),
+            "sha256": sha256 or file_sha256(path),
+            "bytes": path.stat().st_size,
+            "upload_id": upload_id,
+        }
+        try:
+            identity.update(describe_image(path))
+        except Exception as exc:  # the image was checked already: its header is only a label
+            log.warning("job %s: cannot describe its image (%s)", job_id, exc)
+        write_atomically(path.with_name(IDENTITY_FILE), json.dumps(identity).encode())
+        return identity
+
+    async def _reuse(self, job: Job) -> Job | None:
+        """``job`` recorded as COMPLETED with the results of the newest completed job of its
+        owner that computed the same thing (hard links to its files), or None when there is
+        none (or its files are gone)."""
+        if job.cache_key is None:
+            return None
+        found = await in_thread(
+            self.store.find_computed, job.cache_key, job.owner, check_owner=self._check_owner
+        )
+        if found is None or not found.results:
+            return None
+        try:
+            await in_thread(self._link_results, found, job)
+        except OSError as exc:
+            log.info("job %s: results of job %s not reusable (%s)", job.job_id, found.job_id, exc)
+            await in_thread(self.folders.clear_results, job.job_id)
+            return None
+        now = utcnow()
+        job.phase = Phase.COMPLETED
+        job.start_time = job.end_time = now
+        job.results = list(found.results)
+        kept = ("n_sources", "model_version", "rms", "threshold")
+        job.info = {
+            **job.info,
+            **{k: found.info[k] for k in kept if k in found.info},
+            # the job that computed them (``found`` may itself be a copy)
+            "cached_from": found.info.get("cached_from") or found.job_id,
+            "run_seconds": 0.0,
+        }
+        stored = await in_thread(self._record, job)
+        self.events.notify(job.job_id)
+        log.info("job %s: COMPLETED from the results of job %s", job.job_id, found.job_id)
+        return stored
+
+    def _link_results(self, found: Job, job: Job) -> None:
+        """The result files of ``found`` in ``job``'s results folder (hard links; a copy
+        where the file system has none), its provenance rewritten to say so."""
+        self.prepare(job.job_id)
+        source = self.folders.results(found.job_id)
+        target = self.folders.results(job.job_id)
+        target.mkdir(parents=True, exist_ok=True)
+        listed = {r.filename for r in found.results}
+        for path in source.iterdir():
+            if path.is_file() and (path.name in listed or path.suffix == ".png"):
+                if path.name == "provenance.json":
+                    continue
+                _copy(path, target / path.name)
+        missing = [name for name in listed if not (target / name).is_file()]
+        if "provenance.json" in listed:
+            original = (source / "provenance.json").read_bytes()
+            document = reuse_provenance(
+                original,
+                job_id=job.job_id,
+                cached_from=found.job_id,
+                owner=job.owner,
+                when=utcnow(),
+            )
+            write_atomically(target / "provenance.json", document)
+            missing = [name for name in missing if name != "provenance.json"]
+        if missing:
+            raise FileNotFoundError(f"result file(s) {', '.join(sorted(missing))} missing")
+        logs = self.folders.logs(job.job_id)
+        logs.mkdir(parents=True, exist_ok=True)
+        origin = found.info.get("cached_from") or found.job_id
+        with (logs / "job.log").open("a", encoding="utf-8") as f:
+            f.write(
+                f"{utcnow().isoformat(timespec='milliseconds')} INFO job {job.job_id}: nothing "
+                f"run; the results of job {origin} are reused (the same input bytes, model "
+                "version and parameters). NOCACHE=true runs the job anyway.\n"
+            )
 
     def _record(self, job: Job) -> Job:
         """The job's folder (if its upload has not made it already), then its row."""
@@ -175,21 +398,39 @@ class JobService:
         return self.store.create(job)
 
     async def rerun(
-        self, job_id: str, owner: str | None, new_id: str, *, start: bool, run_id: str | None
+        self,
+        job_id: str,
+        owner: str | None,
+        new_id: str,
+        *,
+        start: bool,
+        run_id: str | None,
+        overrides: Mapping[str, str] | None = None,
     ) -> Job:
         """A new job with the recorded inputs, model, model version and parameters of
-        finished job ``job_id`` (its uploaded files are copied). Refused (409) when the job
-        has not finished, or when the model version it ran is no longer installed, since the
-        replay would then not be the same computation."""
+        finished job ``job_id`` (its uploaded files are linked, not sent again), with
+        ``overrides`` to some parameters (a threshold to try, say). Refused (409) when the
+        job has not finished, or when the model version it ran is no longer installed, since
+        the replay would then not be the same computation. A replay without overrides of a
+        COMPLETED job is run again, not answered with reused results: asking for it is asking
+        for the computation."""
         old = await self.get(job_id, owner)
         if old.phase not in FINAL_PHASES:
             raise PhaseConflict(
                 f"job {job_id} is {old.phase.value}; only a finished job can be run again"
             )
+        overrides = dict(overrides or {})
+        for name in ("model", "image"):
+            if name in overrides:
+                raise ParameterError(
+                    name, "cannot be changed by a rerun (it replays the same model and input)"
+                )
         # the version stored at creation; for a job stored before versions were, the one
         # its worker recorded; for one that never ran a model, the default
         recorded = old.model_version or old.info.get("model_version")
         version = None if recorded is None else str(recorded)
+        if "model_version" in overrides:
+            version = overrides.pop("model_version")
         installed = self.registry.versions(old.model_id)
         try:
             app = self.registry.get(old.model_id, version)
@@ -210,13 +451,18 @@ class JobService:
                         "server; it cannot be run again"
                     )
                 await in_thread(_copy, source, self.folders.input_file(new_id, p.value))
+            recorded_input = old.info.get("input") or {}
+            digest = recorded_input.get("sha256") if isinstance(recorded_input, dict) else None
             return await self.create(
                 new_id,
                 owner,
-                {**old.parameter_values(), "model_version": app.version},
+                {**old.parameter_values(), **overrides, "model_version": app.version},
                 [p.name for p in files],
                 run_id=run_id if run_id is not None else old.run_id,
                 start=start,
+                image_name=old.image_name,
+                digests={"image": digest} if isinstance(digest, str) else None,
+                reuse=bool(overrides),
             )
         except BaseException:
             await self.discard(new_id)
@@ -242,8 +488,12 @@ class JobService:
 
     def _check(
         self, fields: Mapping[str, str], files: Collection[str]
-    ) -> tuple[str, list[JobParameter], int]:
+    ) -> tuple[str, list[JobParameter], int, dict[str, str]]:
+        """The model, the parameters to store, the priority, and every value the run will
+        use (defaults filled, as strings: what the job computes)."""
         check_texts(fields)  # before any of them is looked up or echoed
+        if "notify" in fields:
+            check_webhook(fields["notify"], self.settings.webhook_hosts)
         app = self.registry.get(fields.get("model"), fields.get("model_version"))
         checked = validate(
             fields,
@@ -258,7 +508,9 @@ class JobService:
         checked.stored["model_version"] = app.version
         params = [JobParameter(k, v) for k, v in sorted(checked.stored.items())]
         params += [JobParameter(name, UPLOAD_NAMES[name], is_file=True) for name in sorted(files)]
-        return app.model_id, params, int(checked.values.get("priority", 0))
+        values = {k: str(v) for k, v in checked.values.items()}
+        values.update(model=app.model_id, model_version=app.version)
+        return app.model_id, params, int(checked.values.get("priority", 0)), values
 
     # -- reading -------------------------------------------------------------------------
 
@@ -270,13 +522,27 @@ class JobService:
         if job is not None:
             if self._check_owner and job.owner != owner:
                 raise JobNotFound(job_id)  # the same answer as an unknown id
+        else:
+            job = await in_thread(self.store.get, job_id, owner, check_owner=self._check_owner)
+        return self._with_queue_place(job)
+
+    def _with_queue_place(self, job: Job) -> Job:
+        """A QUEUED job with its place in the queue in ``info["progress"]`` (a copy: the
+        records the store returns are shared). The place lives in the scheduler's memory,
+        not the store: it changes for every queued job each time a batch starts."""
+        if job.phase != Phase.QUEUED:
             return job
-        return await in_thread(self.store.get, job_id, owner, check_owner=self._check_owner)
+        place = self.scheduler.queue_progress(job.job_id)
+        if not place:
+            return job
+        return Job(**{**job.__dict__, "info": {**job.info, "progress": place}})
 
     def document(self, job: Job, key: str, render: Callable[[], bytes]) -> bytes:
         """A document rendered from ``job`` (``key`` names the kind and everything else it
         depends on), rendered once per cached job record. The records :meth:`get` returns
         are shared: they must not be changed."""
+        if job.phase == Phase.QUEUED and "progress" in job.info:
+            return render()  # its place in the queue is not part of the cached record
         return self.store.document(job, key, render)
 
     async def list(
@@ -285,6 +551,9 @@ class JobService:
         phases: Collection[Phase] | None,
         after: datetime | None,
         last: int | None,
+        *,
+        run_ids: Collection[str] = (),
+        image_names: Collection[str] = (),
     ) -> list[JobSummary]:
         if last is not None and not 1 <= last <= MAX_LIST_LAST:
             raise ParameterError(
@@ -297,7 +566,25 @@ class JobService:
             phases=phases,
             after=after,
             last=last,
+            run_ids=run_ids,
+            image_names=image_names,
         )
+
+    def queue_place(self, summary: JobSummary) -> dict[str, Any] | None:
+        """A listed job's progress: its place in the queue while QUEUED, else what its row
+        holds."""
+        if summary.phase == Phase.QUEUED:
+            return self.scheduler.queue_progress(summary.job_id)
+        return summary.progress
+
+    async def log_text(self, job_id: str, owner: str | None, tail: int | None) -> str:
+        """The job's log (what its runs wrote), or its last ``tail`` lines."""
+        await self.get(job_id, owner)
+        path = self.folders.logs(job_id) / "job.log"
+        try:
+            return await in_thread(_read_log, path, tail)
+        except FileNotFoundError:
+            return ""
 
     async def wait(
         self, job_id: str, owner: str | None, timeout: float, phase: Phase | None = None
@@ -312,7 +599,7 @@ class JobService:
             try:
                 job = await self.get(job_id, owner)
             except JobNotFound:
-                self.events.notify(job_id)  # no watch is left behind for an unknown id
+                self.events.forget(job_id)  # no watch is left behind for an unknown id
                 raise
             if job.phase not in ACTIVE_PHASES or (phase is not None and job.phase != phase):
                 return job
@@ -408,14 +695,66 @@ class JobService:
                 f"job {job_id} is {job.phase.value}; only a PENDING job can be run "
                 "(create a new job to run again)"
             )
+        if await self._reuse_pending(job):
+            return
         async with self._queue_lock:
             await self._check_queue_room()
             moved = await in_thread(
-                self.store.transition, job_id, [Phase.PENDING], Phase.QUEUED, queue_time=utcnow()
+                self.store.transition,
+                job_id,
+                [Phase.PENDING],
+                Phase.QUEUED,
+                queue_time=utcnow(),
+                quote=self.scheduler.estimate_end(job),
             )
         if moved:
             self.events.notify(job_id)
             self.scheduler.wake()
+
+    async def _reuse_pending(self, job: Job) -> bool:
+        """A PENDING job sent RUN whose computation a completed job already made: COMPLETED
+        now with its results (see :meth:`_reuse`). False when it must run."""
+        if job.cache_key is None or job.parameter_values().get("nocache", "").lower() in (
+            "true",
+            "1",
+            "yes",
+        ):
+            return False
+        found = await in_thread(
+            self.store.find_computed, job.cache_key, job.owner, check_owner=self._check_owner
+        )
+        if found is None or not found.results:
+            return False
+        try:
+            await in_thread(self._link_results, found, job)
+        except OSError:
+            await in_thread(self.folders.clear_results, job.job_id)
+            return False
+        now = utcnow()
+        kept = ("n_sources", "model_version", "rms", "threshold")
+        info = {
+            **job.info,
+            **{k: found.info[k] for k in kept if k in found.info},
+            # the job that computed them (``found`` may itself be a copy)
+            "cached_from": found.info.get("cached_from") or found.job_id,
+            "run_seconds": 0.0,
+        }
+        moved = await in_thread(
+            self.store.transition,
+            job.job_id,
+            [Phase.PENDING],
+            Phase.COMPLETED,
+            results=list(found.results),
+            start_time=now,
+            end_time=now,
+            info=info,
+        )
+        if not moved:
+            await in_thread(self.folders.clear_results, job.job_id)
+            return False
+        self.events.notify(job.job_id)
+        log.info("job %s: COMPLETED from the results of job %s", job.job_id, found.job_id)
+        return True
 
     async def abort(self, job_id: str, owner: str | None) -> None:
         job = await self.get(job_id, owner)
@@ -454,6 +793,13 @@ class JobService:
         await in_thread(self.store.delete, job.job_id)
         await in_thread(self.folders.remove, job.job_id)
         self.events.notify(job.job_id)
+        self._seen.pop(job.job_id, None)
+        self.feed.publish(
+            "deleted",
+            job.job_id,
+            job.owner,
+            {"job_id": job.job_id, "phase": None, "run_id": job.run_id, "time": _now_iso()},
+        )
         log.info("job %s deleted", job.job_id)
 
     async def destroy_expired(self) -> int:
@@ -497,7 +843,13 @@ class JobService:
         log.info("job %s destruction set to %s", job.job_id, value.isoformat())
 
     async def update_parameters(
-        self, job_id: str, owner: str | None, fields: Mapping[str, str], files: Collection[str]
+        self,
+        job_id: str,
+        owner: str | None,
+        fields: Mapping[str, str],
+        files: Collection[str],
+        *,
+        image_name: str | None = None,
     ) -> None:
         """Change parameters of a PENDING job; the whole resulting set is validated again."""
         job = await self.get(job_id, owner)
@@ -514,14 +866,146 @@ class JobService:
         ):
             merged.pop("model_version", None)
         have_files = {p.name for p in job.parameters if p.is_file} | set(files)
-        model_id, params, priority = self._check(merged, have_files)
+        model_id, params, priority, values = self._check(merged, have_files)
+        identity = job.info.get("input") if isinstance(job.info.get("input"), dict) else None
         if "image" in files:
-            await self._check_image(self._staged(job_id))
+            staged = self._staged(job_id)
+            await self._check_image(staged)
+            name = image_name or (identity or {}).get("filename")
+            identity = {
+                "filename": sanitise_filename(name or UPLOAD_NAMES["image"]),
+                "sha256": await in_thread(file_sha256, staged),
+                "bytes": (await in_thread(staged.stat)).st_size,
+                "upload_id": None,
+            }
+            try:
+                identity.update(await in_thread(describe_image, staged))
+            except Exception as exc:
+                log.warning("job %s: cannot describe its new image (%s)", job_id, exc)
+        inputs = {"image": identity["sha256"]} if identity and "sha256" in identity else {}
         if not await in_thread(
-            self.store.replace_parameters, job_id, params, priority=priority, model_id=model_id
+            self.store.replace_parameters,
+            job_id,
+            params,
+            priority=priority,
+            model_id=model_id,
+            cache_key=computation_key(inputs, values) if inputs else None,
+            info={**job.info, "input": identity} if identity else None,
+            image_name=identity.get("filename") if identity else None,
         ):
             raise PhaseConflict(f"job {job_id} left PENDING; parameters were not changed")
 
     def _destruction_changed(self) -> None:
         if self.on_destruction_change is not None:
             self.on_destruction_change()
+
+    # -- the event stream ----------------------------------------------------------------
+
+    def job_changed(self, job_id: str) -> None:
+        """A job's row may have changed (JobEvents calls this for every notification): its
+        phase is read and, if it moved, published on the feed. Reads are coalesced: one at a
+        time per job, and one more if it changed again meanwhile."""
+        if job_id in self._announcing:
+            self._announce_again.add(job_id)
+            return
+        self._announcing.add(job_id)
+        task = asyncio.get_running_loop().create_task(self._announce(job_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _announce(self, job_id: str) -> None:
+        try:
+            while True:
+                self._announce_again.discard(job_id)
+                try:
+                    cached = self.store.cached(job_id)
+                    job = cached if cached is not None else await in_thread(self.store.get, job_id)
+                except JobNotFound:
+                    self._seen.pop(job_id, None)  # deleted: _destroy published it
+                else:
+                    known = self._seen.pop(job_id, None)
+                    self._seen[job_id] = (job.owner, job.phase.value)
+                    if len(self._seen) > FEED_MEMORY:
+                        self._seen.popitem(last=False)
+                    if known is None or known[1] != job.phase.value:
+                        data = self._event_data(job)
+                        self.feed.publish("phase", job_id, job.owner, data)
+                        if job.phase in FINAL_PHASES and self.scheduler.active:
+                            self._call_webhook(job, data)
+                if job_id not in self._announce_again:
+                    return
+        except Exception:  # a failed read must not end the feed; the next change retries
+            log.exception("publishing the change of job %s failed", job_id)
+        finally:
+            self._announcing.discard(job_id)
+
+    def _event_data(self, job: Job) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "job_id": job.job_id,
+            "phase": job.phase.value,
+            "run_id": job.run_id,
+            "image": job.image_name,
+            "model_id": job.model_id,
+            "progress": self._with_queue_place(job).info.get("progress")
+            if job.phase in (Phase.QUEUED, Phase.EXECUTING)
+            else None,
+            "time": _now_iso(),
+        }
+        if job.phase == Phase.COMPLETED:
+            data["sources"] = job.info.get("n_sources")
+            if "cached_from" in job.info:
+                data["cached_from"] = job.info["cached_from"]
+        if job.error is not None:
+            data["error"] = job.error.message
+        return data
+
+    def _call_webhook(self, job: Job, data: dict[str, Any]) -> None:
+        """The job's NOTIFY webhook, if it has one and its host is still allowed (the
+        leading server calls it; in the background: a slow receiver delays nothing)."""
+        url = job.parameter_values().get("notify")
+        if not url:
+            return
+        try:
+            check_webhook(url, self.settings.webhook_hosts)
+        except ParameterError as exc:
+            log.warning("job %s: webhook not called: %s", job.job_id, exc.message)
+            return
+        base = self.settings.base_url
+        note = {**data, "href": f"{base.rstrip('/')}/jobs/{job.job_id}" if base else None}
+        self.webhooks.send(url, note)
+
+    def progress_changed(self, job_id: str, progress: dict[str, Any]) -> None:
+        """The scheduler's news of a running job: published on the feed as it comes (the
+        store gets it at most once a second, from the scheduler)."""
+        seen = self._seen.get(job_id)
+        if seen is not None:
+            owner = seen[0]
+        else:
+            job = self.store.cached(job_id)
+            if job is None:
+                return  # unknown here yet: its phase event (being read) comes first
+            owner = job.owner
+        self.feed.publish(
+            "progress",
+            job_id,
+            owner,
+            {
+                "job_id": job_id,
+                "phase": (
+                    Phase.QUEUED if progress.get("stage") == "queued" else Phase.EXECUTING
+                ).value,
+                "progress": progress,
+                "time": _now_iso(),
+            },
+        )
+
+    async def close(self) -> None:
+        """Stop the feed's pending reads and the webhooks still trying (at shutdown)."""
+        await self.webhooks.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _now_iso() -> str:
+    return utcnow().isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,7 +1,8 @@
 """The reaper: deletes each job and its folder when its destruction time comes.
 
 It sleeps until the earliest destruction time in the store (or at most an hour), and is woken
-early when a destruction time changes, so a job is removed within moments of its time.
+early when a destruction time changes, so a job is removed within moments of its time. Each
+pass also removes the stored uploads whose time is up (within the hour).
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class Reaper:
                 removed = await self.service.destroy_expired()
                 if removed:
                     log.info("reaper removed %d expired job(s)", removed)
+                if self.service.uploads is not None:
+                    gone = await self.service.uploads.expire()
+                    if gone:
+                        log.info("reaper removed %d expired upload(s)", gone)
                 upcoming = await in_thread(self.service.store.next_destruction)
             except Exception:
                 log.exception("reaper pass failed; retrying in 60 s")

@@ -25,6 +25,15 @@ A worker that dies blames no one at first: when it ran a batch of several jobs, 
 which of them (if any) killed it, so every job of the batch is queued again and will run
 alone; a job whose worker dies while it runs alone is queued again once, and ends in ERROR
 only when its worker dies a second time while it runs alone (``LONE_DEATHS_LIMIT``).
+
+While a batch runs, its worker reports each job's progress; the scheduler keeps the latest in
+memory (:mod:`astro_otf.service.progress` turns it into a fraction done and an eta), passes
+every update to :attr:`Scheduler.on_progress` (the live event feed) and writes it to the job's
+``jobInfo.progress`` on each new stage and otherwise at most once per PROGRESS_WRITE_S per job,
+with the job's ``quote`` (its estimated end). A job's outcome is recorded without ``progress``.
+Each pass also places the QUEUED jobs it knows in the order they should run, with an eta from
+what runs now and the measured pace of each batch key (:meth:`Scheduler.queue_progress`,
+:meth:`Scheduler.estimate_end`): that lives in memory only, never in the store.
 """
 
 from __future__ import annotations
@@ -32,15 +41,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
+import math
 import secrets
 import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from astro_otf.batching.former import BatchFormer, BatchKey, BatchRules, QueuedJob
+from astro_otf.batching.former import BatchFormer, BatchKey, BatchRules, QueuedJob, fair_order
 from astro_otf.domain.errors import JobNotFound, ParameterError
 from astro_otf.domain.job import Job, JobResult
 from astro_otf.domain.phases import Phase
@@ -51,11 +64,19 @@ from astro_otf.execution.base import (
     NoCapableWorker,
     WorkerDied,
 )
-from astro_otf.execution.task import BatchTask, JobTask, TaskOutcome
+from astro_otf.execution.task import BatchTask, JobProgress, JobTask, TaskOutcome
 from astro_otf.models.base import BatchableApp
 from astro_otf.models.registry import Registry, RegistryConfig
 from astro_otf.service.events import JobEvents
 from astro_otf.service.metrics import Metrics
+from astro_otf.service.progress import (
+    LiveBatch,
+    LiveJob,
+    RateModel,
+    WriteThrottle,
+    isotime,
+    queue_etas,
+)
 from astro_otf.service.threads import in_thread
 from astro_otf.store.files import JobFolders
 from astro_otf.store.repository import JobStore
@@ -64,6 +85,14 @@ log = logging.getLogger(__name__)
 
 #: A job ends in ERROR when the worker running it alone has died this many times.
 LONE_DEATHS_LIMIT = 2
+
+#: Seconds between two writes of a running job's progress to the store (a new stage is
+#: written at once).
+PROGRESS_WRITE_S = 1.0
+#: While every worker is busy, the queue's places are worked out at most this often.
+QUEUE_REFRESH_S = 0.5
+#: A change of place in the queue is passed to ``on_progress`` for this many first jobs.
+QUEUE_NOTIFY = 100
 
 
 def utcnow() -> datetime:
@@ -121,6 +150,10 @@ class _Run:
     #: the tasks recording those outcomes
     recordings: list[asyncio.Task[None]] = field(default_factory=list)
     task: asyncio.Task[list[TaskOutcome]] | None = None
+    key: BatchKey | None = None
+    tiles: int = 0
+    #: its jobs' latest progress
+    live: LiveBatch | None = None
 
     @property
     def unreported(self) -> list[Job]:
@@ -164,6 +197,27 @@ class Scheduler:
         self._tokens: dict[str, str] = {}
         #: Whether this process runs jobs: False on a replica that is not the leader.
         self.active = True
+        #: Called (in the event loop) with (job id, progress) for every progress update of a
+        #: running job, and for a queued job whose place changed (the first QUEUE_NOTIFY).
+        self.on_progress: Callable[[str, dict[str, Any]], None] | None = None
+        #: batch key -> the measured pace of its batches
+        self._rates: dict[BatchKey, RateModel] = {}
+        #: job id -> the running batch it is part of (until its outcome is recorded)
+        self._live: dict[str, LiveBatch] = {}
+        self._throttle = WriteThrottle(PROGRESS_WRITE_S)
+        #: job id -> its progress write in flight; its trailing write; whether one is owed
+        self._writing: dict[str, asyncio.Task[None]] = {}
+        self._trailing: dict[str, asyncio.TimerHandle] = {}
+        self._owed: set[str] = set()
+        #: job id -> its place in the queue, and its estimated end, from the last pass
+        self._places: dict[str, dict[str, Any]] = {}
+        self._queue_ends: dict[str, datetime] = {}
+        #: when each worker frees up after the known queue (seconds after _placed_at)
+        self._free_after: list[float] = []
+        self._placed_at = 0.0
+        self._queue_refreshed = -math.inf
+        # an executor written before progress reports (a test's) is not sent them
+        self._send_progress = "progress" in inspect.signature(executor.run).parameters
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -181,6 +235,10 @@ class Scheduler:
         await asyncio.gather(*self._batches, return_exceptions=True)
         # let the endings put the stopped jobs back in the queue for the next start
         await asyncio.gather(*list(self._endings), return_exceptions=True)
+        for timer in self._trailing.values():
+            timer.cancel()
+        self._trailing.clear()
+        await asyncio.gather(*list(self._writing.values()), return_exceptions=True)
 
     def wake(self) -> None:
         self._wake.set()
@@ -208,13 +266,47 @@ class Scheduler:
     async def _fill(self) -> None:
         loop = asyncio.get_running_loop()
         self._deadline = None
+        if not self.active:
+            self._places, self._queue_ends = {}, {}
+            return
         free = self.executor.capacity - len(self._batches)
-        if free <= 0 or not self.active:
+        if free <= 0:
+            # no worker to fill: only the queue's places are worked out again, now and then
+            wait = self._queue_refreshed + QUEUE_REFRESH_S - loop.time()
+            if wait > 0:
+                self._deadline = loop.time() + wait
+            else:
+                self._place(await self._refresh(loop))
             return
         if not self.executor.alive():  # e.g. the cluster is unreachable: jobs stay QUEUED
             self._deadline = loop.time() + 1.0
             return
-        # One light query per pass; whole jobs are read only the first time they are seen.
+        queue = await self._refresh(loop)
+        batches = self.former.next_batches(
+            queue, loop.time(), idle=free, workers=self.executor.capacity
+        )
+        for batch in batches:
+            chosen = {q.job_id for q in batch.jobs}
+            queue = [q for q in queue if q.job_id not in chosen]
+            planned = self._rate(batch.key).estimate(batch.tiles)
+            claimed = await self._claim([q.job_id for q in batch.jobs], planned)
+            if claimed:
+                weights = {q.job_id: q.tiles for q in batch.jobs}
+                self._launch(batch.key, claimed, batch.tiles, weights, planned)
+                free -= 1
+            for job_id in chosen:
+                self._known.pop(job_id, None)
+                self.events.notify(job_id)
+        self._place(queue)
+        if free > 0 and queue:
+            if len(batches) < free:  # nothing was ready (a caller with rules of its own)
+                self._deadline = self.former.next_deadline(queue)
+            else:  # a batch's jobs were moved meanwhile: its worker is still free
+                self._wake.set()
+
+    async def _refresh(self, loop: asyncio.AbstractEventLoop) -> list[QueuedJob]:
+        """The QUEUED jobs as the former sees them. One light query per pass; whole jobs are
+        read only the first time they are seen."""
         ids = await in_thread(self.store.queued_ids, 2000, frozenset(self.running))
         new = [job_id for job_id in ids if job_id not in self._known]
         for fresh in await in_thread(self.store.get_many, new):
@@ -222,25 +314,112 @@ class Scheduler:
             if queued is not None:
                 self._known[fresh.job_id] = queued
         self._known = {job_id: self._known[job_id] for job_id in ids if job_id in self._known}
-        queue = list(self._known.values())
-        batches = self.former.next_batches(
-            queue, loop.time(), idle=free, workers=self.executor.capacity
-        )
-        for batch in batches:
-            chosen = {q.job_id for q in batch.jobs}
-            queue = [q for q in queue if q.job_id not in chosen]
-            claimed = await self._claim([q.job_id for q in batch.jobs])
-            if claimed:
-                self._launch(batch.key, claimed, batch.tiles)
-                free -= 1
-            for job_id in chosen:
-                self._known.pop(job_id, None)
-                self.events.notify(job_id)
-        if free > 0 and queue:
-            if len(batches) < free:  # nothing was ready (a caller with rules of its own)
-                self._deadline = self.former.next_deadline(queue)
-            else:  # a batch's jobs were moved meanwhile: its worker is still free
-                self._wake.set()
+        self._queue_refreshed = loop.time()
+        return list(self._known.values())
+
+    # -- estimates -----------------------------------------------------------------------
+
+    def _rate(self, key: BatchKey) -> RateModel:
+        rate = self._rates.get(key)
+        if rate is None:
+            rate = self._rates[key] = RateModel.for_tiles(key.tile_shape)
+        return rate
+
+    def _busy(self, now: float) -> list[float]:
+        """Seconds each running batch still needs."""
+        out = []
+        for live in {id(b): b for b in self._live.values()}.values():
+            left = live.remaining(now)
+            out.append(0.0 if left is None else left)
+        return out
+
+    def _place(self, queue: list[QueuedJob]) -> None:
+        """Each queued job's place, in the order the jobs should run (priority, owner rounds,
+        age: the former's order; batches of one key interleave), and its estimated end: list
+        scheduling over the workers, from what each still has to do. A job that will share a
+        batch adds its tiles and its share of the batch's overhead to the queue ahead of
+        later jobs; its own end counts the whole overhead."""
+        now = time.monotonic()
+        wall = utcnow()
+        workers = max(1, self.executor.capacity)
+        busy = self._busy(now)
+        idle = max(0, workers - len(busy))
+        per_key: dict[BatchKey, int] = {}
+        for q in queue:
+            per_key[q.key] = per_key.get(q.key, 0) + 1
+        order = fair_order(queue)
+        plan = []
+        for q in order:
+            rate = self._rate(q.key)
+            together = 1
+            if q.batchable:
+                together = max(1, min(self.former.rules.max_jobs, -(-per_key[q.key] // workers)))
+            work = rate.per_tile * q.tiles
+            plan.append((q.job_id, rate.overhead + work, rate.overhead / together + work))
+        etas = queue_etas(busy, idle, plan)
+        total = len(order)
+        old = self._places
+        places: dict[str, dict[str, Any]] = {}
+        ends: dict[str, datetime] = {}
+        for n, q in enumerate(order, start=1):
+            end = wall + timedelta(seconds=etas[q.job_id][1])
+            ends[q.job_id] = end
+            places[q.job_id] = {"stage": "queued", "position": n, "of": total, "eta": isotime(end)}
+        self._places, self._queue_ends = places, ends
+        free = [max(0.0, b) for b in busy] + [0.0] * idle
+        for _, _, share in plan:  # where a job queued next would start
+            free.sort()
+            free[0] += share
+        self._free_after, self._placed_at = free, now
+        if self.on_progress is not None:
+            for q in order[:QUEUE_NOTIFY]:
+                before = old.get(q.job_id)
+                if before is None or before["position"] != places[q.job_id]["position"]:
+                    self._tell(q.job_id, places[q.job_id])
+
+    def queue_progress(self, job_id: str) -> dict[str, Any] | None:
+        """A QUEUED job's place as of the last pass: {"stage": "queued", "position": N,
+        "of": M, "eta": its estimated end}; None for a job this scheduler has not placed
+        (not queued, not seen yet, or another replica runs the jobs)."""
+        place = self._places.get(job_id)
+        return None if place is None else dict(place)
+
+    def estimate_end(self, job: Job) -> datetime | None:
+        """When ``job`` should end: a running job's eta; a queued one's from its place; a job
+        about to be queued, from the end of the queue as the last pass placed it plus its
+        own run (this reads its image's header, well under a millisecond). None when this
+        scheduler runs no jobs or cannot run the job's model."""
+        if not self.active:
+            return None
+        now = time.monotonic()
+        live = self._live.get(job.job_id)
+        if live is not None:
+            return live.eta(now)
+        if job.job_id in self._queue_ends:
+            return self._queue_ends[job.job_id]
+        try:
+            app = self.apps.get(job.model_id, job.model_version)
+        except ParameterError:
+            return None
+        if isinstance(app, BatchableApp):
+            key = app.batch_key(job.parameter_values().get("precision"))
+            tiles = app.count_tiles(self._image_path(job), job)
+        else:
+            key, tiles = BatchKey(job.model_id, app.version, "", (0, 0)), 1
+        if self._placed_at:  # after the queue as the last pass placed it
+            start = max(0.0, min(self._free_after, default=0.0) - (now - self._placed_at))
+        else:  # no pass yet: after the first batch to end, if no worker is idle
+            busy = self._busy(now)
+            start = min(busy) if len(busy) >= self.executor.capacity and busy else 0.0
+        return utcnow() + timedelta(seconds=start + self._rate(key).estimate(tiles))
+
+    def _tell(self, job_id: str, progress: dict[str, Any]) -> None:
+        if self.on_progress is None:
+            return
+        try:
+            self.on_progress(job_id, progress)
+        except Exception:
+            log.exception("the progress listener failed on job %s", job_id)
 
     async def _queued(self, job: Job, now: float) -> QueuedJob | None:
         """The former's view of a queued job: its batch key and tile count. None for a job
@@ -251,6 +430,8 @@ class Scheduler:
         except ParameterError as exc:
             await self._unrunnable(job, exc)
             return None
+        if "progress" in job.info:  # left by a run that ended without saying (a crash)
+            await in_thread(self._drop_progress, job.job_id)
         waited = (utcnow() - job.queue_time).total_seconds() if job.queue_time else 0.0
         if not isinstance(app, BatchableApp):  # a classical finder: runs alone
             key = BatchKey(job.model_id, app.version, "", (0, 0))
@@ -286,23 +467,29 @@ class Scheduler:
         if moved:
             self.events.notify(job.job_id)
 
-    async def _claim(self, ids: list[str]) -> list[Job]:
+    async def _claim(self, ids: list[str], planned: float | None = None) -> list[Job]:
         """QUEUED -> EXECUTING for each job of a batch; the jobs as they are then, less any
         moved, aborted or deleted meanwhile. An ABORT landing while the batch is being
-        claimed (between the awaits) is remembered in _cancelled, for every job of it."""
+        claimed (between the awaits) is remembered in _cancelled, for every job of it.
+        ``planned``: the seconds the batch should take; each job's quote is set from it."""
         self._claiming.update(ids)
         claimed: list[Job] = []
         try:
             for job_id in ids:
                 token = secrets.token_hex(8)
+                start = utcnow()
+                quote: dict[str, Any] = {}
+                if planned is not None:
+                    quote["quote"] = start + timedelta(seconds=planned)
                 try:
                     moved = await in_thread(
                         self.store.transition,
                         job_id,
                         [Phase.QUEUED],
                         Phase.EXECUTING,
-                        start_time=utcnow(),
+                        start_time=start,
                         run_token=token,
+                        **quote,
                     )
                     if moved:
                         self._tokens[job_id] = token
@@ -330,7 +517,14 @@ class Scheduler:
         image = next((p for p in job.parameters if p.is_file and p.name == "image"), None)
         return str(self.folders.input_file(job.job_id, image.value)) if image else None
 
-    def _launch(self, key: BatchKey, jobs: list[Job], tiles: int) -> None:
+    def _launch(
+        self,
+        key: BatchKey,
+        jobs: list[Job],
+        tiles: int,
+        weights: dict[str, int] | None = None,
+        planned: float | None = None,
+    ) -> None:
         tasks = tuple(
             JobTask(
                 job_id=job.job_id,
@@ -353,11 +547,24 @@ class Scheduler:
         log.info("batch %s: %d job(s) of %s, %d tile(s)", batch.batch_id, len(jobs), key, tiles)
         limit = min(job.execution_duration or 0 for job in jobs) or None
         run = _Run(batch, jobs, limit, {t.job_id: t.run_token for t in tasks if t.run_token})
+        run.key, run.tiles = key, tiles
+        run.live = LiveBatch(
+            batch.batch_id,
+            time.monotonic(),
+            utcnow(),
+            planned,
+            {job.job_id: LiveJob(weight=(weights or {}).get(job.job_id, 1)) for job in jobs},
+        )
+        for job in jobs:
+            self._live[job.job_id] = run.live
+        extra: dict[str, Any] = {}
+        if self._send_progress:
+            extra["progress"] = functools.partial(self._progress, run)
         # The run task only runs the batch; how it ended is recorded by a second task started
         # when it is done. Cancelling the run (ABORT, DELETE) can then never skip the
         # bookkeeping, even when it lands before the run task's first step.
         task = asyncio.create_task(
-            self.executor.run(batch, limit, report=functools.partial(self._reported, run)),
+            self.executor.run(batch, limit, report=functools.partial(self._reported, run), **extra),
             name=f"otf-batch-{batch.batch_id}",
         )
         run.task = task
@@ -379,6 +586,105 @@ class Scheduler:
         run.recordings.append(recording)
         self._endings.add(recording)
         recording.add_done_callback(self._endings.discard)
+
+    # -- live progress ---------------------------------------------------------------------
+
+    def _progress(self, run: _Run, report: JobProgress) -> None:
+        """A worker's progress report of one job (in the event loop): kept in memory, passed
+        to ``on_progress``, and written to the store now or a little later."""
+        live = run.live
+        if live is None or report.job_id in run.reported or (run.task and run.task.done()):
+            return
+        if self._live.get(report.job_id) is not live:
+            return  # its outcome is being recorded
+        if live.update(report.job_id, report.stage, report.tiles_done, report.tiles_total) is None:
+            return
+        self._tell(report.job_id, live.progress(report.job_id, time.monotonic()))
+        self._offer_write(report.job_id)
+
+    def _offer_write(self, job_id: str) -> None:
+        """Write the job's progress now if it is due, else once it is (one write at a time
+        per job; what comes meanwhile is written after)."""
+        live = self._live.get(job_id)
+        if live is None:
+            return
+        if job_id in self._writing:
+            self._owed.add(job_id)
+            return
+        stage = live.jobs[job_id].stage
+        wait = self._throttle.due(job_id, stage, time.monotonic())
+        if wait > 0:
+            if job_id not in self._trailing:
+                loop = asyncio.get_running_loop()
+                self._trailing[job_id] = loop.call_later(wait, self._trailing_write, job_id)
+            return
+        timer = self._trailing.pop(job_id, None)
+        if timer is not None:
+            timer.cancel()
+        now = time.monotonic()
+        progress = live.progress(job_id, now)
+        self._throttle.wrote(job_id, stage, now)
+        task = asyncio.create_task(self._write_progress(job_id, progress, live.eta(now)))
+        self._writing[job_id] = task
+        task.add_done_callback(functools.partial(self._written, job_id))
+
+    def _trailing_write(self, job_id: str) -> None:
+        self._trailing.pop(job_id, None)
+        self._offer_write(job_id)
+
+    def _written(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self._writing.get(job_id) is task:
+            del self._writing[job_id]
+        if job_id in self._owed:
+            self._owed.discard(job_id)
+            self._offer_write(job_id)
+
+    async def _write_progress(
+        self, job_id: str, progress: dict[str, Any], eta: datetime | None
+    ) -> None:
+        try:
+            await in_thread(self._store_progress, job_id, progress, eta)
+        except Exception:
+            log.exception("could not store the progress of job %s", job_id)
+
+    def _store_progress(self, job_id: str, progress: dict[str, Any], eta: datetime | None) -> None:
+        """(In a thread.) ``jobInfo.progress`` and the quote of a running job, its other
+        jobInfo kept."""
+        try:
+            job = self.store.get(job_id)
+        except JobNotFound:
+            return
+        if job.phase != Phase.EXECUTING:
+            return
+        fields: dict[str, Any] = {"info": {**job.info, "progress": progress}}
+        if eta is not None:
+            fields["quote"] = eta
+        self.store.update_fields(job_id, [Phase.EXECUTING], **fields)
+
+    def _drop_progress(self, job_id: str) -> None:
+        """(In a thread.) Remove a stale ``jobInfo.progress`` from a job not running here."""
+        try:
+            job = self.store.get(job_id)
+        except JobNotFound:
+            return
+        if "progress" in job.info and job.job_id not in self._live:
+            info = {k: v for k, v in job.info.items() if k != "progress"}
+            self.store.update_fields(job_id, [job.phase], info=info)
+
+    async def _end_live(self, job_id: str) -> None:
+        """The job's run is over (its outcome is being recorded): no more progress writes,
+        and the one in flight has landed before the outcome is written."""
+        live = self._live.pop(job_id, None)
+        if live is not None and job_id in live.jobs:
+            live.jobs[job_id].finished = True
+        timer = self._trailing.pop(job_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._owed.discard(job_id)
+        self._throttle.forget(job_id)
+        writing = self._writing.get(job_id)
+        if writing is not None:
+            await asyncio.gather(writing, return_exceptions=True)
 
     async def _record_reported(
         self, job: Job, outcome: TaskOutcome, tokens: dict[str, str]
@@ -424,6 +730,11 @@ class Scheduler:
 
     async def _finish(self, run: _Run, task: asyncio.Task[list[TaskOutcome]]) -> None:
         batch, jobs = run.batch, run.jobs
+        whole = not task.cancelled() and task.exception() is None
+        if whole and run.live is not None and run.key is not None:
+            # a whole run: its pace teaches the estimates
+            seconds = time.monotonic() - run.live.started
+            self._rate(run.key).learn(run.tiles, seconds)
         try:
             await self._record(run, task)
         except Exception:
@@ -435,6 +746,8 @@ class Scheduler:
             for job in jobs:
                 if self.running.get(job.job_id) is task:
                     del self.running[job.job_id]
+                if self._live.get(job.job_id) is run.live:  # not recorded (a bug above)
+                    await self._end_live(job.job_id)
             self.wake()
             for job in jobs:
                 self.events.notify(job.job_id)
@@ -566,23 +879,43 @@ class Scheduler:
         )
 
     async def _requeue(self, job: Job, token: str, info: dict[str, Any] | None = None) -> None:
-        """Back to QUEUED, if this run still owns the job; what the run wrote is dropped."""
-        fields: dict[str, Any] = {} if info is None else {"info": info}
-        await in_thread(
-            self.store.transition,
+        """Back to QUEUED, if this run still owns the job; what the run wrote (its progress
+        included) is dropped."""
+        await self._end_live(job.job_id)
+        moved = await in_thread(
+            self._transition_clean,
             job.job_id,
-            [Phase.EXECUTING],
             Phase.QUEUED,
+            info,
             owner_token=token,
             start_time=None,
             run_token=None,
-            **fields,
         )
+        if not moved:  # aborted or deleted meanwhile: no progress stays behind
+            await in_thread(self._drop_progress, job.job_id)
         await in_thread(self.folders.discard_run, job.job_id, token)
+
+    def _transition_clean(
+        self, job_id: str, target: Phase, info: dict[str, Any] | None, **fields: Any
+    ) -> bool:
+        """(In a thread.) EXECUTING -> ``target``, its jobInfo without ``progress``: ``info``
+        if given, else the job's own."""
+        given = info is not None
+        if info is None:
+            try:
+                info = self.store.get(job_id).info
+            except JobNotFound:
+                return False
+        if "progress" in info:
+            fields["info"] = {k: v for k, v in info.items() if k != "progress"}
+        elif given:
+            fields["info"] = info
+        return bool(self.store.transition(job_id, [Phase.EXECUTING], target, **fields))
 
     async def _record_outcome(self, job: Job, outcome: TaskOutcome, token: str) -> None:
         job_id = job.job_id
-        info = {**job.info, **outcome.info}
+        await self._end_live(job_id)
+        info = {k: v for k, v in {**job.info, **outcome.info}.items() if k != "progress"}
         if outcome.ok:
             results = [
                 JobResult(r.result_id, r.filename, r.mime_type, r.size) for r in outcome.results
@@ -614,6 +947,7 @@ class Scheduler:
             moved = await self._fail(job_id, token, info, outcome.error_type, outcome.error_message)
         if not moved:  # aborted or deleted meanwhile, or run again by another run
             log.info("job %s: run %s no longer owns the job; its outcome is dropped", job_id, token)
+            await in_thread(self._drop_progress, job_id)
         await in_thread(self.folders.discard_run, job_id, token)
 
     async def _fail(
@@ -648,18 +982,19 @@ class Scheduler:
         message: str,
         info: dict[str, Any] | None = None,
     ) -> None:
-        fields: dict[str, Any] = {} if info is None else {"info": info}
-        await in_thread(
-            self.store.transition,
+        await self._end_live(job_id)
+        moved = await in_thread(
+            self._transition_clean,
             job_id,
-            [Phase.EXECUTING],
             phase,
+            info,
             owner_token=token,
             end_time=utcnow(),
             error_type=error_type,
             error_message=message,
-            **fields,
         )
+        if not moved:
+            await in_thread(self._drop_progress, job_id)
         await in_thread(self.folders.discard_run, job_id, token)
 
     async def _observe_end(self, job: Job) -> None:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -74,7 +75,37 @@ def _to_job(row: Row[Any], parameters: Sequence[Row[Any]], results: Sequence[Row
         parameters=[JobParameter(p.name, p.value, bool(p.is_file)) for p in parameters],
         results=[JobResult(r.result_id, r.filename, r.mime_type, r.size) for r in results],
         info=dict(row.info or {}),
+        image_name=row.image_name,
+        cache_key=row.cache_key,
     )
+
+
+def _summary(row: Row[Any]) -> JobSummary:
+    info = row.info or {}
+    sources = info.get("n_sources") if row.phase == Phase.COMPLETED.value else None
+    progress = info.get("progress") if row.phase == Phase.EXECUTING.value else None
+    return JobSummary(
+        row.job_id,
+        Phase(row.phase),
+        row.run_id,
+        row.owner,
+        row.creation_time,
+        model_id=row.model_id,
+        image_name=row.image_name,
+        end_time=row.end_time,
+        sources=sources if isinstance(sources, int) else None,
+        progress=progress if isinstance(progress, dict) else None,
+        has_preview=bool(row.has_preview),
+    )
+
+
+def _name_matches(column: Any, pattern: str) -> Any:
+    """``column`` equal to ``pattern``, or LIKE it where it holds ``*`` (the only wildcard;
+    SQL's own ``%`` and ``_`` are taken literally)."""
+    if "*" not in pattern:
+        return column == pattern
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.like(escaped.replace("*", "%"), escape="\\")
 
 
 def _read_jobs(conn: Connection, job_ids: Collection[str]) -> list[Job]:
@@ -186,7 +217,11 @@ class JobStore:
                     destruction_time=job.destruction_time,
                     quote=job.quote,
                     queue_time=job.queue_time,
+                    start_time=job.start_time,
+                    end_time=job.end_time,
                     info=job.info,
+                    image_name=job.image_name,
+                    cache_key=job.cache_key,
                 )
             )
             if job.parameters:
@@ -202,7 +237,22 @@ class JobStore:
                         for p in job.parameters
                     ],
                 )
-            if job.phase == Phase.QUEUED and self._announce:
+            if job.results:  # a job born COMPLETED with another's results (reuse of results)
+                conn.execute(
+                    insert(RESULTS),
+                    [
+                        {
+                            "job_id": job.job_id,
+                            "result_id": r.result_id,
+                            "position": pos,
+                            "filename": r.filename,
+                            "mime_type": r.mime_type,
+                            "size": r.size,
+                        }
+                        for pos, r in enumerate(job.results)
+                    ],
+                )
+            if job.phase != Phase.PENDING and self._announce:
                 conn.execute(
                     text("SELECT pg_notify(:channel, :payload)"),
                     {"channel": JOB_CHANNEL, "payload": f"{job.job_id} {job.phase.value}"},
@@ -211,7 +261,7 @@ class JobStore:
             **{
                 **job.__dict__,
                 "parameters": sorted(job.parameters, key=lambda p: p.name),
-                "results": [],
+                "results": list(job.results),
                 "info": dict(job.info),
             }
         )
@@ -244,27 +294,62 @@ class JobStore:
         phases: Collection[Phase] | None = None,
         after: datetime | None = None,
         last: int | None = None,
+        run_ids: Collection[str] = (),
+        image_names: Collection[str] = (),
     ) -> list[JobSummary]:
-        """Jobs newest first. Without ``phases``, ARCHIVED jobs are left out (UWS 1.1)."""
+        """Jobs newest first. Without ``phases``, ARCHIVED jobs are left out (UWS 1.1).
+        ``run_ids`` and ``image_names`` keep jobs with one of those values; a ``*`` in an
+        image name matches any characters."""
+        has_preview = (
+            select(RESULTS.c.job_id)
+            .where(RESULTS.c.job_id == JOBS.c.job_id, RESULTS.c.result_id == "preview")
+            .exists()
+        )
         query = select(
-            JobRow.job_id, JobRow.phase, JobRow.run_id, JobRow.owner, JobRow.creation_time
+            JOBS.c.job_id,
+            JOBS.c.phase,
+            JOBS.c.run_id,
+            JOBS.c.owner,
+            JOBS.c.creation_time,
+            JOBS.c.model_id,
+            JOBS.c.image_name,
+            JOBS.c.end_time,
+            JOBS.c.info,
+            has_preview.label("has_preview"),
         )
         if check_owner:
-            query = query.where(JobRow.owner == owner)
+            query = query.where(JOBS.c.owner == owner)
         if phases:
-            query = query.where(JobRow.phase.in_([p.value for p in phases]))
+            query = query.where(JOBS.c.phase.in_([p.value for p in phases]))
         else:
-            query = query.where(JobRow.phase != Phase.ARCHIVED.value)
+            query = query.where(JOBS.c.phase != Phase.ARCHIVED.value)
         if after is not None:
-            query = query.where(JobRow.creation_time > after)
-        query = query.order_by(JobRow.creation_time.desc(), JobRow.job_id)
+            query = query.where(JOBS.c.creation_time > after)
+        if run_ids:
+            query = query.where(JOBS.c.run_id.in_(list(run_ids)))
+        if image_names:
+            query = query.where(or_(*(_name_matches(JOBS.c.image_name, n) for n in image_names)))
+        query = query.order_by(JOBS.c.creation_time.desc(), JOBS.c.job_id)
         if last is not None:
             query = query.limit(last)
         with self.engine.connect() as conn:
-            return [
-                JobSummary(r.job_id, Phase(r.phase), r.run_id, r.owner, r.creation_time)
-                for r in conn.execute(query)
-            ]
+            return [_summary(r) for r in conn.execute(query)]
+
+    def find_computed(self, cache_key: str, owner: str | None, *, check_owner: bool) -> Job | None:
+        """The newest COMPLETED job of ``owner`` (any owner without ``check_owner``) whose
+        computation key is ``cache_key``; None when there is none."""
+        query = select(JOBS.c.job_id).where(
+            JOBS.c.cache_key == cache_key, JOBS.c.phase == Phase.COMPLETED.value
+        )
+        if check_owner:
+            query = query.where(JOBS.c.owner == owner)
+        query = query.order_by(JOBS.c.end_time.desc()).limit(1)
+        with self.engine.connect() as conn:
+            job_id = conn.scalar(query)
+            if job_id is None:
+                return None
+            found = _read_jobs(conn, [job_id])
+        return found[0] if found else None
 
     def count(self, phase: Phase) -> int:
         with self.session() as s:
@@ -352,7 +437,15 @@ class JobStore:
             )
 
     def replace_parameters(
-        self, job_id: str, params: list[JobParameter], *, priority: int, model_id: str
+        self,
+        job_id: str,
+        params: list[JobParameter],
+        *,
+        priority: int,
+        model_id: str,
+        cache_key: str | None = None,
+        info: dict[str, Any] | None = None,
+        image_name: str | None = None,
     ) -> bool:
         """Replace the whole parameter set of a PENDING job; False if it is no longer PENDING."""
         with self._writing(job_id), self.session() as s, s.begin():
@@ -366,6 +459,11 @@ class JobStore:
             )
             row.priority = priority
             row.model_id = model_id
+            row.cache_key = cache_key
+            if info is not None:
+                row.info = info
+            if image_name is not None:
+                row.image_name = image_name
             return True
 
     def delete(self, job_id: str) -> bool:

@@ -64,6 +64,11 @@ class JobRow(Base):
     #: The run that owns the job while it is EXECUTING (set when the job is claimed, cleared
     #: when it is queued again): only that run may record the job's end and its results.
     run_token: Mapped[str | None] = mapped_column(String(32))
+    #: The uploaded image's file name as the client named it (listed, filtered on).
+    image_name: Mapped[str | None] = mapped_column(String(255), index=True)
+    #: sha256 of what the job computes (input, model, version, precision, parameters): a
+    #: COMPLETED job with the same key has the results a new one would make.
+    cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
 
     parameters: Mapped[list[ParameterRow]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="ParameterRow.name"

@@ -116,7 +116,50 @@ JOB_LIST = extra(
         "Only the most recent LAST jobs.",
         {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LAST},
     ),
+    query(
+        "RUNID",
+        "Only jobs with this run id (repeat for several).",
+        {"type": "array", "items": {"type": "string", "maxLength": 255}},
+    ),
+    query(
+        "IMAGE",
+        "Only jobs whose uploaded image had this file name; * matches any characters "
+        "(repeat for several).",
+        {"type": "array", "items": {"type": "string", "maxLength": 255}},
+    ),
     responses={400: "A filter is malformed or out of range (the text names it)."},
+)
+
+JOB_EVENTS = extra(
+    query(
+        "JOB",
+        "Only these jobs (repeat for several).",
+        {"type": "array", "items": {"type": "string", "maxLength": 64}},
+    ),
+    query(
+        "LAST_EVENT_ID",
+        "Resume after this event (as the Last-Event-ID header does).",
+        {"type": "string", "maxLength": 64},
+    ),
+    header(
+        "Last-Event-ID",
+        "Resume after this event; a reset event answers one whose successors are gone.",
+        {"type": "string", "maxLength": 64},
+    ),
+    responses={
+        200: "text/event-stream: events phase, progress, deleted and reset; each data line "
+        "is a JSON object with job_id, phase, run_id, progress and time.",
+        503: "Too many event streams are open; see Retry-After.",
+    },
+)
+
+GET_LOG = extra(
+    query(
+        "TAIL",
+        "Only the last TAIL lines.",
+        {"type": "integer", "minimum": 1, "maximum": 10_000},
+    ),
+    responses={404: "No such job (or not yours).", 400: "TAIL is out of range."},
 )
 
 _RUNID: Schema = {
@@ -136,6 +179,10 @@ _JOB_FIELDS: dict[str, Schema] = {
     "HEIGHT": {**_TEXT, "description": "Region height: pixels (128) or an angle (3 arcmin)."},
     "PRIORITY": {"type": "integer", "minimum": -10, "maximum": 10},
     "PREVIEW": {"type": "boolean", "description": "List the PNG preview (drawn on request)."},
+    "NOCACHE": {
+        "type": "boolean",
+        "description": "Run even if a completed job computed the same thing already.",
+    },
 }
 
 CREATE_JOB = extra(
@@ -209,7 +256,11 @@ GET_ERROR = extra(
 )
 
 POST_RERUN = extra(
-    form({"PHASE": {"type": "string", "enum": ["RUN"]}, "RUNID": _RUNID}),
+    form(
+        {"PHASE": {"type": "string", "enum": ["RUN"]}, "RUNID": _RUNID},
+        free=True,
+        description="Other fields change the recorded parameters (THRESHOLD=0.6, say).",
+    ),
     responses={303: "The new job.", 409: "The job has not finished, or cannot be replayed."},
 )
 

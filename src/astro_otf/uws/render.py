@@ -260,7 +260,15 @@ def results_json(job: Job, links: Links) -> list[dict[str, Any]]:
     ]
 
 
-def job_list_json(jobs: list[JobSummary], links: Links) -> dict[str, Any]:
+def job_list_json(
+    jobs: list[JobSummary],
+    links: Links,
+    progress: Callable[[JobSummary], dict[str, Any] | None] | None = None,
+) -> dict[str, Any]:
+    """The job list as JSON: UWS's jobref fields, and what a person looks for in a list
+    (the image's name, the model, the sources found, the end time, the progress of an
+    active job, the preview's address). ``progress`` gives a listed job's progress (a
+    QUEUED job's place in the queue is not in the store)."""
     return {
         "jobs": [
             {
@@ -269,6 +277,12 @@ def job_list_json(jobs: list[JobSummary], links: Links) -> dict[str, Any]:
                 "runId": j.run_id,
                 "ownerId": j.owner,
                 "creationTime": isotime(j.creation_time),
+                "endTime": isotime(j.end_time),
+                "image": j.image_name,
+                "modelId": j.model_id,
+                "sources": j.sources,
+                "progress": progress(j) if progress is not None else j.progress,
+                "preview": links.result(j.job_id, "preview") if j.has_preview else None,
                 "href": links.job(j.job_id),
             }
             for j in jobs

@@ -3,22 +3,35 @@ no policy, SQL or file layout lives here."""
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import IO, Annotated, Any
+from typing import IO, Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    StreamingResponse,
+)
 from starlette.responses import Response
 
 from astro_otf.config import Settings
-from astro_otf.domain.errors import NotAcceptable, NotFound, ParameterError, RequestError
+from astro_otf.domain.errors import (
+    NotAcceptable,
+    NotFound,
+    ParameterError,
+    RequestError,
+    ServiceBusy,
+)
 from astro_otf.domain.job import Job
 from astro_otf.domain.phases import Phase
 from astro_otf.results.provenance import PROV_FORMATS, negotiate
 from astro_otf.results.votable import error_votable
-from astro_otf.service.jobs import JobService
+from astro_otf.service.jobs import HashingWriter, JobService
 from astro_otf.service.threads import in_thread
 from astro_otf.uws import openapi, render
 from astro_otf.uws.auth import owner_from
@@ -26,6 +39,11 @@ from astro_otf.uws.compat import parse_cianna_job
 from astro_otf.uws.uploads import Form, read_form
 
 router = APIRouter()
+
+#: Event streams (GET /jobs/events) open at once, at most.
+MAX_EVENT_STREAMS = 256
+#: The most lines GET /jobs/{id}/log?TAIL= returns.
+MAX_LOG_TAIL = 10_000
 
 XML = "application/xml"
 VOTABLE = "application/x-votable+xml"
@@ -107,6 +125,16 @@ def parse_count(name: str, text: str) -> int:
     return int(digits)
 
 
+def check_filter(name: str, text: str) -> str:
+    """A job-list filter value (RUNID, IMAGE): a short text without control characters."""
+    value = text.strip()
+    if not value or len(value) > 255 or any(ord(c) < 32 for c in value):
+        raise ParameterError(
+            name, f"{text[:64]!r} is not a filter value (1-255 printable characters)"
+        )
+    return value
+
+
 def form_limit(request: Request) -> int:
     settings: Settings = request.app.state.settings
     return settings.max_form_bytes
@@ -154,11 +182,64 @@ async def list_jobs(request: Request, service: Service, owner: Owner) -> Respons
     phases = [parse_phase("phase", p) for p in q.get("phase", [])]
     after = parse_time("after", q["after"][-1]) if "after" in q else None
     last = parse_count("last", q["last"][-1]) if "last" in q else None
-    jobs = await service.list(owner, phases or None, after, last)
+    run_ids = [check_filter("runid", v) for v in q.get("runid", [])]
+    images = [check_filter("image", v) for v in q.get("image", [])]
+    jobs = await service.list(
+        owner, phases or None, after, last, run_ids=run_ids, image_names=images
+    )
     links = links_for(request)
     if wants_json(request):
-        return JSONResponse(render.job_list_json(jobs, links))
+        return JSONResponse(render.job_list_json(jobs, links, service.queue_place))
     return Response(render.job_list_xml(jobs, links), media_type=XML)
+
+
+@router.get("/jobs/events", openapi_extra=openapi.JOB_EVENTS)
+async def job_events(request: Request, service: Service, owner: Owner) -> Response:
+    """Server-Sent Events: the phase and progress changes of the caller's jobs, as they
+    happen. Resumable: a client that reconnects with ``Last-Event-ID`` (or
+    ``LAST_EVENT_ID``) gets what it missed, or a ``reset`` event when that is gone. ``JOB``
+    (repeatable) keeps only those jobs."""
+    q = query(request)
+    last_id = request.headers.get("last-event-id")
+    if last_id is None and "last_event_id" in q:
+        last_id = q["last_event_id"][-1]
+    jobs = q.get("job", [])
+    for job_id in jobs:
+        if len(job_id) > 64:
+            raise ParameterError("job", f"{job_id[:64]!r}... is not a job id")
+    feed = service.feed
+    if feed.subscribers >= MAX_EVENT_STREAMS:
+        raise ServiceBusy(
+            f"{feed.subscribers} event streams are open, the most this service serves; "
+            "try again later or poll /jobs",
+            retry_after=10,
+        )
+
+    async def stream() -> AsyncIterator[bytes]:
+        feed.subscribers += 1
+        try:
+            yield b"retry: 2000\n\n"
+            async for event in feed.follow(
+                owner,
+                check_owner=service.checks_owner,
+                last_event_id=last_id,
+                jobs=jobs,
+            ):
+                if event is None:
+                    yield b": keep-alive\n\n"
+                    continue
+                data = json.dumps(event.data, separators=(",", ":"))
+                yield (
+                    f"id: {feed.event_id(event)}\nevent: {event.kind}\ndata: {data}\n\n"
+                ).encode()
+        finally:
+            feed.subscribers -= 1
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.post("/jobs", openapi_extra=openapi.CREATE_JOB)
@@ -171,9 +252,15 @@ async def create_job(request: Request, service: Service, owner: Owner) -> Respon
         # in the same thread hop as its row: JobService.create)
         await in_thread(service.prepare, job_id)
 
+    uploaded: dict[str, HashingWriter] = {}
+    names: dict[str, str] = {}
+
     def sink(name: str, filename: str) -> IO[bytes] | None:
         if name in ("image", "fits"):  # "fits": the CIANNA On-The-Fly field
-            return service.open_upload(job_id, "image")
+            writer = uploaded["image"] = service.open_upload(job_id, "image")
+            if filename:
+                names["image"] = filename
+            return cast(IO[bytes], writer)
         return None
 
     try:
@@ -186,7 +273,14 @@ async def create_job(request: Request, service: Service, owner: Owner) -> Respon
         if "fits" in form.files:
             form.files["image"] = form.files.pop("fits")
         if "xml" in form.fields:
-            job = await _create_cianna(service, job_id, owner, form)
+            job = await _create_cianna(
+                service,
+                job_id,
+                owner,
+                form,
+                names.get("image"),
+                {k: w.digest.hexdigest() for k, w in uploaded.items()},
+            )
         else:
             fields = dict(form.fields)
             phase = fields.pop("phase", None)
@@ -194,7 +288,14 @@ async def create_job(request: Request, service: Service, owner: Owner) -> Respon
             if phase is not None and phase.strip().upper() != "RUN":
                 raise ParameterError("phase", f"{phase!r} at creation: only PHASE=RUN is allowed")
             job = await service.create(
-                job_id, owner, fields, list(form.files), run_id=run_id, start=phase is not None
+                job_id,
+                owner,
+                fields,
+                list(form.files),
+                run_id=run_id,
+                start=phase is not None,
+                image_name=names.get("image"),
+                digests={k: w.digest.hexdigest() for k, w in uploaded.items()},
             )
     except BaseException:
         await service.discard(job_id)
@@ -202,14 +303,28 @@ async def create_job(request: Request, service: Service, owner: Owner) -> Respon
     return see_other(links_for(request).job(job.job_id))
 
 
-async def _create_cianna(service: JobService, job_id: str, owner: str | None, form: Form) -> Any:
+async def _create_cianna(
+    service: JobService,
+    job_id: str,
+    owner: str | None,
+    form: Form,
+    image_name: str | None,
+    digests: dict[str, str],
+) -> Any:
     request = parse_cianna_job(form.fields.pop("xml"))
     extra = {k: v for k, v in form.fields.items() if k not in ("phase", "runid")}
     fields = {**request.fields, **extra}
     try:
         # CIANNA clients never send PHASE=RUN: their submission is queued at once.
         return await service.create(
-            job_id, owner, fields, list(form.files), run_id=request.run_id, start=True
+            job_id,
+            owner,
+            fields,
+            list(form.files),
+            run_id=request.run_id,
+            start=True,
+            image_name=image_name,
+            digests=digests,
         )
     except ParameterError as exc:
         origin = request.origin.get(exc.name)
@@ -350,25 +465,36 @@ async def get_error(job_id: str, request: Request, service: Service, owner: Owne
     return PlainTextResponse(job.error.message)
 
 
+@router.get("/jobs/{job_id}/log", openapi_extra=openapi.GET_LOG)
+async def get_log(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
+    """The job's log as plain text: what each run of it wrote (``TAIL=N``: the last N
+    lines)."""
+    q = query(request)
+    tail = None
+    if "tail" in q:
+        tail = parse_count("tail", q["tail"][-1])
+        if not 1 <= tail <= MAX_LOG_TAIL:
+            raise ParameterError("tail", f"{tail} is out of range: give 1 to {MAX_LOG_TAIL} lines")
+    return PlainTextResponse(await service.log_text(job_id, owner, tail))
+
+
 @router.post("/jobs/{job_id}/rerun", openapi_extra=openapi.POST_RERUN)
 async def post_rerun(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
-    """Replay a finished job: a new job with its recorded inputs, model and parameters.
+    """Replay a finished job: a new job with its recorded inputs, model and parameters,
+    changed by any parameters given (``THRESHOLD=0.6``); the input is not sent again.
     ``PHASE=RUN`` queues it at once; answers 303 to the new job."""
     form = await read_form(request, max_form_bytes=form_limit(request))
     phase = form.fields.get("phase")
     if phase is not None and phase.strip().upper() != "RUN":
         raise ParameterError("phase", f"{phase!r}: only PHASE=RUN is allowed for a rerun")
-    unknown = sorted(set(form.fields) - {"phase", "runid"})
-    if unknown:
-        raise ParameterError(
-            unknown[0], "is not taken by a rerun (it reuses the recorded parameters)"
-        )
+    overrides = {k: v for k, v in form.fields.items() if k not in ("phase", "runid")}
     job = await service.rerun(
         job_id,
         owner,
         service.new_job_id(),
         start=phase is not None,
         run_id=form.fields.get("runid"),
+        overrides=overrides,
     )
     return see_other(links_for(request).job(job.job_id))
 
@@ -407,8 +533,14 @@ async def post_parameters(
     settings: Settings = request.app.state.settings
     await service.get(job_id, owner)  # 404 before reading any upload
 
+    names: dict[str, str] = {}
+
     def sink(name: str, filename: str) -> IO[bytes] | None:
-        return service.open_staged_upload(job_id) if name == "image" else None
+        if name != "image":
+            return None
+        if filename:
+            names["image"] = filename
+        return service.open_staged_upload(job_id)
 
     try:
         form = await read_form(
@@ -419,7 +551,9 @@ async def post_parameters(
         )
         if not form.fields and not form.files:
             raise RequestError("no parameters given")
-        await service.update_parameters(job_id, owner, form.fields, list(form.files))
+        await service.update_parameters(
+            job_id, owner, form.fields, list(form.files), image_name=names.get("image")
+        )
         if "image" in form.files:
             await in_thread(service.commit_staged_upload, job_id)
     finally:
