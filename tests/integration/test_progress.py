@@ -10,12 +10,11 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from astropy.io import fits
 
 from tests.conftest import ServerProcess
 from tests.integration.test_uws_api import create, job_json, sleep_job, wait_final
+from tests.products import point_source_field
 
 
 @pytest.fixture(scope="module")
@@ -29,23 +28,7 @@ def one_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
 @pytest.fixture(scope="module")
 def big_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4096 x 4096 noise field with a few sources: 64 tiles of the radio detector."""
-    n = 4096
-    rng = np.random.default_rng(7)
-    data = rng.normal(0, 1e-4, (n, n)).astype(np.float32)
-    yy, xx = np.mgrid[-8:9, -8:9]
-    for x, y in rng.integers(20, n - 20, (30, 2)):
-        data[y - 8 : y + 9, x - 8 : x + 9] += 2e-3 * np.exp(-(xx**2 + yy**2) / 4.5)
-    header = fits.Header()
-    for key, value in {
-        "CTYPE1": "RA---SIN", "CTYPE2": "DEC--SIN", "CRPIX1": n / 2, "CRPIX2": n / 2,
-        "CRVAL1": 30.0, "CRVAL2": -15.0, "CDELT1": -5e-4, "CDELT2": 5e-4,
-        "CUNIT1": "deg", "CUNIT2": "deg", "BMAJ": 1.75e-3, "BMIN": 1.75e-3, "BPA": 0.0,
-        "BUNIT": "Jy/beam",
-    }.items():  # fmt: skip
-        header[key] = value
-    path = tmp_path_factory.mktemp("big") / "big.fits"
-    fits.writeto(path, data, header)
-    return path
+    return point_source_field(tmp_path_factory.mktemp("big") / "big.fits", 4096, 30, seed=7)
 
 
 def test_running_job_shows_progress_and_queued_jobs_their_place(

@@ -27,11 +27,9 @@ from astro_otf.service.uploads import UnknownUpload, UploadService
 from astro_otf.store.database import make_engine, migrate
 from astro_otf.uws.uploads import Form, Sink
 from tests.conftest import ServerProcess
+from tests.integration.test_auth import ALICE, BOB, TOKENS
 
 SAMPLE = Path(data_init).parent / "sample.fits"
-TOKENS = {"tok-alice": "alice", "tok-bob": "bob"}
-ALICE = {"Authorization": "Bearer tok-alice"}
-BOB = {"Authorization": "Bearer tok-bob"}
 MAX_UPLOAD = 600_000
 QUOTA = 1_000_000
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
-from astropy.io import fits
 
 from astro_otf.execution.task import BatchTask, JobProgress, JobTask
 from astro_otf.execution.worker import ProgressSender, run_batch
@@ -24,6 +22,7 @@ from astro_otf.service.progress import (
     queue_etas,
     remaining_seconds,
 )
+from tests.products import point_source_field
 
 
 class Clock:
@@ -173,26 +172,9 @@ def test_progress_sender_never_raises() -> None:
     assert ProgressSender(broken, 1).send("a", "reading") is False
 
 
-def _field(path: Path, n: int = 1024) -> None:
-    rng = np.random.default_rng(3)
-    data = rng.normal(0, 1e-4, (n, n)).astype(np.float32)
-    yy, xx = np.mgrid[-8:9, -8:9]
-    for x, y in rng.integers(20, n - 20, (12, 2)):
-        data[y - 8 : y + 9, x - 8 : x + 9] += 2e-3 * np.exp(-(xx**2 + yy**2) / 4.5)
-    header = fits.Header()
-    for key, value in {
-        "CTYPE1": "RA---SIN", "CTYPE2": "DEC--SIN", "CRPIX1": n / 2, "CRPIX2": n / 2,
-        "CRVAL1": 30.0, "CRVAL2": -15.0, "CDELT1": -5e-4, "CDELT2": 5e-4,
-        "CUNIT1": "deg", "CUNIT2": "deg", "BMAJ": 1.75e-3, "BMIN": 1.75e-3, "BPA": 0.0,
-        "BUNIT": "Jy/beam",
-    }.items():  # fmt: skip
-        header[key] = value
-    fits.writeto(path, data, header)
-
-
 def test_a_real_batch_reports_its_stages_in_order(tmp_path: Path) -> None:
     image = tmp_path / "field.fits"
-    _field(image)
+    point_source_field(image, 1024, 12, seed=3)
     tasks = []
     for name in ("job1", "job2"):
         job_dir = tmp_path / name

@@ -4,8 +4,6 @@ page changes it changes through the UWS API itself (/jobs, /uploads), from its s
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from starlette.responses import Response
 
 from astro_otf.config import Settings
 from astro_otf.domain.errors import JobNotFound, NotAuthenticated, NotFound, ParameterError
-from astro_otf.domain.job import Job, JobSummary
+from astro_otf.domain.job import Job
 from astro_otf.domain.parameters import NATIVE_BY_NAME
 from astro_otf.domain.phases import Phase
 from astro_otf.service.jobs import JobService
@@ -33,7 +31,7 @@ from astro_otf.uws.auth import (
     owner_from,
     session_of,
 )
-from astro_otf.uws.routes import links_for, parse_phase
+from astro_otf.uws.routes import check_filter, links_for, parse_phase
 from astro_otf.uws.uploads import read_form
 from astro_otf.web.archive import zip_stream
 from astro_otf.web.cards import read_card
@@ -183,60 +181,34 @@ def error_page(request: Request, status_code: int, message: str, owner: str | No
     )
 
 
-def _signature_has(function: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-async def list_jobs(
-    service: JobService,
-    owner: str | None,
-    phases: list[Phase],
-    run_ids: Collection[str],
-    images: Collection[str],
-) -> list[JobSummary]:
-    """The owner's newest jobs, filtered as GET /jobs filters them (PHASE, RUNID, IMAGE)."""
-    if _signature_has(service.list, "run_ids"):
-        found: list[JobSummary] = await service.list(
-            owner,
-            phases or None,
-            None,
-            PAGE_JOBS,
-            run_ids=list(run_ids),
-            image_names=list(images),
-        )
-        return found
-    # A service without the RUNID and IMAGE filters (before issue 14's server part): only
-    # the phase filter narrows the list.
-    return await service.list(owner, phases or None, None, PAGE_JOBS)
-
-
-def list_entries(
-    request: Request, service: JobService, jobs: list[JobSummary]
-) -> list[dict[str, Any]]:
-    """The job list's JSON entries (with the extras the service offers: image, model,
-    sources, progress, preview), as GET /jobs gives them."""
-    links = links_for(request)
-    place = getattr(service, "queue_place", None)
-    if place is not None and _signature_has(render.job_list_json, "progress"):
-        data = render.job_list_json(jobs, links, place)
-    else:
-        data = render.job_list_json(jobs, links)
-    entries: list[dict[str, Any]] = data["jobs"]
-    return entries
+async def listing(
+    request: Request, service: JobService, owner: str | None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The filters the query asks for (ParameterError when one is malformed) and the
+    owner's newest jobs so filtered, as GET /jobs lists them in JSON (image, model,
+    sources, progress, preview)."""
+    filters, phases = list_filters(request)
+    jobs = await service.list(
+        owner,
+        phases or None,
+        None,
+        PAGE_JOBS,
+        run_ids=[filters["runid"]] if filters["runid"] else [],
+        image_names=[filters["image"]] if filters["image"] else [],
+    )
+    entries: list[dict[str, Any]] = render.job_list_json(
+        jobs, links_for(request), service.queue_place
+    )["jobs"]
+    return filters, entries
 
 
 def list_filters(request: Request) -> tuple[dict[str, Any], list[Phase]]:
     """The job list's filters from the query (phase, runid, image), as the form shows them."""
     q = request.query_params
     phases = [parse_phase("phase", p) for p in q.getlist("phase") if p.strip()]
-    run_id = q.get("runid", "").strip()
-    image = q.get("image", "").strip()
-    for name, value in (("runid", run_id), ("image", image)):
-        if len(value) > 255 or any(ord(c) < 32 for c in value):
-            raise ParameterError(name, "is not a filter value (at most 255 printable characters)")
+    run_id, image = (q.get(name, "").strip() for name in ("runid", "image"))
+    run_id = check_filter("runid", run_id) if run_id else ""
+    image = check_filter("image", image) if image else ""
     shown = {"phase": [p.value for p in phases], "runid": run_id, "image": image}
     return shown, phases
 
@@ -269,23 +241,16 @@ async def jobs_page(request: Request) -> Response:
     owner = page_owner(request)
     service = service_of(request)
     try:
-        filters, phases = list_filters(request)
+        filters, entries = await listing(request, service, owner)
     except ParameterError as exc:
         return error_page(request, 400, exc.message, owner)
-    jobs = await list_jobs(
-        service,
-        owner,
-        phases,
-        [filters["runid"]] if filters["runid"] else [],
-        [filters["image"]] if filters["image"] else [],
-    )
     return page(
         request,
         "jobs.html",
         {
             "title": "Jobs",
             "nav": "jobs",
-            "jobs": list_entries(request, service, jobs),
+            "jobs": entries,
             "filters": filters,
             "phases": PHASES,
             "limit": PAGE_JOBS,
@@ -301,19 +266,10 @@ async def job_rows(request: Request) -> Response:
     owner = owner_from(request, settings_of(request))
     service = service_of(request)
     try:
-        filters, phases = list_filters(request)
+        _, entries = await listing(request, service, owner)
     except ParameterError as exc:
         return error_page(request, 400, exc.message, owner)
-    jobs = await list_jobs(
-        service,
-        owner,
-        phases,
-        [filters["runid"]] if filters["runid"] else [],
-        [filters["image"]] if filters["image"] else [],
-    )
-    response = TEMPLATES.TemplateResponse(
-        request, "_rows.html", {"jobs": list_entries(request, service, jobs)}
-    )
+    response = TEMPLATES.TemplateResponse(request, "_rows.html", {"jobs": entries})
     response.headers["Cache-Control"] = "no-store"
     return response
 
