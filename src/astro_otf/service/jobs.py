@@ -554,6 +554,7 @@ class JobService:
         *,
         run_ids: Collection[str] = (),
         image_names: Collection[str] = (),
+        details: bool = False,
     ) -> list[JobSummary]:
         if last is not None and not 1 <= last <= MAX_LIST_LAST:
             raise ParameterError(
@@ -568,6 +569,7 @@ class JobService:
             last=last,
             run_ids=run_ids,
             image_names=image_names,
+            details=details,
         )
 
     def queue_place(self, summary: JobSummary) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Engine,
     Row,
     Table,
+    case,
     delete,
     func,
     insert,
@@ -80,10 +81,10 @@ def _to_job(row: Row[Any], parameters: Sequence[Row[Any]], results: Sequence[Row
     )
 
 
-def _summary(row: Row[Any]) -> JobSummary:
-    info = row.info or {}
-    sources = info.get("n_sources") if row.phase == Phase.COMPLETED.value else None
-    progress = info.get("progress") if row.phase == Phase.EXECUTING.value else None
+def _summary(row: Any) -> JobSummary:
+    """A job-list line from a row of :meth:`JobStore.list_jobs`'s select."""
+    sources = row.sources if row.phase == Phase.COMPLETED.value else None
+    progress = row.progress
     return JobSummary(
         row.job_id,
         Phase(row.phase),
@@ -296,27 +297,39 @@ class JobStore:
         last: int | None = None,
         run_ids: Collection[str] = (),
         image_names: Collection[str] = (),
+        details: bool = False,
     ) -> list[JobSummary]:
         """Jobs newest first. Without ``phases``, ARCHIVED jobs are left out (UWS 1.1).
         ``run_ids`` and ``image_names`` keep jobs with one of those values; a ``*`` in an
-        image name matches any characters."""
-        has_preview = (
-            select(RESULTS.c.job_id)
-            .where(RESULTS.c.job_id == JOBS.c.job_id, RESULTS.c.result_id == "preview")
-            .exists()
-        )
-        query = select(
+        image name matches any characters. With ``details``, each line has what a person
+        looks for besides UWS's jobref (model, image name, end, sources, progress, whether
+        there is a preview); without, the query is the cheaper one UWS's XML list needs."""
+        columns: list[Any] = [
             JOBS.c.job_id,
             JOBS.c.phase,
             JOBS.c.run_id,
             JOBS.c.owner,
             JOBS.c.creation_time,
-            JOBS.c.model_id,
-            JOBS.c.image_name,
-            JOBS.c.end_time,
-            JOBS.c.info,
-            has_preview.label("has_preview"),
-        )
+        ]
+        if details:
+            has_preview = (
+                select(RESULTS.c.job_id)
+                .where(RESULTS.c.job_id == JOBS.c.job_id, RESULTS.c.result_id == "preview")
+                .exists()
+            )
+            columns += [
+                JOBS.c.model_id,
+                JOBS.c.image_name,
+                JOBS.c.end_time,
+                # two keys of the info document, not all of it
+                JOBS.c.info["n_sources"].as_integer().label("sources"),
+                case(
+                    (JOBS.c.phase == Phase.EXECUTING.value, JOBS.c.info["progress"]),
+                    else_=None,
+                ).label("progress"),
+                has_preview.label("has_preview"),
+            ]
+        query = select(*columns)
         if check_owner:
             query = query.where(JOBS.c.owner == owner)
         if phases:
@@ -333,7 +346,13 @@ class JobStore:
         if last is not None:
             query = query.limit(last)
         with self.engine.connect() as conn:
-            return [_summary(r) for r in conn.execute(query)]
+            rows = conn.execute(query)
+            if not details:
+                return [
+                    JobSummary(r.job_id, Phase(r.phase), r.run_id, r.owner, r.creation_time)
+                    for r in rows
+                ]
+            return [_summary(r) for r in rows]
 
     def find_computed(self, cache_key: str, owner: str | None, *, check_owner: bool) -> Job | None:
         """The newest COMPLETED job of ``owner`` (any owner without ``check_owner``) whose

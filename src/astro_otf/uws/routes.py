@@ -184,11 +184,12 @@ async def list_jobs(request: Request, service: Service, owner: Owner) -> Respons
     last = parse_count("last", q["last"][-1]) if "last" in q else None
     run_ids = [check_filter("runid", v) for v in q.get("runid", [])]
     images = [check_filter("image", v) for v in q.get("image", [])]
+    as_json = wants_json(request)
     jobs = await service.list(
-        owner, phases or None, after, last, run_ids=run_ids, image_names=images
+        owner, phases or None, after, last, run_ids=run_ids, image_names=images, details=as_json
     )
     links = links_for(request)
-    if wants_json(request):
+    if as_json:
         return JSONResponse(render.job_list_json(jobs, links, service.queue_place))
     return Response(render.job_list_xml(jobs, links), media_type=XML)
 

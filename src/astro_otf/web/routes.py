@@ -195,6 +195,7 @@ async def listing(
         PAGE_JOBS,
         run_ids=[filters["runid"]] if filters["runid"] else [],
         image_names=[filters["image"]] if filters["image"] else [],
+        details=True,
     )
     entries: list[dict[str, Any]] = render.job_list_json(
         jobs, links_for(request), service.queue_place
