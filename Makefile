@@ -9,7 +9,7 @@ PORT ?= 8000
 # Debian packages the tests use: STILTS (votlint) checks our VOTables; graphviz draws the
 # provenance graph as SVG. (The Slurm tests install and start slurm-wlm and munge themselves,
 # through ../shared/infra/slurm-local.sh.)
-DEB_TEST_PACKAGES := stilts graphviz chromium chromium-driver
+DEB_TEST_PACKAGES := stilts graphviz chromium chromium-driver libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1
 
 .PHONY: run test install install-test deb-test lint typecheck check clean train peers science
 
@@ -34,7 +34,7 @@ run: install
 	@mkdir -p data
 	@echo "astro-otf on http://$(HOST):$(PORT) (data in ./data, config in otf.toml)"
 	@echo "Submit the bundled sample image from another terminal:"
-	@echo "  $(VENV)/bin/otf submit $$($(PY) -c 'import astro_otf.data as d; print(d.SAMPLE_IMAGE)') --wait --out sample.vot"
+	@echo "  $(VENV)/bin/otf --url http://$(HOST):$(PORT) submit $$($(PY) -c 'import astro_otf.data as d; print(d.SAMPLE_IMAGE)') --wait --out sample.vot"
 	@echo "or with curl:"
 	@echo "  curl -si -F IMAGE=@src/astro_otf/data/sample.fits -F PHASE=RUN http://$(HOST):$(PORT)/jobs"
 	OTF_CONFIG=$${OTF_CONFIG:-otf.toml} $(VENV)/bin/otf serve --host $(HOST) --port $(PORT)

@@ -16,7 +16,7 @@ from fastapi.responses import PlainTextResponse
 from sqlalchemy.engine import make_url
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from astro_otf import __version__, web
+from astro_otf import __version__, serverlog, web
 from astro_otf.batching.former import BatchRules
 from astro_otf.config import Settings
 from astro_otf.domain.errors import NotAuthenticated, OTFError, ServiceBusy
@@ -266,6 +266,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(upload_routes.router)
     web.install(app)
+    # outermost: every request gets its id before anything else runs
+    app.add_middleware(serverlog.RequestLog)
 
     @app.exception_handler(OTFError)
     async def otf_error(request: Request, exc: OTFError) -> PlainTextResponse:
@@ -298,8 +300,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def run_server(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Start the service with the configured settings (``otf serve``)."""
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    serverlog.configure(
+        settings.log_level,
+        Path(settings.data_dir) / "logs",
+        max_bytes=settings.log_file_bytes,
+        backups=settings.log_files,
     )
     # Checked before uvicorn starts (its lifespan runs before it binds the port): a second
     # server on this data folder stops here, having touched nothing, with one line saying why.
@@ -317,14 +322,16 @@ def run_server(host: str = "127.0.0.1", port: int = 8000) -> None:
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's settings for this service (bench/uws.py serves its bare-stack app with the
     same ones): the C HTTP parser and uvloop where installed (the asyncio loop and h11
-    otherwise); the access log only when the log level asks for info lines, since formatting
-    one line per request costs as much as answering a small GET."""
+    otherwise); no access log of uvicorn's: the service writes its own line per request,
+    with its request id (:class:`astro_otf.serverlog.RequestLog`)."""
     import importlib.util
 
     level = settings.log_level.lower()
     return {
         "log_level": level,
-        "access_log": level in ("debug", "trace", "info"),
+        "access_log": False,
+        # uvicorn's lines go through the service's own handlers (stdout and server.log)
+        "log_config": None,
         "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
         "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         "timeout_graceful_shutdown": 5,

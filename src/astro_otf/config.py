@@ -141,6 +141,14 @@ class Settings(BaseSettings):
         "check queueing, abort and time limits end to end.",
     )
     log_level: str = "info"
+    log_file_bytes: int = Field(
+        default=50 * 1024**2,
+        ge=1024,
+        description="data_dir/logs/server.log is rotated at this size.",
+    )
+    log_files: int = Field(
+        default=5, ge=0, description="Rotated server logs kept (server.log.1 ...)."
+    )
 
     @field_validator("data_dir")
     @classmethod

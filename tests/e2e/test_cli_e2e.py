@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ import httpx
 import pytest
 from astropy.io.votable import parse_single_table
 
+from astro_otf.client import OTFClient
 from tests.conftest import ServerProcess, free_port
 
 OTF = Path(sys.executable).with_name("otf")
@@ -49,12 +52,25 @@ def image(real_data: Path) -> Path:
     return real_data / "aegean" / "synthetic_test.fits"
 
 
-def otf(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the ``otf`` console script with OTF_URL=url (no other OTF_* from this process)."""
+def otf_env(url: str, **extra: str) -> dict[str, str]:
+    """The environment of an ``otf`` run: OTF_URL=url and ``extra``, no other OTF_* from
+    this process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTF_")}
-    env.update(OTF_URL=url, COLUMNS="200", NO_COLOR="1", TERM="dumb")
+    env.update(OTF_URL=url, COLUMNS="200", NO_COLOR="1", TERM="dumb", **extra)
+    return env
+
+
+def otf(
+    url: str, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``otf`` console script with OTF_URL=url (no other OTF_* from this process)."""
     return subprocess.run(
-        [str(OTF), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [str(OTF), *args],
+        env=otf_env(url, **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -499,3 +515,132 @@ def test_job_shows_progress_and_quote_while_it_runs(cli_server: ServerProcess, i
     assert "Progress" in shown.stdout and "EXECUTING" in shown.stdout
     assert "Image" in shown.stdout and image.name in shown.stdout
     assert otf(cli_server.url, "abort", job_id).returncode == 0
+
+
+# -- issue 18: Ctrl-C names the jobs, many ids, --json records, URLs and tokens ------------
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("otf-cli-token") / "data",
+        None,
+        auth_mode="token",
+        tokens=json.dumps({"tok-carol": "carol"}),
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def test_ctrl_c_during_a_bulk_wait_names_every_job(
+    cli_server: ServerProcess, image: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C while waiting for a bulk submit's jobs: both ids are printed, with the
+    commands that follow them and fetch their results; the jobs go on on the service."""
+    url = cli_server.url
+    files = [tmp_path / "ctrl-a.fits", tmp_path / "ctrl-b.fits"]
+    for path in files:
+        shutil.copy(image, path)
+    run_id = f"ctrl-c-{time.time_ns()}"
+    args = ["-m", "sleep", "-p", "DURATION=30", "--no-cache", "--run-id", run_id, "--wait"]
+    proc = subprocess.Popen(
+        [str(OTF), "submit", *map(str, files), *args],
+        env=otf_env(url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ids: list[str] = []
+    try:
+        with OTFClient(url) as client:
+            deadline = time.monotonic() + 30
+            while len(ids) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+                ids = [j.job_id for j in client.jobs(run_id=run_id) if j.phase in ACTIVE]
+            assert len(ids) == 2, "the two sleep jobs did not start"
+            time.sleep(1.5)  # the command has read both jobs and is in its wait
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=20)
+            assert proc.returncode == 130, (stdout, stderr)
+            assert "Traceback" not in stderr
+            assert "2 jobs go on on the service" in stderr, stderr
+            wait_line = next(ln for ln in stderr.splitlines() if "otf wait" in ln)
+            results_line = next(ln for ln in stderr.splitlines() if "otf results" in ln)
+            for job_id in ids:
+                assert job_id in wait_line and job_id in results_line, stderr
+                assert client.job(job_id).phase in ACTIVE  # interrupting left them running
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        # one command aborts both (otf abort takes many ids)
+        aborted = otf(url, "abort", *ids) if ids else None
+    assert aborted is not None and aborted.returncode == 0, aborted and aborted.stderr
+    assert sorted(aborted.stdout.splitlines()) == sorted(f"job {j} ABORTED" for j in ids)
+
+
+ACTIVE = {"PENDING", "QUEUED", "EXECUTING"}
+
+
+def test_results_of_a_failed_job_print_its_error_and_exit_1(
+    cli_server: ServerProcess, test_data: Path, tmp_path: Path
+) -> None:
+    done = otf(cli_server.url, "submit", str(test_data / "not_fits.txt"), "--wait")
+    match = re.search(r"job (\S+) ERROR", done.stdout)
+    assert match, (done.stdout, done.stderr)
+    job_id = match.group(1)
+    error = httpx.get(f"{cli_server.url}/jobs/{job_id}/error", timeout=10).text.strip()
+    for args in (["results", job_id, "--out", str(tmp_path / "r")], ["result", job_id]):
+        got = otf(cli_server.url, *args)
+        assert got.returncode == 1, (args, got.stdout, got.stderr)
+        assert f"job {job_id} ended ERROR" in got.stderr
+        assert " ".join(error.split()) in got.stderr
+        assert "has: none" not in got.stderr and "Traceback" not in got.stderr
+
+
+def test_result_and_provenance_json_records(
+    cli_server: ServerProcess, image: Path, tmp_path: Path
+) -> None:
+    done = otf(cli_server.url, "submit", str(image), "--wait", "--json", timeout=120)
+    assert done.returncode == 0, done.stderr
+    job_id = json.loads(done.stdout)["jobId"]
+    out = tmp_path / "cat.vot"
+    record = json.loads(otf(cli_server.url, "result", job_id, "-o", str(out), "--json").stdout)
+    assert record == {
+        "jobId": job_id,
+        "resultId": "result",
+        "path": str(out),
+        "bytes": out.stat().st_size,
+        "mediaType": "application/x-votable+xml",
+    }
+    prov_out = tmp_path / "prov.json"
+    prov = otf(
+        cli_server.url, "provenance", job_id, "--format", "json", "-o", str(prov_out), "--json"
+    )
+    assert prov.returncode == 0, prov.stderr
+    doc = json.loads(prov.stdout)
+    assert doc["mediaType"] == "application/json" and doc["bytes"] == prov_out.stat().st_size
+    assert "activity" in json.loads(prov_out.read_text())
+
+
+@pytest.mark.parametrize("suffix", ["/jobs", "/jobs/"])
+def test_a_jobs_url_in_otf_url_works(cli_server: ServerProcess, suffix: str) -> None:
+    done = otf(cli_server.url + suffix, "jobs", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "jobs" in json.loads(done.stdout)
+
+
+def test_a_missing_or_wrong_token_says_how_to_give_one(
+    token_server: ServerProcess, tmp_path: Path
+) -> None:
+    no_config = {"XDG_CONFIG_HOME": str(tmp_path)}
+    missing = otf(token_server.url, "jobs", env=no_config)
+    assert missing.returncode == 4, missing.stderr
+    assert "set OTF_TOKEN or use --token" in missing.stderr
+    assert str(tmp_path / "astro-otf" / "client.toml") in missing.stderr
+    assert "send the header" not in missing.stderr
+    wrong = otf(token_server.url, "jobs", env={**no_config, "OTF_TOKEN": "nope"})
+    assert wrong.returncode == 4 and "did not accept the token" in wrong.stderr, wrong.stderr
+    right = otf(token_server.url, "--token", "tok-carol", "jobs", "--json", env=no_config)
+    assert right.returncode == 0, right.stderr

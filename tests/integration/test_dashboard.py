@@ -19,6 +19,7 @@ from textual.widgets import Input, Static
 
 from astro_otf.cli.common import result_filename
 from astro_otf.cli.dashboard import (
+    ConfirmAbort,
     ConfirmDelete,
     Dashboard,
     ModelBatches,
@@ -176,6 +177,48 @@ def test_phase_and_text_filters_hide_rows(
     drive(dash_server.url, scenario)
 
 
+def test_text_filter_matches_the_image_and_the_run_id(
+    dash_server: ServerProcess, http: httpx.Client, real_data: Path
+) -> None:
+    image = real_data / "aegean" / "synthetic_test.fits"
+
+    def pending(name: str, run_id: str) -> str:
+        with image.open("rb") as f:
+            r = http.post(
+                "/jobs",
+                data={"MODEL": "sleep", "DURATION": "5", "RUNID": run_id},
+                files={"IMAGE": (name, f, "application/fits")},
+            )
+        assert r.status_code == 303, r.text
+        return r.headers["location"].rsplit("/", 1)[-1]
+
+    orion = pending("orion-field.fits", "survey-north")
+    vela = pending("vela-field.fits", "survey-south")
+
+    async def scenario(app: Dashboard, pilot: Pilot[None]) -> None:
+        await shown_with_model(app, pilot, orion, vela)
+        await until(pilot, lambda: cell(app, vela, "image") == "vela-field.fits", "image names")
+        assert cell(app, orion, "run") == "survey-north"
+        await pilot.press("slash", *"ORION")  # the image's name, any case
+        assert app.text_filter == "ORION"
+        assert app.visible_job_ids() == [orion]
+        assert "matching 'ORION'" in str(app.jobs_table.border_title)
+        filter_input = app.query_one("#text-filter", Input)
+        filter_input.value = "survey-south"  # the run id
+        await pilot.pause()
+        assert app.visible_job_ids() == [vela]
+        filter_input.value = "survey"  # both run ids, no other job
+        await pilot.pause()
+        assert set(app.visible_job_ids()) == {orion, vela}
+        filter_input.value = "field.fits"  # both images (the others are img.fits)
+        await pilot.pause()
+        assert set(app.visible_job_ids()) == {orion, vela}
+        await pilot.pause(1.2)  # refreshes keep the filter
+        assert set(app.visible_job_ids()) == {orion, vela}
+
+    drive(dash_server.url, scenario)
+
+
 def test_detail_panel_shows_parameters_results_and_error(
     dash_server: ServerProcess, finished: Finished
 ) -> None:
@@ -212,6 +255,19 @@ def test_abort_running_job(dash_server: ServerProcess, http: httpx.Client) -> No
     async def scenario(app: Dashboard, pilot: Pilot[None]) -> None:
         await select(app, pilot, running)
         await pilot.press("x")
+        assert isinstance(app.screen, ConfirmAbort)
+        assert running in app.screen.question
+        await pilot.press("n")  # changed my mind
+        assert not isinstance(app.screen, ConfirmAbort)
+        assert app.status_message == f"left job {running} as it was"
+        await pilot.pause(0.6)  # a refresh or so: nothing was sent
+        assert job_json(http, running)["phase"] == "EXECUTING"
+        assert cell(app, running, "phase") == "EXECUTING"
+
+        await pilot.press("x")
+        assert isinstance(app.screen, ConfirmAbort)
+        await pilot.press("x")  # the second press confirms
+        assert not isinstance(app.screen, ConfirmAbort)
         await until(pilot, lambda: "is now" in app.status_message, "the abort")
         assert not app.status_error, app.status_message
         await until(pilot, lambda: cell(app, running, "phase") == "ABORTED", "ABORTED row")
@@ -225,7 +281,7 @@ def test_abort_of_finished_job_shows_the_server_message(
 ) -> None:
     async def scenario(app: Dashboard, pilot: Pilot[None]) -> None:
         await select(app, pilot, finished.completed)
-        await pilot.press("x")
+        await pilot.press("x", "y")  # asked, and confirmed with y
         await until(pilot, lambda: app.status_error, "the refusal")
         assert "cannot be aborted" in app.status_message
         assert "already COMPLETED" in app.status_message
@@ -245,6 +301,7 @@ def test_delete_asks_first(dash_server: ServerProcess, http: httpx.Client) -> No
         await select(app, pilot, doomed)
         await pilot.press("d")
         assert isinstance(app.screen, ConfirmDelete)
+        assert doomed in app.screen.question and "results" in app.screen.question
         await pilot.press("n")  # changed my mind
         assert not isinstance(app.screen, ConfirmDelete)
         assert app.status_message == f"kept job {doomed}"
@@ -375,7 +432,7 @@ def test_unreachable_server_is_reported_and_the_app_keeps_running(tmp_path: Path
         await until(pilot, lambda: app.refreshes >= seen + 2, "refreshes while unreachable")
         await pilot.press("r", "x", "d", "s", "f")
         assert app.status_message == "no job selected to save"
-        assert not isinstance(app.screen, ConfirmDelete)
+        assert not isinstance(app.screen, ConfirmDelete | ConfirmAbort)
         seen = app.refreshes
         await until(pilot, lambda: app.refreshes > seen, "the next refresh")
         assert "unreachable" in app.sync_message

@@ -11,6 +11,8 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import subprocess
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -145,10 +147,9 @@ def test_roi_parameters_follow_the_wcs(window: MainWindow, path: Path) -> None:
     assert window.open_image(path)
     window.set_roi_pixels(120.0, 40.0, 20.0, 100.0)  # any corner order
     params = window.roi_parameters()
-    wcs = WCS(fits.getheader(path)).celestial
-    lon, lat = wcs.pixel_to_world_values(70.0, 70.0)
-    assert float(params["RA"]) == pytest.approx(float(lon) % 360, abs=1e-7)
-    assert float(params["DEC"]) == pytest.approx(float(lat), abs=1e-7)
+    centre = WCS(fits.getheader(path)).celestial.pixel_to_world(70.0, 70.0).icrs  # always ICRS
+    assert float(params["RA"]) == pytest.approx(centre.ra.deg % 360, abs=1e-7)
+    assert float(params["DEC"]) == pytest.approx(centre.dec.deg, abs=1e-7)
     assert (params["WIDTH"], params["HEIGHT"]) == ("100", "60")
     window.clear_roi()
     assert window.roi_parameters() == {}
@@ -289,11 +290,11 @@ def test_send_to_samp_reaches_a_receiver(finished: MainWindow, tmp_path: Path) -
     hub = SAMPHubServer(web_profile=False, lockfile=str(tmp_path / "samp.lock"), mode="single")
     hub.start()
     receiver = SAMPIntegratedClient(name="test-receiver")
-    got: dict[str, str] = {}
+    got: dict[str, dict[str, str]] = {}
     arrived = threading.Event()
 
     def receive(private_key, sender_id, mtype, params, extra):  # type: ignore[no-untyped-def]
-        got[mtype] = params["url"]
+        got[mtype] = dict(params)
         if "table.load.votable" in got and "image.load.fits" in got:
             arrived.set()
 
@@ -310,8 +311,14 @@ def test_send_to_samp_reaches_a_receiver(finished: MainWindow, tmp_path: Path) -
         receiver.disconnect()
         hub.stop()
     assert finished.job is not None
-    assert got["table.load.votable"].endswith(f"/jobs/{finished.job.job_id}/results/result")
-    assert got["image.load.fits"] == SYNTHETIC.resolve().as_uri()
+    job_id = finished.job.job_id
+    table, image = got["table.load.votable"], got["image.load.fits"]
+    assert table["url"].endswith(f"/jobs/{job_id}/results/result")
+    # TOPCAT and Aladin list the catalogue by image and job, not as "astro-otf catalogue"
+    assert table["name"] == f"synthetic_test.fits — job {job_id} (sep)"
+    assert table["table-id"] == table["url"]
+    assert image["url"] == SYNTHETIC.resolve().as_uri()
+    assert image["name"] == "synthetic_test.fits"
 
 
 def test_samp_without_hub_is_a_status_message(window: MainWindow, tmp_path: Path) -> None:
@@ -391,6 +398,48 @@ def test_unreachable_server_keeps_the_window_usable(qtbot) -> None:  # type: ign
         assert "No model" in win.statusBar().currentMessage()
         win.set_roi_pixels(10, 10, 50, 50)
         assert win.roi_parameters()["WIDTH"] == "40"
+
+
+@pytest.mark.filterwarnings("ignore::astropy.wcs.FITSFixedWarning")
+def test_region_on_a_galactic_image_is_sent_in_icrs_and_runs(window: MainWindow, qtbot) -> None:  # type: ignore[no-untyped-def]
+    """A box drawn on a GLON/GLAT image is sent as its ICRS centre; the job completes and
+    finds only sources inside the box."""
+    assert window.open_image(GALACTIC)
+    window.select_model("sep")
+    window.set_roi_pixels(60.0, 60.0, 240.0, 240.0)
+    params = window.roi_parameters()
+    centre = WCS(fits.getheader(GALACTIC)).celestial.pixel_to_world(150.0, 150.0).icrs
+    assert float(params["RA"]) == pytest.approx(centre.ra.deg, abs=1e-7)
+    assert float(params["DEC"]) == pytest.approx(centre.dec.deg, abs=1e-7)
+    with qtbot.waitSignal(window.jobFinished, timeout=60_000):
+        assert window.submit()
+    assert window.job is not None and window.job.phase == "COMPLETED", (
+        window.statusBar().currentMessage()
+    )
+    assert window.catalogue is not None and len(window.catalogue) > 0
+    x, y = window.catalogue.column("x"), window.catalogue.column("y")
+    assert np.all((x >= 59.5) & (x < 239.5) & (y >= 59.5) & (y < 239.5))
+
+
+def test_otf_gui_without_a_usable_x11_says_what_is_missing(server: ServerProcess) -> None:
+    """On the xcb platform with no display (and, on a machine without them, without the
+    xcb plugin's libraries), ``otf gui`` exits with a message instead of Qt's abort."""
+    env = {**os.environ, "QT_QPA_PLATFORM": "xcb"}
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE"):
+        env.pop(name, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "astro_otf.cli.main", "--url", server.url, "gui", str(SYNTHETIC)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert done.stderr.startswith("error: otf gui cannot open a window: "), done.stderr
+    assert "QT_QPA_PLATFORM=offscreen" in done.stderr
+    assert ("apt-get install libxcb" in done.stderr) or ("DISPLAY is not set" in done.stderr)
+    assert "qt.qpa" not in done.stderr and "Aborted" not in done.stderr
 
 
 def test_run_gui_shows_the_window_and_returns_the_exit_code(qapp, client: OTFClient) -> None:  # type: ignore[no-untyped-def]

@@ -10,6 +10,9 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
+import os
+import signal
+import subprocess
 import sys
 import threading
 import types
@@ -24,7 +27,8 @@ import pytest
 from typer.testing import CliRunner
 
 from astro_otf import __version__
-from astro_otf.cli.main import app
+from astro_otf.cli.main import app, roi_params
+from astro_otf.client import OTFClient
 
 VOTABLE = b"""<?xml version="1.0" encoding="utf-8"?>
 <VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">
@@ -52,6 +56,8 @@ class Service:
     forms: list[dict[str, str]] = field(default_factory=list)
     auth: list[str | None] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Send this process SIGINT (Ctrl-C) on receiving the n-th job (before answering it).
+    interrupt_at: int | None = None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -146,6 +152,9 @@ class _Handler(BaseHTTPRequestHandler):
                     if p.get_filename() is None
                 }
                 svc.forms.append(form)
+                if len(svc.forms) == svc.interrupt_at:
+                    os.kill(os.getpid(), signal.SIGINT)  # the CLI is waiting for this answer
+                    return
                 job_id = f"j{len(svc.jobs) + 1}"
                 svc.jobs[job_id] = {
                     "jobId": job_id,
@@ -448,3 +457,186 @@ def test_models_show_the_installed_versions(runner: CliRunner, svc: Service) -> 
         app, ["--url", svc.url, "models", "describe", "radio-detector", "--version", "3.0"]
     )
     assert unknown.exit_code != 0 and "VERSION" in unknown.stderr
+
+
+# ------------------------------------------------------------------------ issue 18 (items 5-11)
+
+
+def test_ctrl_c_while_sending_names_the_jobs_already_created(
+    runner: CliRunner, svc: Service, tmp_path: Path
+) -> None:
+    """Ctrl-C during the uploads of a bulk submit: the job created so far (it runs on) is
+    named with the commands that pick it up, and so is the image being sent."""
+    folder = tmp_path / "deep" / "folder"
+    folder.mkdir(parents=True)
+    for name in ("a.fits", "b.fits", "c.fits"):
+        (folder / name).write_bytes(b"SIMPLE  =                    T" + b" " * 2850)
+    svc.interrupt_at = 2
+    result = runner.invoke(app, ["--url", svc.url, "submit", str(folder), "--wait"])
+    assert result.exit_code == 130, result.output
+    assert "Traceback" not in result.output and "Aborted" not in result.output
+    assert "interrupted; job j1 goes on on the service" in result.stderr
+    assert f"otf --url {svc.url} wait j1" in result.stderr
+    assert f"otf --url {svc.url} results j1 --out DIR" in result.stderr
+    assert "b.fits was being sent" in result.stderr
+    assert len(svc.forms) == 2  # c.fits was not sent
+
+
+def test_bulk_summary_shows_file_names_not_paths(
+    runner: CliRunner, svc: Service, tmp_path: Path
+) -> None:
+    folder = tmp_path / "a-rather-long-folder-name" / "and-another-one-below-it"
+    folder.mkdir(parents=True)
+    for name in ("field-a.fits", "field-b.fits"):
+        (folder / name).write_bytes(b"SIMPLE  =                    T" + b" " * 2850)
+    result = runner.invoke(
+        app, ["--url", svc.url, "submit", str(folder), "--wait"], env={"COLUMNS": "80"}
+    )
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if "COMPLETED" in line]
+    assert len(rows) == 2, result.stdout
+    for row, name, job_id in zip(rows, ("field-a.fits", "field-b.fits"), ("j1", "j2"), strict=True):
+        assert name in row and job_id in row, result.stdout
+    assert "a-rather-long" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"), [(["--help"], "astro-otf[dask]"), (["gui", "--help"], "astro-otf[gui]")]
+)
+def test_help_shows_the_extras_in_brackets(runner: CliRunner, args: list[str], extra: str) -> None:
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert extra in result.stdout, result.stdout
+    assert "(needs astro-otf)" not in result.stdout
+
+
+def test_make_run_prints_a_submit_hint_for_its_port() -> None:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        ["make", "-n", "-s", "run", "PORT=8123", "HOST=127.0.0.1"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    submit = [line for line in done.stdout.splitlines() if "otf" in line and " submit " in line]
+    assert submit and all("--url http://127.0.0.1:8123" in line for line in submit), done.stdout
+
+
+def test_result_and_provenance_json_say_what_was_written(
+    runner: CliRunner, svc: Service, image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner.invoke(app, ["--url", svc.url, "submit", str(image)])
+    out = tmp_path / "cat.xml"
+    named = runner.invoke(app, ["--url", svc.url, "result", "j1", "-o", str(out), "--json"])
+    assert named.exit_code == 0, named.output
+    assert json.loads(named.stdout) == {
+        "jobId": "j1",
+        "resultId": "result",
+        "path": str(out),
+        "bytes": len(VOTABLE),
+        "mediaType": "application/x-votable+xml",
+    }
+    assert out.read_bytes() == VOTABLE
+    monkeypatch.chdir(tmp_path)
+    default = runner.invoke(app, ["--url", svc.url, "result", "j1", "--json"])
+    assert default.exit_code == 0, default.output
+    record = json.loads(default.stdout)
+    assert record["path"] == "j1-catalogue.xml"
+    assert (tmp_path / "j1-catalogue.xml").read_bytes() == VOTABLE
+
+
+def test_abort_and_delete_take_many_ids(runner: CliRunner, svc: Service, image: Path) -> None:
+    for _ in range(2):
+        runner.invoke(app, ["--url", svc.url, "submit", str(image)])
+    aborted = runner.invoke(app, ["--url", svc.url, "abort", "j1", "nope", "j2"])
+    assert aborted.exit_code == 4
+    assert aborted.stdout == "job j1 ABORTED\njob j2 ABORTED\n"
+    assert aborted.stderr == "error: job nope: no job with id 'nope'\n"
+    deleted = runner.invoke(app, ["--url", svc.url, "delete", "j1", "j2", "--json"])
+    assert deleted.exit_code == 0, deleted.output
+    assert json.loads(deleted.stdout) == {
+        "jobs": [{"jobId": "j1", "deleted": True}, {"jobId": "j2", "deleted": True}]
+    }
+    assert svc.jobs == {}
+
+
+@pytest.mark.parametrize("path", ["/jobs", "/jobs/", "//", "/jobs//"])
+def test_a_url_to_the_job_list_means_the_service(
+    runner: CliRunner, svc: Service, image: Path, path: str
+) -> None:
+    runner.invoke(app, ["--url", svc.url, "submit", str(image)])
+    shown = runner.invoke(app, ["--url", svc.url + path, "job", "j1", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["jobId"] == "j1"
+
+
+@pytest.mark.parametrize(
+    ("given", "base"),
+    [
+        ("http://host:8000/jobs", "http://host:8000"),
+        ("http://host:8000/jobs/", "http://host:8000"),
+        ("https://host/otf/jobs//", "https://host/otf"),
+        ("https://host/otf/", "https://host/otf"),
+        ("http://host:8000/jobsite", "http://host:8000/jobsite"),
+    ],
+)
+def test_the_client_takes_the_base_of_a_jobs_url(given: str, base: str) -> None:
+    with OTFClient(given) as client:
+        assert client.url == base
+
+
+@pytest.mark.parametrize(
+    ("roi", "expected"),
+    [
+        (("29.9", "-15.5", "10arcmin", "100"), ("29.9", "-15.5", "10 arcmin", "100")),
+        (("-0.5", "-30", "5'", '30"'), ("359.5", "-30", "5 arcmin", "30 arcsec")),
+        (
+            ("17h09m38.4s", "-43d12m45s", "0.1deg", "64 pix"),
+            ("257.41", "-43.2125", "0.1 deg", "64 pix"),
+        ),
+        (
+            ("17:09:38.4", "-43:12:45", "1d30m", "2 arcmin"),
+            ("257.41", "-43.2125", "1.5 deg", "2 arcmin"),
+        ),
+        (("360", "+90", "5\u2032", "128"), ("0", "90", "5 arcmin", "128")),
+        (("-370.25", "0", "1arcsec", "1"), ("349.75", "0", "1 arcsec", "1")),
+    ],
+)
+def test_roi_reads_angles_sexagesimal_and_negative_ra(
+    roi: tuple[str, str, str, str], expected: tuple[str, str, str, str]
+) -> None:
+    assert roi_params(*roi) == dict(zip(("RA", "DEC", "WIDTH", "HEIGHT"), expected, strict=True))
+
+
+def test_roi_is_sent_in_degrees_and_angles(runner: CliRunner, svc: Service, image: Path) -> None:
+    args = ["--url", svc.url, "submit", str(image), "--roi", "-0.5", "-30:00:00", "5'", '30"']
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    form = svc.forms[0]
+    assert (form["RA"], form["DEC"], form["WIDTH"], form["HEIGHT"]) == (
+        "359.5",
+        "-30",
+        "5 arcmin",
+        "30 arcsec",
+    )
+
+
+@pytest.mark.parametrize(
+    ("roi", "word"),
+    [
+        (["10", "95", "1", "1"], "DEC"),
+        (["ten", "0", "1", "1"], "RA"),
+        (["10", "0", "-5'", "1"], "width"),
+        (["10", "0", "1", "3 kg"], "height"),
+        (["nan", "0", "1", "1"], "RA"),
+    ],
+)
+def test_a_bad_roi_is_a_usage_error_naming_it(
+    runner: CliRunner, image: Path, roi: list[str], word: str
+) -> None:
+    result = runner.invoke(app, ["--url", UNREACHABLE, "submit", str(image), "--roi", *roi])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: --roi:") and word in result.stderr, result.stderr

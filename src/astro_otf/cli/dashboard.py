@@ -292,41 +292,78 @@ def _while_running(
     return guarded
 
 
-class ConfirmDelete(ModalScreen[bool]):
-    """Asks before a job and its results are destroyed."""
+class ConfirmAction(ModalScreen[bool]):
+    """Asks before an action that cannot be undone is done to a job: the action's own key
+    (pressed twice in a row) or ``y`` confirms, ``n`` or Esc keeps the job as it is."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("d,y", "answer(True)", "Delete"),
-        Binding("n,escape", "answer(False)", "Cancel"),
-    ]
+    #: The verb on the button and in the question ("Delete", "Abort").
+    VERB: ClassVar[str] = ""
+    #: What the action does to the job, after the verb ("job X and all its results").
+    WHAT: ClassVar[str] = "job {job_id}"
+    #: The label of the button that does nothing.
+    KEEP: ClassVar[str] = "Keep"
+    #: The dashboard's key for the action, which also confirms it here.
+    KEY: ClassVar[str] = "y"
     DEFAULT_CSS = """
-    ConfirmDelete { align: center middle; }
-    ConfirmDelete > Vertical {
+    ConfirmAction { align: center middle; }
+    ConfirmAction > Vertical {
         width: 64; height: auto; padding: 1 2;
         border: thick $error; background: $surface;
     }
-    ConfirmDelete Horizontal { height: auto; margin-top: 1; align-horizontal: right; }
-    ConfirmDelete Button { margin-left: 2; }
+    ConfirmAction Horizontal { height: auto; margin-top: 1; align-horizontal: right; }
+    ConfirmAction Button { margin-left: 2; }
     """
 
     def __init__(self, job_id: str) -> None:
         super().__init__()
         self.job_id = job_id
 
+    @property
+    def question(self) -> str:
+        """The question the screen asks."""
+        return f"{self.VERB} {self.WHAT.format(job_id=self.job_id)}?"
+
     def compose(self) -> ComposeResult:
+        keys = f"{self.KEY} or y: {self.VERB.lower()}    n or Esc: {self.KEEP.lower()}"
         with Vertical():
-            yield Label(Text(f"Delete job {self.job_id} and all its results?"))
-            yield Label(Text("d or y: delete    n or Esc: keep it", style="dim"))
+            yield Label(Text(self.question))
+            yield Label(Text(keys, style="dim"))
             with Horizontal():
-                yield Button("Keep", id="keep")
-                yield Button("Delete", id="delete", variant="error")
+                yield Button(self.KEEP, id="keep")
+                yield Button(self.VERB, id="confirm", variant="error")
 
     def action_answer(self, answer: bool) -> None:
         self.dismiss(answer)
 
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id == "delete")
+        self.dismiss(event.button.id == "confirm")
+
+
+class ConfirmDelete(ConfirmAction):
+    """Asks before a job and its results are destroyed."""
+
+    VERB = "Delete"
+    WHAT = "job {job_id} and all its results"
+    KEEP = "Keep it"
+    KEY = "d"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("d,y", "answer(True)", "Delete"),
+        Binding("n,escape", "answer(False)", "Cancel"),
+    ]
+
+
+class ConfirmAbort(ConfirmAction):
+    """Asks before a job is aborted: its work so far is lost and it cannot be resumed."""
+
+    VERB = "Abort"
+    WHAT = "job {job_id} (its work so far is lost)"
+    KEEP = "Let it run"
+    KEY = "x"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("x,y", "answer(True)", "Abort"),
+        Binding("n,escape", "answer(False)", "Cancel"),
+    ]
 
 
 # --------------------------------------------------------------------------- the app
@@ -380,7 +417,7 @@ class Dashboard(App[None]):
         self.limit = limit
         #: Phase the table is restricted to (None: all).
         self.phase_filter: str | None = None
-        #: Case-insensitive text the job id or model must contain.
+        #: Case-insensitive text the job id, model, image or run id must contain.
         self.text_filter = ""
         #: The outcome of the latest action (left of the status line), as plain text.
         self.status_message = ""
@@ -941,17 +978,24 @@ class Dashboard(App[None]):
         job_id = self._target("abort")
         if job_id is None:
             return
-        self._generation += 1
-        self._set_status(f"aborting {job_id}…")
 
-        def done(job: Job) -> None:
-            self._details[job.job_id] = job
-            self._set_status(f"job {job.job_id} is now {job.phase}")
-            self._render_jobs()
-            self._render_detail()
-            self._request_refresh()
+        def answered(confirmed: bool | None) -> None:
+            if not confirmed:
+                self._set_status(f"left job {job_id} as it was")
+                return
+            self._generation += 1
+            self._set_status(f"aborting {job_id}…")
 
-        self._run_action(f"abort {job_id}", lambda: self.client.abort(job_id), done)
+            def done(job: Job) -> None:
+                self._details[job.job_id] = job
+                self._set_status(f"job {job.job_id} is now {job.phase}")
+                self._render_jobs()
+                self._render_detail()
+                self._request_refresh()
+
+            self._run_action(f"abort {job_id}", lambda: self.client.abort(job_id), done)
+
+        self.push_screen(ConfirmAbort(job_id), answered)
 
     def action_delete(self) -> None:
         job_id = self._target("delete")

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import glob
 import json
+import math
+import os
+import re
 import sys
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,25 +30,31 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.columns import Columns
 from rich.console import Console
+from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from astro_otf import __version__
 from astro_otf.cli.common import (
     PHASE_STYLES,
+    RESULT_FILES,
     format_duration,
     progress_fraction,
     progress_text,
     result_filename,
+    safe_name,
 )
 from astro_otf.cli.follow import follow
 from astro_otf.client import (
+    DEFAULT_URL,
+    URL_ENV,
     Job,
     OTFClient,
     OTFClientError,
     ProtocolError,
     ServerUnreachable,
     image_reference,
+    service_url,
 )
 
 EXIT_OK = 0
@@ -99,10 +108,27 @@ def _phase(phase: str) -> str:
     return f"[{style}]{phase}[/{style}]" if style else phase
 
 
+def _settings(ctx: typer.Context) -> _Settings:
+    return ctx.find_object(_Settings) or _Settings(None, None)
+
+
+def _refusal(ctx: typer.Context, exc: OTFClientError) -> str:
+    """What to tell a CLI user about a refusal: the service's message, but for a 401,
+    whose text speaks of HTTP headers, how to give this command a token."""
+    if exc.status_code != 401:
+        return exc.message
+    where = f"--token, OTF_TOKEN or token = in {_config_path()}"
+    if _settings(ctx).token:
+        return f"the service did not accept the token ({exc.message}); check {where}"
+    return (
+        f"the service needs a token: set OTF_TOKEN or use --token (or token = in {_config_path()})"
+    )
+
+
 @contextmanager
 def _client(ctx: typer.Context) -> Iterator[OTFClient]:
     """An :class:`OTFClient` from the global options; client errors become exit codes."""
-    settings = ctx.find_object(_Settings) or _Settings(None, None)
+    settings = _settings(ctx)
     try:
         client = OTFClient(settings.url, settings.token)
     except ValueError as exc:
@@ -113,9 +139,43 @@ def _client(ctx: typer.Context) -> Iterator[OTFClient]:
     except ServerUnreachable as exc:
         _fail(str(exc), EXIT_UNREACHABLE)
     except OTFClientError as exc:
-        _fail(exc.message, EXIT_HTTP)
+        _fail(_refusal(ctx, exc), EXIT_HTTP)
     except ProtocolError as exc:
         _fail(f"unexpected answer from the service: {exc}", EXIT_HTTP)
+
+
+def _otf(client: OTFClient) -> str:
+    """``otf``, with ``--url`` when this command's service is not the one a bare ``otf``
+    would talk to: the start of a command line to paste."""
+    implied = os.environ.get(URL_ENV) or DEFAULT_URL
+    with suppress(ValueError):
+        implied = service_url(implied)
+    return "otf" if client.url == implied else f"otf --url {client.url}"
+
+
+def _interrupted(
+    client: OTFClient, job_ids: list[str], out: Path | None, sending: str | None = None
+) -> NoReturn:
+    """After Ctrl-C: name every job created so far (they go on on the service) and the
+    commands that follow them and fetch their results; exit 130."""
+    ids = " ".join(dict.fromkeys(job_ids))
+    if job_ids:
+        count = len(set(job_ids))
+        jobs = f"job {ids} goes" if count == 1 else f"{count} jobs go"
+        typer.echo(f"interrupted; {jobs} on on the service" + ("" if count == 1 else ":"), err=True)
+        if count > 1:
+            typer.echo(ids, err=True)
+        otf, them = _otf(client), "it" if count == 1 else "them"
+        typer.echo(f"follow {them}:  {otf} wait {ids}", err=True)
+        typer.echo(f"fetch results: {otf} results {ids} --out {out or 'DIR'}", err=True)
+    else:
+        typer.echo("interrupted; no job was created", err=True)
+    if sending:
+        typer.echo(
+            f"{sending} was being sent: it may have a job too (see {_otf(client)} jobs --last 5)",
+            err=True,
+        )
+    raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _parse_params(pairs: list[str] | None) -> dict[str, str]:
@@ -182,18 +242,23 @@ def main(
     ctx.obj = _Settings(url=url or saved.get("url"), token=token or saved.get("token") or None)
 
 
-def _client_config() -> dict[str, str]:
-    """``url`` and ``token`` from the client config file: ``OTF_CLIENT_CONFIG``, else
-    ``~/.config/astro-otf/client.toml``. Options and OTF_URL/OTF_TOKEN win over it."""
-    import os
-    import tomllib
-
-    path = Path(
+def _config_path() -> Path:
+    """The client config file: ``OTF_CLIENT_CONFIG``, else
+    ``$XDG_CONFIG_HOME/astro-otf/client.toml`` (``~/.config/astro-otf/client.toml``)."""
+    return Path(
         os.environ.get("OTF_CLIENT_CONFIG")
         or Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
         / "astro-otf"
         / "client.toml"
     )
+
+
+def _client_config() -> dict[str, str]:
+    """``url`` and ``token`` from the client config file (:func:`_config_path`). Options
+    and OTF_URL/OTF_TOKEN win over it."""
+    import tomllib
+
+    path = _config_path()
     if not path.is_file():
         if os.environ.get("OTF_CLIENT_CONFIG"):
             _fail(f"no such client config file: {path}", EXIT_USAGE)
@@ -254,8 +319,9 @@ def submit(
         typer.Option(
             "--roi",
             metavar="RA DEC W H",
-            help="Region of interest: centre in degrees, width and height in pixels or as "
-            "angles ('3arcmin').",
+            help="Region of interest: the centre in degrees (RA may be negative: -0.5 is "
+            "359.5) or sexagesimal (17h09m38.4s -43d12m45s, 17:09:38.4 -43:12:45: RA in hours), "
+            "width and height in pixels (100) or as angles (3arcmin, 5', 30\", 0.1deg).",
         ),
     ] = None,
     run: Annotated[
@@ -320,7 +386,7 @@ def submit(
         params["MODEL"] = model
     if roi is not None:
         params = {k: v for k, v in params.items() if k.upper() not in _ROI_NAMES}
-        params.update(zip(_ROI_NAMES, roi, strict=True))
+        params.update(roi_params(*roi))
 
     with _client(ctx) as client:
         if bulk:
@@ -328,7 +394,10 @@ def submit(
                 client, sources, params, run, run_id, no_cache, wait, timeout, out, as_json
             )
             return
-        job_id = client.submit(sources[0], params, run=run, run_id=run_id, nocache=no_cache)
+        try:
+            job_id = client.submit(sources[0], params, run=run, run_id=run_id, nocache=no_cache)
+        except KeyboardInterrupt:
+            _interrupted(client, [], out, sending=str(sources[0]))
         _follow(client, job_id, f"submitted job {job_id}", wait, timeout, out, as_json)
 
 
@@ -353,12 +422,83 @@ def _follow(
     try:
         job = follow(client, [job_id], timeout=timeout, show=not as_json)[job_id]
     except KeyboardInterrupt:
-        typer.echo(f"interrupted; job {job_id} goes on on the service", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        _interrupted(client, [job_id], out.parent if out is not None else None)
     _report_outcome(client, job, out, as_json)
 
 
 _ROI_NAMES = ("RA", "DEC", "WIDTH", "HEIGHT")
+#: Sexagesimal without unit letters: ``17:09:38.4``, ``-43 12 45``.
+_SEXAGESIMAL = re.compile(r"[+-]?\d{1,3}(?:[: ]\d{1,2}){1,2}(?:\.\d*)?")
+#: A size in pixels: ``100``, ``100pix``, ``100 px``.
+_PIXELS = re.compile(r"\d+(?:\.\d*)?(?:pix|pixels|px)?")
+
+
+def _roi_angle(text: str, sexagesimal_unit: str, what: str) -> Any:
+    """An :class:`astropy.coordinates.Angle` from a number of degrees, a sexagesimal
+    string (in ``sexagesimal_unit``) or anything with its units (``17h09m38.4s``, ``5'``)."""
+    from astropy import units as u
+    from astropy.coordinates import Angle
+
+    value = text.strip()
+    try:
+        number = float(value)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(number):
+            _fail(f"--roi: {what} {text!r} is not a finite angle", EXIT_USAGE)
+        return Angle(number, unit=u.deg)
+    try:
+        if _SEXAGESIMAL.fullmatch(value):
+            return Angle(value, unit=sexagesimal_unit)
+        angle = Angle(value)
+    except (ValueError, TypeError, u.UnitsError) as exc:
+        _fail(f"--roi: {what} {text!r} is not an angle ({exc})", EXIT_USAGE)
+    if not angle.unit.is_equivalent(u.deg) or not math.isfinite(float(angle.degree)):
+        _fail(f"--roi: {what} {text!r} is not an angle", EXIT_USAGE)
+    return angle
+
+
+def _number(value: float) -> str:
+    return f"{value:.12g}"
+
+
+def _roi_extent(text: str, what: str) -> str:
+    """A width or height as the service's parameter syntax: pixels as given, an angle as
+    ``<number> arcsec|arcmin|deg``."""
+    from astropy import units as u
+
+    if _PIXELS.fullmatch(text.strip().lower().replace(" ", "")):
+        return text.strip()
+    angle = _roi_angle(text, "deg", what)
+    names = {u.deg: "deg", u.arcmin: "arcmin", u.arcsec: "arcsec"}
+    unit = angle.unit if angle.unit in names else u.deg
+    value = float(angle.to_value(unit))
+    if value <= 0:
+        _fail(f"--roi: {what} {text!r} must be a positive size", EXIT_USAGE)
+    return f"{_number(value)} {names[unit]}"
+
+
+def roi_params(ra: str, dec: str, width: str, height: str) -> dict[str, str]:
+    """The RA, DEC, WIDTH and HEIGHT parameters of ``--roi``: the centre in degrees (RA
+    in 0..360, so that -0.5 is 359.5; sexagesimal RA is in hours, DEC in degrees), sizes in
+    pixels or as angles the service reads (``5'`` -> ``5 arcmin``)."""
+    from astropy import units as u
+
+    ra_angle = _roi_angle(ra, "hourangle", "RA")
+    dec_angle = _roi_angle(dec, "deg", "DEC")
+    ra_deg = float(ra_angle.wrap_at(360 * u.deg).degree) % 360.0
+    dec_deg = float(dec_angle.degree)
+    if not -90.0 <= dec_deg <= 90.0:
+        _fail(f"--roi: DEC {dec!r} is outside -90..90 degrees", EXIT_USAGE)
+    return {
+        "RA": _number(ra_deg),
+        "DEC": _number(dec_deg),
+        "WIDTH": _roi_extent(width, "width"),
+        "HEIGHT": _roi_extent(height, "height"),
+    }
+
+
 _FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 
 
@@ -440,34 +580,37 @@ def _submit_many(
     total = sum(s.stat().st_size for s in sources if isinstance(s, Path))
     submitted: list[tuple[Path | str, str]] = []
     refused: list[tuple[Path | str, str]] = []
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        disable=as_json,
-    ) as bar:
-        task = bar.add_task(f"uploading {len(sources)} images", total=total)
-        for source in sources:
-            name = names[str(source)]
-            label = run_id if run_id is not None else (_stem(Path(name)) if name else None)
-            try:
-                job_id = client.submit(
-                    source,
-                    params,
-                    run=run,
-                    run_id=label,
-                    progress=lambda n: bar.advance(task, n),
-                    nocache=nocache,
-                )
-                submitted.append((source, job_id))
-            except OTFClientError as exc:  # this image refused (e.g. a bad parameter)
-                refused.append((source, exc.message))
+    sending: str | None = None
     jobs: dict[str, Job] = {}
-    if wait and submitted:
-        labels = {job_id: names[str(s)] or str(s) for s, job_id in submitted}
-        try:
+    try:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=as_json,
+        ) as bar:
+            task = bar.add_task(f"uploading {len(sources)} images", total=total)
+            for source in sources:
+                name = names[str(source)]
+                label = run_id if run_id is not None else (_stem(Path(name)) if name else None)
+                sending = name or str(source)
+                try:
+                    job_id = client.submit(
+                        source,
+                        params,
+                        run=run,
+                        run_id=label,
+                        progress=lambda n: bar.advance(task, n),
+                        nocache=nocache,
+                    )
+                    submitted.append((source, job_id))
+                except OTFClientError as exc:  # this image refused (e.g. a bad parameter)
+                    refused.append((source, exc.message))
+                sending = None
+        if wait and submitted:
+            labels = {job_id: names[str(s)] or str(s) for s, job_id in submitted}
             jobs = follow(
                 client,
                 [job_id for _, job_id in submitted],
@@ -476,10 +619,9 @@ def _submit_many(
                 show=not as_json,
                 console=err,
             )
-        except KeyboardInterrupt:
-            err.print("interrupted; the jobs go on on the service")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-    else:
+    except KeyboardInterrupt:
+        _interrupted(client, [job_id for _, job_id in submitted], out, sending)
+    if not (wait and submitted):
         jobs = {job_id: client.job(job_id) for _, job_id in submitted}
     written: dict[str, Path] = {}
     if out is not None:
@@ -506,21 +648,28 @@ def _submit_many(
         for source, job_id in submitted:
             job = jobs[job_id]
             sources_found = job.job_info.get("n_sources") if job.phase == "COMPLETED" else None
-            detail = str(written.get(job_id, "")) if job.phase == "COMPLETED" else ""
+            detail = escape(str(written.get(job_id, ""))) if job.phase == "COMPLETED" else ""
             if job.cached_from:
                 detail = f"{detail} (cached from {job.cached_from})".strip()
             if job.phase == "ERROR":
-                detail = f"[red]{_error_message(client, job)}[/red]"
+                detail = f"[red]{escape(_error_message(client, job))}[/red]"
             table.add_row(
-                str(source),
+                escape(names[str(source)] or str(source)),
                 job_id,
-                job.run_id or "",
+                escape(job.run_id or ""),
                 _phase(job.phase),
                 "" if sources_found is None else str(sources_found),
                 detail,
             )
         for source, message in refused:
-            table.add_row(str(source), "", "", "[red]refused[/red]", "", f"[red]{message}[/red]")
+            table.add_row(
+                escape(names[str(source)] or str(source)),
+                "",
+                "",
+                "[red]refused[/red]",
+                "",
+                f"[red]{escape(message)}[/red]",
+            )
         _stdout().print(table)
     if refused or any(j.phase in ("ERROR", "ABORTED") for j in jobs.values()):
         raise typer.Exit(EXIT_JOB_FAILED)
@@ -716,18 +865,53 @@ def result(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write here instead of to stdout.")
     ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Write the result to --out (default ./ID-<name>, as otf results names it) "
+            "and print what was written as JSON: jobId, resultId, path, bytes, mediaType.",
+        ),
+    ] = False,
 ) -> None:
     """Fetch a result of a job (by default the VOTable catalogue)."""
+    if as_json and out is None:
+        out = Path(safe_name(f"{job_id}-{RESULT_FILES.get(result_id, result_id)}", "result"))
     if out is not None and not out.parent.is_dir():
         _fail(f"no such directory for --out: {out.parent}", EXIT_USAGE)
     with _client(ctx) as client:
-        if out is not None:
-            size = client.download_result(job_id, result_id, out)
-            typer.echo(f"wrote {size} bytes to {out}", err=True)
-        else:
-            sys.stdout.flush()
-            client.copy_result(job_id, sys.stdout.buffer, result_id)
-            sys.stdout.buffer.flush()
+        try:
+            if out is not None:
+                saved = client.save_result(job_id, result_id, out)
+            else:
+                sys.stdout.flush()
+                client.copy_result(job_id, sys.stdout.buffer, result_id)
+                sys.stdout.buffer.flush()
+                return
+        except OTFClientError as exc:
+            if exc.status_code != 404:
+                raise
+            _no_results(client, client.job(job_id), exc.message)
+    if as_json:
+        _print_json(saved.to_json())
+    else:
+        typer.echo(f"wrote {saved.size} bytes to {out}", err=True)
+
+
+def _no_results(client: OTFClient, job: Job, message: str | None = None) -> NoReturn:
+    """Exit for a job that has no (such) result: 1 with its phase and error when it ended
+    ERROR or ABORTED, 2 while it is still going, else the service's ``message``."""
+    if job.phase == "ERROR":
+        summary = _error_message(client, job)
+        _fail(f"job {job.job_id} ended ERROR: {summary}", EXIT_JOB_FAILED)
+    if job.phase == "ABORTED":
+        _fail(f"job {job.job_id} was ABORTED: it has no results", EXIT_JOB_FAILED)
+    if job.is_active:
+        _fail(
+            f"job {job.job_id} is still {job.phase}: no results yet (otf wait {job.job_id})",
+            EXIT_USAGE,
+        )
+    _fail(message or f"job {job.job_id} ({job.phase}) has no results", EXIT_HTTP)
 
 
 @app.command()
@@ -743,50 +927,102 @@ def provenance(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write here instead of to stdout.")
     ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Write the document to --out (default ./ID-provenance.FORMAT) and print "
+            "what was written as JSON: jobId, format, path, bytes, mediaType.",
+        ),
+    ] = False,
 ) -> None:
     """Print the IVOA provenance of a finished job: what ran, on which inputs, by whom."""
     if fmt not in ("json", "xml", "provn", "svg"):
         _fail(f"--format must be json, xml, provn or svg, not {fmt!r}", EXIT_USAGE)
+    if as_json and out is None:
+        out = Path(safe_name(f"{job_id}-provenance.{fmt}", "provenance"))
     if out is not None and not out.parent.is_dir():
         _fail(f"no such directory for --out: {out.parent}", EXIT_USAGE)
     with _client(ctx) as client:
-        body = client.provenance(job_id, fmt)
+        body, media_type = client.provenance_document(job_id, fmt)
     if out is not None:
         out.write_bytes(body)
-        typer.echo(f"wrote {len(body)} bytes to {out}", err=True)
+        if as_json:
+            _print_json(
+                {
+                    "jobId": job_id,
+                    "format": fmt,
+                    "path": str(out),
+                    "bytes": len(body),
+                    "mediaType": media_type,
+                }
+            )
+        else:
+            typer.echo(f"wrote {len(body)} bytes to {out}", err=True)
     else:
         sys.stdout.buffer.write(body)
         sys.stdout.buffer.flush()
 
 
+def _each_job(
+    ctx: typer.Context,
+    job_ids: list[str],
+    act: Any,
+    as_json: bool,
+) -> None:
+    """Do ``act(client, job_id)`` (which returns ``(line, record)``) to each job; print each
+    line (or, with ``as_json``, the record: one, or ``{"jobs": [...]}`` for several); a
+    refused job is reported on stderr and the others go on; exit 4 if any was refused."""
+    ids = list(dict.fromkeys(job_ids))
+    records: list[dict[str, Any]] = []
+    failed = False
+    with _client(ctx) as client:
+        for job_id in ids:
+            try:
+                line, record = act(client, job_id)
+            except OTFClientError as exc:
+                failed = True
+                message = _refusal(ctx, exc)
+                typer.echo(f"error: job {job_id}: {' '.join(message.split())}", err=True)
+                records.append({"jobId": job_id, "error": message, "status": exc.status_code})
+                continue
+            records.append(record)
+            if not as_json:
+                typer.echo(line)
+    if as_json and (len(ids) > 1 or not failed):
+        _print_json(records[0] if len(ids) == 1 else {"jobs": records})
+    if failed:
+        raise typer.Exit(EXIT_HTTP)
+
+
 @app.command()
 def abort(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+    job_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Job ids.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the jobs as JSON.")] = False,
 ) -> None:
-    """Abort a job."""
-    with _client(ctx) as client:
+    """Abort jobs (each is reported; exit 4 if any was refused)."""
+
+    def act(client: OTFClient, job_id: str) -> tuple[str, dict[str, Any]]:
         job = client.abort(job_id)
-    if as_json:
-        _print_json(job.raw)
-    else:
-        typer.echo(f"job {job.job_id} {job.phase}")
+        return f"job {job.job_id} {job.phase}", job.raw
+
+    _each_job(ctx, job_ids, act, as_json)
 
 
 @app.command()
 def delete(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+    job_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Job ids.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcomes as JSON.")] = False,
 ) -> None:
-    """Delete a job and its results."""
-    with _client(ctx) as client:
+    """Delete jobs and their results (each is reported; exit 4 if any was refused)."""
+
+    def act(client: OTFClient, job_id: str) -> tuple[str, dict[str, Any]]:
         client.delete(job_id)
-    if as_json:
-        _print_json({"jobId": job_id, "deleted": True})
-    else:
-        typer.echo(f"deleted job {job_id}")
+        return f"deleted job {job_id}", {"jobId": job_id, "deleted": True}
+
+    _each_job(ctx, job_ids, act, as_json)
 
 
 @app.command("show")
@@ -816,8 +1052,7 @@ def wait_jobs(
         try:
             found = follow(client, job_ids, timeout=timeout, show=not as_json)
         except KeyboardInterrupt:
-            typer.echo("interrupted; the jobs go on on the service", err=True)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            _interrupted(client, job_ids, None)
     jobs = [found[j] for j in dict.fromkeys(job_ids)]
     if as_json:
         _print_json({"jobs": [j.raw for j in jobs]})
@@ -876,7 +1111,7 @@ def upload(
 @app.command("results")
 def results(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    job_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Job ids.")],
     out: Annotated[
         Path,
         typer.Option("--out", "-o", help="Folder to write the results into (made if missing)."),
@@ -888,32 +1123,53 @@ def results(
         bool, typer.Option("--json", help="Print what was written as JSON.")
     ] = False,
 ) -> None:
-    """Download a job's results (all, or one with --id) into a folder."""
+    """Download jobs' results (all, or one with --id) into a folder, as ID-<name>. A job
+    that ended ERROR or ABORTED is reported with its error (exit 1)."""
     if not out.exists():
         if not out.parent.is_dir():
             _fail(f"no such directory for --out: {out.parent}", EXIT_USAGE)
         out.mkdir()
     elif not out.is_dir():
         _fail(f"--out must be a folder: {out}", EXIT_USAGE)
-    written = []
+    ids = list(dict.fromkeys(job_ids))
+    records: list[dict[str, Any]] = []
+    codes: list[int] = []
     with _client(ctx) as client:
-        job = client.job(job_id)
-        refs = [r for r in job.results if result_id is None or r.id == result_id]
-        if not refs:
-            have = ", ".join(r.id for r in job.results) or "none"
-            _fail(
-                f"job {job_id} ({job.phase}) has no result {result_id or ''} (has: {have})",
-                EXIT_USAGE,
-            )
-        for ref in refs:
-            target = out / f"{job_id}-{result_filename(ref)}"
-            size = client.download_result(job_id, ref.id, target)
-            written.append({"id": ref.id, "path": str(target), "size": size})
+        for job_id in ids:
+            try:
+                records.append(_save_results(client, job_id, out, result_id, as_json))
+            except typer.Exit as exc:  # this job's failure, already reported
+                codes.append(exc.exit_code)
+                records.append({"jobId": job_id, "written": [], "exitCode": exc.exit_code})
+            except OTFClientError as exc:  # e.g. no such job: say so, go on with the others
+                message = " ".join(_refusal(ctx, exc).split())
+                typer.echo(f"error: job {job_id}: {message}", err=True)
+                codes.append(EXIT_HTTP)
+                records.append({"jobId": job_id, "written": [], "exitCode": EXIT_HTTP})
     if as_json:
-        _print_json({"jobId": job_id, "written": written})
-    else:
-        for w in written:
-            typer.echo(f"{w['id']}: {w['path']} ({w['size']} bytes)")
+        _print_json(records[0] if len(ids) == 1 else {"jobs": records})
+    if codes:
+        raise typer.Exit(EXIT_JOB_FAILED if EXIT_JOB_FAILED in codes else codes[0])
+
+
+def _save_results(
+    client: OTFClient, job_id: str, out: Path, result_id: str | None, quiet: bool
+) -> dict[str, Any]:
+    """Write one job's results into ``out``; a JSON record of what was written."""
+    job = client.job(job_id)
+    refs = [r for r in job.results if result_id is None or r.id == result_id]
+    if not refs:
+        if job.phase != "COMPLETED":
+            _no_results(client, job)
+        have = ", ".join(r.id for r in job.results) or "none"
+        _fail(f"job {job_id} ({job.phase}) has no result {result_id} (has: {have})", EXIT_USAGE)
+    written = []
+    for ref in refs:
+        saved = client.save_result(job_id, ref.id, out / f"{job_id}-{result_filename(ref)}")
+        written.append({"id": ref.id, "size": saved.size, **saved.to_json()})
+        if not quiet:
+            typer.echo(f"{ref.id}: {saved.path} ({saved.size} bytes)")
+    return {"jobId": job_id, "written": written}
 
 
 models_app = typer.Typer(help="The models the service offers.", invoke_without_command=True)
@@ -1036,7 +1292,7 @@ def gui(
     image: Annotated[Path | None, typer.Argument(help="A FITS image to open at start.")] = None,
 ) -> None:
     """The desktop GUI: view a FITS image, draw the region, submit, see the sources (needs
-    astro-otf[gui])."""
+    astro-otf\\[gui])."""
     if image is not None and not image.is_file():
         _fail(f"no such file: {image}", EXIT_USAGE)
     try:
@@ -1049,7 +1305,7 @@ def gui(
 
 
 cluster_app = typer.Typer(
-    help="Start a Dask cluster on a batch system for executor = dask (needs astro-otf[dask]).",
+    help="Start a Dask cluster on a batch system for executor = dask (needs astro-otf\\[dask]).",
     no_args_is_help=True,
 )
 app.add_typer(cluster_app, name="cluster")

@@ -40,8 +40,10 @@ from astro_otf.client.api import (
     Progress,
     ProtocolError,
     ResultRef,
+    SavedResult,
     ServerUnreachable,
     image_reference,
+    service_url,
 )
 from astro_otf.client.events import Event, EventStream, SSEParser
 
@@ -64,6 +66,8 @@ __all__ = [
     "ProtocolError",
     "ResultRef",
     "SSEParser",
+    "SavedResult",
     "ServerUnreachable",
     "image_reference",
+    "service_url",
 ]

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from astro_otf.client.api import Job, JobSummary, OTFClient
+from astro_otf.client.api import Job, JobSummary, OTFClient, SavedResult
 from astro_otf.client.events import Event
 
 
@@ -165,8 +165,14 @@ class AsyncOTFClient:
     async def download_result(self, job_id: str, result_id: str, dest: Path) -> int:
         return await asyncio.to_thread(self.sync.download_result, job_id, result_id, dest)
 
+    async def save_result(self, job_id: str, result_id: str, dest: Path) -> SavedResult:
+        return await asyncio.to_thread(self.sync.save_result, job_id, result_id, dest)
+
     async def provenance(self, job_id: str, fmt: str = "json") -> bytes:
         return await asyncio.to_thread(self.sync.provenance, job_id, fmt)
+
+    async def provenance_document(self, job_id: str, fmt: str = "json") -> tuple[bytes, str | None]:
+        return await asyncio.to_thread(self.sync.provenance_document, job_id, fmt)
 
     async def error(self, job_id: str) -> str:
         return await asyncio.to_thread(self.sync.error, job_id)

@@ -381,7 +381,34 @@ class JobSummary:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class SavedResult:
+    """One result written to a local file: what :meth:`OTFClient.save_result` returns."""
+
+    job_id: str
+    result_id: str
+    path: Path
+    size: int
+    media_type: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON record: ``jobId``, ``resultId``, ``path``, ``bytes``, ``mediaType``."""
+        return {
+            "jobId": self.job_id,
+            "resultId": self.result_id,
+            "path": str(self.path),
+            "bytes": self.size,
+            "mediaType": self.media_type,
+        }
+
+
 # --------------------------------------------------------------------------- helpers
+
+
+def _media_type(response: httpx.Response) -> str | None:
+    """The media type of an answer, without its parameters (``; charset=...``)."""
+    value = response.headers.get("content-type", "").split(";", 1)[0].strip()
+    return value or None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -437,11 +464,20 @@ def _format_time(value: datetime | str) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _check_base_url(url: str) -> str:
+def service_url(url: str) -> str:
+    """The service's base URL from what a user wrote: trailing slashes and a trailing
+    ``/jobs`` (the job list, often pasted instead of the base) are dropped, so that
+    ``http://host:8000/jobs/`` means ``http://host:8000``."""
+    url = url.strip()
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"service URL must be http:// or https:// with a host, got {url!r}")
-    return url.rstrip("/")
+    if parts.query or parts.fragment:
+        raise ValueError(f"service URL must not have a query or fragment, got {url!r}")
+    path = parts.path.rstrip("/")
+    if path.endswith("/jobs"):
+        path = path.removesuffix("/jobs").rstrip("/")
+    return f"{parts.scheme}://{parts.netloc}{path}"
 
 
 # --------------------------------------------------------------------------- client
@@ -536,7 +572,7 @@ class OTFClient:
     ) -> None:
         if url is None and http_client is not None and str(http_client.base_url):
             url = str(http_client.base_url)
-        self.url = _check_base_url(url or os.environ.get(URL_ENV) or DEFAULT_URL)
+        self.url = service_url(url or os.environ.get(URL_ENV) or DEFAULT_URL)
         self._token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
         self.max_retries = max(0, max_retries)
         self.max_retry_delay = max_retry_delay
@@ -862,10 +898,14 @@ class OTFClient:
     def provenance(self, job_id: str, fmt: str = "json") -> bytes:
         """The job's provenance document: ``json`` (PROV-JSON), ``xml``, ``provn`` or
         ``svg``."""
+        return self.provenance_document(job_id, fmt)[0]
+
+    def provenance_document(self, job_id: str, fmt: str = "json") -> tuple[bytes, str | None]:
+        """:meth:`provenance` and the media type the service gave it."""
         response = self._request(
             "GET", self._endpoint("jobs", job_id, "provenance"), params=[("FORMAT", fmt)]
         )
-        return response.content
+        return response.content, _media_type(response)
 
     def job(self, job_id: str, wait: int | None = None) -> Job:
         """The job's current description; with ``wait``, after at most that many seconds
@@ -960,12 +1000,17 @@ class OTFClient:
 
     def copy_result(self, job_id: str, sink: IO[bytes], result_id: str = "result") -> int:
         """Stream one result into the binary file object ``sink``; return the byte count."""
+        return self._copy_result(job_id, sink, result_id)[0]
+
+    def _copy_result(self, job_id: str, sink: IO[bytes], result_id: str) -> tuple[int, str | None]:
+        """Stream one result into ``sink``: the byte count and the media type served."""
         response = self._request(
             "GET",
             self._endpoint("jobs", job_id, "results", result_id),
             stream=True,
             follow_redirects=True,
         )
+        media_type = _media_type(response)
         written = 0
         try:
             for chunk in response.iter_bytes(_CHUNK):
@@ -975,7 +1020,7 @@ class OTFClient:
             raise ServerUnreachable(f"download from {self.url} broke off: {exc}") from exc
         finally:
             response.close()
-        return written
+        return written, media_type
 
     def download_result(self, job_id: str, result_id: str, dest: Path) -> int:
         """Stream one result to the file ``dest``; return the byte count.
@@ -983,15 +1028,20 @@ class OTFClient:
         The data go to a temporary file beside ``dest`` that replaces it only once the
         download is complete, so ``dest`` never holds a partial result.
         """
+        return self.save_result(job_id, result_id, dest).size
+
+    def save_result(self, job_id: str, result_id: str, dest: Path) -> SavedResult:
+        """Like :meth:`download_result`, but say what was written: path, byte count and
+        the media type the service gave."""
         dest = Path(dest)
         part = dest.with_name(f".{dest.name}.part")
         try:
             with part.open("wb") as sink:
-                written = self.copy_result(job_id, sink, result_id)
+                written, media_type = self._copy_result(job_id, sink, result_id)
             os.replace(part, dest)
         finally:
             part.unlink(missing_ok=True)
-        return written
+        return SavedResult(job_id, result_id, dest, written, media_type)
 
     def error(self, job_id: str) -> str:
         """The error message of a job that ended in ERROR."""

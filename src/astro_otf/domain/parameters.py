@@ -228,7 +228,7 @@ class Extent:
 
 @dataclass(frozen=True)
 class Roi:
-    """A region of interest: centre in ICRS (or the image's frame) degrees, and its size."""
+    """A region of interest: centre in ICRS degrees (whatever the image's frame), and its size."""
 
     ra: float
     dec: float
@@ -257,8 +257,9 @@ NATIVE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "ra",
         "float",
-        "Right ascension (or longitude of the image frame) of the centre "
-        "of the region of interest.",
+        "Right ascension (ICRS, whatever the image's frame: the service converts it to the "
+        "image's frame, e.g. Galactic) of the centre of the region of interest; the centre "
+        "must fall on the image's pixels.",
         minimum=0.0,
         maximum=360.0,
         unit="deg",
@@ -266,7 +267,7 @@ NATIVE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "dec",
         "float",
-        "Declination (or latitude) of the centre of the region of interest.",
+        "Declination (ICRS, whatever the image's frame) of the centre of the region of interest.",
         minimum=-90.0,
         maximum=90.0,
         unit="deg",
@@ -274,14 +275,15 @@ NATIVE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "width",
         "angle-or-pixels",
-        "Width of the region of interest: pixels, or an "
-        "angle such as '3 arcmin'. Default: the whole image width.",
+        "Width of the region of interest along the image's x axis: pixels, or an angle such as "
+        "'3 arcmin'. Default: the whole image width. A region reaching past the image edge "
+        "is clipped to it; the job's info, log and catalogue PARAMs say so.",
     ),
     ParamSpec(
         "height",
         "angle-or-pixels",
-        "Height of the region of interest: pixels, or an "
-        "angle such as '3 arcmin'. Default: the whole image height.",
+        "Height of the region of interest along the image's y axis: pixels, or an angle such "
+        "as '3 arcmin'. Default: the whole image height; clipped at the image edge as WIDTH.",
     ),
     ParamSpec(
         "priority", "int", "Queue priority; higher runs first.", default=0, minimum=-10, maximum=10

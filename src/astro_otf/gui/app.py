@@ -68,7 +68,8 @@ from astro_otf.gui.image import (
     parse_catalogue,
     roi_parameters,
 )
-from astro_otf.gui.samp import SAMPSender, SAMPSendError
+from astro_otf.gui.platform import platform_problem
+from astro_otf.gui.samp import SAMPSender, SAMPSendError, catalogue_name
 from astro_otf.gui.worker import JobWorker, describe_error
 
 #: Parameters the window sets itself (file, model, ROI) and so leaves out of the form.
@@ -860,12 +861,29 @@ class MainWindow(QMainWindow):
             return None
         return ref.href or f"{self.client.url}/jobs/{self.job.job_id}/results/{result_id}"
 
+    def samp_table_name(self) -> str | None:
+        """The name the current job's catalogue gets in TOPCAT or Aladin: the image it was
+        found in, the job and its model (None without a job)."""
+        if self.job is None:
+            return None
+        image = self.job.image or (self.image.path.name if self.image is not None else None)
+        params = {k.lower(): v for k, v in self.job.parameters.items()}
+        return catalogue_name(image, self.job.job_id, params.get("model"))
+
     @Slot()
     def send_to_samp(self) -> bool:
-        """Broadcast the catalogue URL and the image file to SAMP clients."""
+        """Broadcast the catalogue URL and the image file to SAMP clients, each named so
+        that the receiving tool lists it by image and job."""
         image = self.image.path if self.image is not None else None
+        table_url = self.result_url()
         try:
-            sent = self.samp.broadcast(self.result_url(), image, hub_params=self.samp_hub_params)
+            sent = self.samp.broadcast(
+                table_url,
+                image,
+                hub_params=self.samp_hub_params,
+                table_name=self.samp_table_name(),
+                table_id=table_url,
+            )
         except SAMPSendError as exc:
             self.show_error(f"SAMP: {exc}")
             return False
@@ -885,10 +903,23 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
 
+#: Exit code of :func:`run_gui` when Qt cannot open a window here (as the CLI's usage errors).
+EXIT_NO_WINDOW = 2
+
+
 def run_gui(client: OTFClient, image: Path | None = None) -> int:
-    """Show the main window (with ``image`` open when given); return the exit code."""
+    """Show the main window (with ``image`` open when given); return the exit code.
+
+    Before Qt loads its platform plugin, :func:`~astro_otf.gui.platform.platform_problem`
+    checks that it can: without the system libraries of the xcb plugin, or without a
+    display, this prints what is missing (and how to install it) to stderr and returns
+    :data:`EXIT_NO_WINDOW`, where Qt itself would print a paragraph and abort."""
     app = QApplication.instance()
     if app is None:
+        problem = platform_problem()
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_NO_WINDOW
         app = QApplication(sys.argv[:1])
     window = MainWindow(client)
     if image is not None:

@@ -91,14 +91,17 @@ def load_image(path: Path) -> LoadedImage:
 def roi_parameters(wcs: WCS, x0: float, y0: float, x1: float, y1: float) -> dict[str, str]:
     """The service's ROI parameters for the pixel rectangle (x0, y0)-(x1, y1).
 
-    RA/DEC are the rectangle centre in the image's own frame (the service reads them as
-    the frame's longitude/latitude), WIDTH/HEIGHT its size in whole pixels.
+    RA/DEC are the rectangle centre in ICRS, whatever the image's frame (Galactic, FK5,
+    ...): the service always reads them as ICRS and converts them to the image's frame.
+    WIDTH/HEIGHT are the rectangle's size in whole pixels.
     """
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    lon, lat = wcs.pixel_to_world_values(cx, cy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        centre = wcs.pixel_to_world(cx, cy).icrs
     return {
-        "RA": f"{float(lon) % 360.0:.8f}",
-        "DEC": f"{float(lat):.8f}",
+        "RA": f"{float(centre.ra.deg) % 360.0:.8f}",
+        "DEC": f"{float(centre.dec.deg):.8f}",
         "WIDTH": str(max(1, round(abs(x1 - x0)))),
         "HEIGHT": str(max(1, round(abs(y1 - y0)))),
     }

@@ -24,6 +24,16 @@ class SAMPSendError(RuntimeError):
     """No hub to talk to, or the hub refused the message."""
 
 
+def catalogue_name(image: str | None, job_id: str, model: str | None = None) -> str:
+    """The name a job's catalogue gets in TOPCAT or Aladin: the image's file name, the
+    job and its model (``"m31.fits — job 8f2a (sep)"``), so that catalogues sent one
+    after another can be told apart in the receiving tool's table list."""
+    name = f"job {job_id}"
+    if model:
+        name += f" ({model})"
+    return f"{image} — {name}" if image else f"astro-otf {name}"
+
+
 class SAMPSender:
     """A SAMP client that connects on first use and stays registered until
     :meth:`close`: the hub delivers notifications asynchronously and drops those whose
@@ -63,10 +73,13 @@ class SAMPSender:
         image: Path | None,
         *,
         hub_params: Mapping[str, Any] | None = None,
-        table_name: str = "astro-otf catalogue",
+        table_name: str | None = None,
+        table_id: str | None = None,
     ) -> list[str]:
-        """Broadcast ``image.load.fits`` for the local ``image`` and
-        ``table.load.votable`` for ``table_url``; return the MTypes sent."""
+        """Broadcast ``image.load.fits`` for the local ``image`` (named by its file) and
+        ``table.load.votable`` for ``table_url``, named ``table_name`` (see
+        :func:`catalogue_name`; the URL when not given) and identified by ``table_id``
+        when given; return the MTypes sent."""
         if table_url is None and image is None:
             raise SAMPSendError("nothing to send: open an image or run a job first")
         messages: list[dict[str, Any]] = []
@@ -81,12 +94,10 @@ class SAMPSender:
                 }
             )
         if table_url is not None:
-            messages.append(
-                {
-                    "samp.mtype": "table.load.votable",
-                    "samp.params": {"url": table_url, "name": table_name},
-                }
-            )
+            params = {"url": table_url, "name": table_name or table_url}
+            if table_id:
+                params["table-id"] = table_id
+            messages.append({"samp.mtype": "table.load.votable", "samp.params": params})
         try:
             self._notify(messages, hub_params)
         except SAMPSendError:

@@ -26,8 +26,6 @@ import astropy.units as u
 import numpy as np
 from astropy.coordinates import BaseCoordinateFrame, SkyCoord
 from astropy.io import fits
-from astropy.nddata import Cutout2D
-from astropy.nddata.utils import NoOverlapError
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales, wcs_to_celestial_frame
 
@@ -37,13 +35,16 @@ from astro_otf.domain.parameters import Extent, Roi
 __all__ = [
     "Beam",
     "DeclaredImage",
+    "Region",
     "SkyImage",
     "UploadRefused",
     "check_upload",
+    "cut",
     "cutout",
     "declared_image",
     "inflate_upload",
     "load_image",
+    "region_of",
     "stream_compression",
 ]
 
@@ -557,48 +558,162 @@ def _first_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- cut-outs
 
 
-def cutout(image: SkyImage, roi: Roi) -> SkyImage:
-    """The part of ``image`` inside ``roi``, trimmed at the image edges, with its own WCS.
+@dataclass(frozen=True)
+class Region:
+    """Where a region of interest lies on an image's pixel grid.
 
-    The centre is ICRS degrees and is transformed into the image's frame (FK5, Galactic,
-    ...). A missing width or height means the image's full extent in that direction. The
-    result's ``origin`` is in the pixels of the image originally loaded.
+    ``centre`` is the (x, y) pixel of the asked centre; ``requested`` the asked width and
+    height in pixels (before clipping); ``box`` the searched pixels ``(x0, y0, x1, y1)``,
+    ``x0 <= x < x1``, in the image that was loaded: the asked box clipped at the image edges.
+    """
+
+    centre: tuple[float, float]
+    requested: tuple[int, int]
+    box: tuple[int, int, int, int]
+    pixel_scales_arcsec: tuple[float, float]
+
+    @property
+    def width(self) -> int:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> int:
+        return self.box[3] - self.box[1]
+
+    @property
+    def clipped(self) -> bool:
+        """True when the image edge cut the asked box (the search covers less)."""
+        return (self.width, self.height) != self.requested
+
+    def contains(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Which pixel positions (in the loaded image's pixels) fall in the searched box."""
+        x0, y0, x1, y1 = self.box
+        xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        return (xs >= x0 - 0.5) & (xs < x1 - 0.5) & (ys >= y0 - 0.5) & (ys < y1 - 0.5)
+
+    def padded(
+        self, margin: int, shape: tuple[int, int], grid: int = 1
+    ) -> tuple[int, int, int, int]:
+        """The box grown by ``margin`` pixels on every side, its edges moved out to multiples
+        of ``grid`` (so a mesh of ``grid``-pixel boxes falls as on the whole image), and
+        clipped to an image of ``shape``."""
+        ny, nx = shape
+        grid = max(1, grid)
+        x0, y0, x1, y1 = self.box
+        gx0 = max(0, (x0 - margin) // grid * grid)
+        gy0 = max(0, (y0 - margin) // grid * grid)
+        gx1 = min(nx, -(-(x1 + margin) // grid) * grid)
+        gy1 = min(ny, -(-(y1 + margin) // grid) * grid)
+        return gx0, gy0, gx1, gy1
+
+    def info(self) -> dict[str, object]:
+        """The job-info entries that say what was asked and what was searched."""
+        sx, sy = self.pixel_scales_arcsec
+        rw, rh = self.requested
+        return {
+            "region_clipped": self.clipped,
+            "region_requested_pix": f"{rw} x {rh}",
+            "region_searched_pix": f"{self.width} x {self.height}",
+            "region_requested_arcsec": f"{rw * sx:.4g} x {rh * sy:.4g}",
+            "region_searched_arcsec": f"{self.width * sx:.4g} x {self.height * sy:.4g}",
+        }
+
+    def describe_clipping(self) -> str:
+        """One sentence for the job log, saying how the image edge cut the region."""
+        sx, sy = self.pixel_scales_arcsec
+        rw, rh = self.requested
+        return (
+            f"the region of interest reaches past the image edge: asked {rw} x {rh} pixels "
+            f"({rw * sx / 60:.4g} x {rh * sy / 60:.4g} arcmin), searched {self.width} x "
+            f"{self.height} pixels ({self.width * sx / 60:.4g} x {self.height * sy / 60:.4g} "
+            f"arcmin) from pixel x={self.box[0]}, y={self.box[1]}"
+        )
+
+
+def region_of(image: SkyImage, roi: Roi) -> Region:
+    """Place ``roi`` on the pixels of ``image``, or raise :class:`JobFailure` when its centre
+    does not fall on them.
+
+    The centre is ICRS degrees, transformed into the image's frame (FK5, Galactic, ...) and
+    to a pixel through the WCS: inside means on the pixel grid (-0.5 to n - 0.5 on each
+    axis), whatever RA/Dec ranges the image's corners span (a rotated or strongly projected
+    image is no RA/Dec rectangle). A missing width or height means the image's full extent.
     """
     ny, nx = image.shape
     centre = SkyCoord(roi.ra * u.deg, roi.dec * u.deg, frame="icrs")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         x, y = (float(v) for v in image.wcs.world_to_pixel(centre))
-    inside = math.isfinite(x) and math.isfinite(y) and -0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5
-    if not inside:
+    if not (math.isfinite(x) and math.isfinite(y)):
         raise JobFailure(
             f"the region of interest centred on RA={roi.ra:.6g}, Dec={roi.dec:.6g} (ICRS deg) "
-            f"lies outside the image, which covers {_coverage(image)}; give a centre inside it"
+            f"lies outside the image: its projection gives that point no pixel; "
+            f"the image covers {_coverage(image)}; give a centre inside it"
         )
-    size = (_size_pixels(roi.height, ny), _size_pixels(roi.width, nx))
-    try:
-        cut = Cutout2D(
-            image.data, position=(x, y), size=size, wcs=image.wcs, mode="trim", copy=False
+    off = _outside(x, nx, "left", "right") or _outside(y, ny, "bottom", "top")
+    if off:
+        near_x, near_y = min(max(x, 0.0), nx - 1.0), min(max(y, 0.0), ny - 1.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            near = image.wcs.pixel_to_world(near_x, near_y).icrs
+        raise JobFailure(
+            f"the region of interest centred on RA={roi.ra:.6g}, Dec={roi.dec:.6g} (ICRS deg) "
+            f"lies outside the image: it falls at pixel x={x:.2f}, y={y:.2f} (0-based) of the "
+            f"{nx} x {ny} pixel image, "
+            f"{off}: the centre must fall on the image's pixels (x and y from -0.5 to "
+            f"{nx - 0.5:g} and {ny - 0.5:g}); the nearest pixel of the image, x={near_x:.0f}, "
+            f"y={near_y:.0f}, is at RA={near.ra.deg:.6f}, Dec={near.dec.deg:.6f}"
         )
-    except (NoOverlapError, ValueError) as exc:
-        raise JobFailure(f"the region of interest cannot be cut out: {_first_line(exc)}") from None
-    x0, y0 = (int(v) for v in cut.origin_original)
-    assert cut.wcs is not None
+    sx, sy = image.pixel_scales_arcsec
+    width, height = _size_pixels(roi.width, nx, sx), _size_pixels(roi.height, ny, sy)
+    # as astropy's Cutout2D places a box of an even or odd size around a position
+    x0, y0 = math.ceil(x - width / 2.0), math.ceil(y - height / 2.0)
+    box = (max(0, x0), max(0, y0), min(nx, x0 + width), min(ny, y0 + height))
+    requested = (
+        width if roi.width is not None else box[2] - box[0],
+        height if roi.height is not None else box[3] - box[1],
+    )
+    return Region((x, y), requested, box, (sx, sy))
+
+
+def _outside(position: float, n: int, low: str, high: str) -> str:
+    """How far a pixel position lies off an axis of ``n`` pixels, or '' when on it."""
+    if position < -0.5:
+        return f"{-0.5 - position:.2f} pixels beyond the {low} edge"
+    if position >= n - 0.5:
+        return f"{position - (n - 0.5):.2f} pixels beyond the {high} edge"
+    return ""
+
+
+def cut(image: SkyImage, box: tuple[int, int, int, int]) -> SkyImage:
+    """The pixels ``box`` = (x0, y0, x1, y1) of ``image`` (a view, memory-mapped when the
+    image is), with the WCS shifted to them and ``origin`` in the pixels originally loaded."""
+    x0, y0, x1, y1 = box
+    ny, nx = image.shape
+    if not (0 <= x0 < x1 <= nx and 0 <= y0 < y1 <= ny):
+        raise JobFailure(f"the region of interest {box} cannot be cut out of {nx} x {ny} pixels")
     return SkyImage(
-        data=cut.data,
-        wcs=cut.wcs,
+        data=image.data[y0:y1, x0:x1],
+        wcs=image.wcs.slice((slice(y0, y1), slice(x0, x1))),
         header=image.header,
         hdu_index=image.hdu_index,
         origin=(image.origin[0] + x0, image.origin[1] + y0),
     )
 
 
-def _size_pixels(extent: Extent | None, full: int) -> int | u.Quantity:
+def cutout(image: SkyImage, roi: Roi) -> SkyImage:
+    """The part of ``image`` inside ``roi``, trimmed at the image edges, with its own WCS
+    (see :func:`region_of`). The result's ``origin`` is in the pixels of the image
+    originally loaded."""
+    return cut(image, region_of(image, roi).box)
+
+
+def _size_pixels(extent: Extent | None, full: int, scale_arcsec: float) -> int:
     if extent is None:
         return 2 * full + 1  # covers the whole axis from any centre inside; trimmed
     if extent.is_pixels:
         return max(1, int(extent.value))
-    return extent.arcsec * u.arcsec
+    return max(1, round(extent.arcsec / scale_arcsec))
 
 
 def _coverage(image: SkyImage) -> str:

@@ -32,7 +32,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,8 +43,8 @@ from astro_otf.batching.former import BatchKey
 from astro_otf.domain.errors import JobFailure
 from astro_otf.domain.job import Job
 from astro_otf.domain.parameters import ParamSpec
-from astro_otf.imaging.background import NoiseMap
-from astro_otf.imaging.fits import SkyImage, cutout, load_image
+from astro_otf.imaging.background import NoiseMap, box_size
+from astro_otf.imaging.fits import Region, SkyImage, cut, load_image, region_of
 from astro_otf.imaging.gaussfit import covariance_of
 from astro_otf.imaging.measure import (
     MeasureSettings,
@@ -55,7 +55,7 @@ from astro_otf.imaging.measure import (
     sky_shapes,
     to_sky_errors,
 )
-from astro_otf.imaging.normalise import FittedChain, parse_chain
+from astro_otf.imaging.normalise import DEFAULT_BOX_BEAMS, FittedChain, parse_chain
 from astro_otf.imaging.resample import block_mean
 from astro_otf.imaging.stitch import Detection, position_angles, stitch, to_sky
 from astro_otf.imaging.tiling import TileSpec, read_tile, tile_grid
@@ -69,6 +69,12 @@ if TYPE_CHECKING:
     import onnxruntime as ort
 
 STAT_TILES = 16
+#: A region of interest is searched on the whole image's tiles that hold it, with this many
+#: noise-map boxes of the image around them (out to the whole image's box grid), so that its
+#: noise map, the network's input and the fits' stamps are those of the whole image's run;
+#: only the sources inside the region are kept. Without it a small region measured its noise
+#: on a mesh of a few boxes of its own, and found other sources than the whole image did.
+REGION_PAD_BOXES = 2
 MAD_TO_SIGMA = 1.4826
 #: Working memory one forward pass may take, from the manifest's ``tile_memory_mb``: a pass
 #: holds at most this much worth of tiles (and at most ``max_batch_tiles``).
@@ -170,13 +176,15 @@ class OnnxDetector:
         except Exception:
             return 1
         values = job.parameter_values()
+        # a region runs on the full image's tiles that overlap it: at most one tile more
+        # per axis than its own size needs
         for name, full in (("width", width), ("height", height)):
             text = values.get(name, "")
             if text.isascii() and text.isdigit():
                 if name == "width":
-                    width = min(full, int(text))
+                    width = min(full, int(text) + tiling.tile)
                 else:
-                    height = min(full, int(text))
+                    height = min(full, int(text) + tiling.tile)
         try:
             return tile_count((height, width), tiling.tile, tiling.overlap)
         except ValueError:  # an axis of 0 or fewer pixels: the worker says why
@@ -192,8 +200,26 @@ class OnnxDetector:
         manifest = self.model.manifest
         image = load_image(request.image_path)
         full_shape = image.shape
+        region: Region | None = None
+        region_image = image
+        region_specs: list[TileSpec] | None = None
         if request.roi is not None:
-            image = cutout(image, request.roi)
+            region = region_of(image, request.roi)
+            region_image = cut(image, region.box)
+            if region.clipped:
+                request.log.warning("%s", region.describe_clipping())
+            searched, region_specs = self._region_search(image, region)
+            image = cut(image, searched)
+            request.log.info(
+                "region of interest: %d x %d pixels from pixel x=%d, y=%d, searched with a "
+                "margin: %d x %d pixels from pixel x=%d, y=%d",
+                region.width,
+                region.height,
+                *region.box[:2],
+                image.shape[1],
+                image.shape[0],
+                *image.origin,
+            )
         if not _any_finite(image.data):
             raise JobFailure("the image (or region) has no valid pixels: all are NaN or BLANK")
         factor = self._resample_factor(image)
@@ -210,7 +236,7 @@ class OnnxDetector:
                 image.shape,
                 pixels.shape,
             )
-        specs = tile_grid(
+        specs = region_specs or tile_grid(
             pixels.shape,
             manifest.tiling.tile,
             manifest.tiling.overlap,
@@ -236,7 +262,70 @@ class OnnxDetector:
             factor,
             min_snr=None if min_snr is None else float(min_snr),
             peak_radius=radius,
+            region=region,
+            region_image=region_image,
         )
+
+    def _region_search(
+        self, image: SkyImage, region: Region
+    ) -> tuple[tuple[int, int, int, int], list[TileSpec]]:
+        """What a region is searched with: the pixels (x0, y0, x1, y1) to cut out of the
+        uploaded image, and the tiles to run, placed in those pixels.
+
+        The tiles are the whole image's tiles whose cores meet the region, so that the
+        network sees what it sees in the whole image's run; the pixels hold them and
+        REGION_PAD_BOXES boxes of the noise map around them, on the whole image's box grid,
+        so that the noise map over them is the whole image's. A region's sources are then
+        the whole image's sources there, and a region of a big image still costs only the
+        few tiles that hold it."""
+        manifest = self.model.manifest
+        f = self._resample_factor(image)
+        ny, nx = image.shape
+        shape = (-(-ny // f), -(-nx // f))  # the block means' pixels (f = 1: the image's)
+        grid = tile_grid(
+            shape,
+            manifest.tiling.tile,
+            manifest.tiling.overlap,
+            multiple=manifest.input.size_multiple,
+        )
+        bx0, by0, bx1, by1 = region.box
+        rx0, ry0, rx1, ry1 = bx0 // f, by0 // f, -(-bx1 // f), -(-by1 // f)
+        chosen = [
+            t
+            for t in grid
+            if t.core_x0 < rx1 and rx0 < t.core_x1 and t.core_y0 < ry1 and ry0 < t.core_y1
+        ]
+        tx0 = min(t.x0 for t in chosen)
+        ty0 = min(t.y0 for t in chosen)
+        tx1 = min(shape[1], max(t.x0 + t.width for t in chosen))
+        ty1 = min(shape[0], max(t.y0 + t.height for t in chosen))
+        step = next((s for s in self._chain.steps if s.op == "local_standardise"), None)
+        box, margin = 1, 0
+        if step is not None:
+            beam = image.beam_major_pix
+            box = box_size(
+                shape,
+                None if beam is None else beam / f,
+                float(step.box_beams or DEFAULT_BOX_BEAMS),
+            )
+            margin = REGION_PAD_BOXES * box
+        sx0 = max(0, (tx0 - margin) // box * box)
+        sy0 = max(0, (ty0 - margin) // box * box)
+        sx1 = min(shape[1], -(-(tx1 + margin) // box) * box)
+        sy1 = min(shape[0], -(-(ty1 + margin) // box) * box)
+        specs = [
+            replace(
+                t,
+                x0=t.x0 - sx0,
+                y0=t.y0 - sy0,
+                core_x0=t.core_x0 - sx0,
+                core_x1=t.core_x1 - sx0,
+                core_y0=t.core_y0 - sy0,
+                core_y1=t.core_y1 - sy0,
+            )
+            for t in chosen
+        ]
+        return (sx0 * f, sy0 * f, min(nx, sx1 * f), min(ny, sy1 * f)), specs
 
     def _resample_factor(self, image: SkyImage) -> int:
         """1, or the block size that brings the image's beam within the model's widest."""
@@ -407,6 +496,12 @@ class OnnxDetector:
             table = self._measured_table(p)
         else:
             table = self._peak_table(p)
+        if p.region is not None:  # the margin only served the noise map and the context
+            inside = p.region.contains(np.asarray(table["x"]), np.asarray(table["y"]))
+            table = table[inside]
+            if "id" in table.colnames:
+                table["id"][:] = np.arange(1, len(table) + 1)
+        rms = self._searched_rms(p)
         file = self.model.file(precision)
         model_files = [
             file_entity(
@@ -424,14 +519,16 @@ class OnnxDetector:
             file_entity("manifest", self.model.path, "application/toml"),
         ]
         request.log.info("%d source(s) above a score of %.3g", len(table), p.threshold)
+        searched = p.region_image if p.region_image is not None else p.image
         return AppOutput(
             catalogue=Catalogue(
                 table,
                 facts=image_facts(
-                    p.image,
+                    searched,
                     full_shape=p.full_shape,
-                    rms=None if p.chain.noise is None else p.chain.noise[1],
+                    rms=rms,
                     rms_unit=_flux_unit(p.image),
+                    region=p.region,
                 ),
                 infos={
                     "precision": precision,
@@ -443,14 +540,36 @@ class OnnxDetector:
                 f"{request.job_id}.",
                 model_files=model_files,
             ),
-            image=p.image,
+            image=searched,
             info={
                 "n_sources": len(table),
                 "tiles": len(p.specs),
                 "precision": precision,
                 "score_rms": p.rms,
+                **({} if rms is None else {"rms": rms, "rms_unit": _flux_unit(p.image)}),
+                **({} if p.region is None else p.region.info()),
             },
         )
+
+    def _searched_rms(self, p: _Prepared) -> float | None:
+        """The image-level rms of the searched region, in image units: the median of the
+        local noise map over it (for a region, over the region, not its margin), else the
+        rms of the chain's ``standardise``, else 1.4826 MAD of the region's pixels (a model
+        whose normalisation measures no noise); None when that cannot be measured."""
+        ny, nx = p.image.shape
+        x0, y0, x1, y1 = 0, 0, nx, ny
+        if p.region is not None:
+            ox, oy = p.image.origin
+            bx0, by0, bx1, by1 = p.region.box
+            x0, y0, x1, y1 = bx0 - ox, by0 - oy, bx1 - ox, by1 - oy
+        noise = p.chain.noise_map
+        if noise is None:
+            if p.chain.noise is not None:
+                return float(p.chain.noise[1])
+            return _mad_rms(p.image.data[y0:y1, x0:x1])
+        f = p.factor  # the map is in the (block-averaged) pixels the tiles were cut from
+        _, rms = noise.window(y0 // f, -(-y1 // f), x0 // f, -(-x1 // f))
+        return float(np.median(rms))
 
     def _peak_table(self, p: _Prepared) -> Table:
         """The catalogue of a model that gives positions only (peaks of an S/N map)."""
@@ -883,6 +1002,22 @@ class _Prepared:
     )
     #: tiles of the detection pass done so far (for progress reports)
     tiles_done: int = 0
+    #: the region of interest asked (None: the whole image) and its pixels; ``image`` is
+    #: then the region with its margin, which is searched
+    region: Region | None = None
+    region_image: SkyImage | None = None
+
+
+def _mad_rms(pixels: np.ndarray, max_samples: int = 1_000_000) -> float | None:
+    """1.4826 x the MAD of the finite pixels (a regular subsample of at most about
+    ``max_samples``), or None when there are none or they are all equal."""
+    step = max(1, math.ceil(math.sqrt(pixels.size / max_samples)))
+    values = np.asarray(pixels[::step, ::step], dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    rms = MAD_TO_SIGMA * float(np.median(np.abs(values - np.median(values))))
+    return rms if rms > 0 else None
 
 
 def ort_errors() -> tuple[type[Exception], ...]:

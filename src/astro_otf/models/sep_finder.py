@@ -25,7 +25,7 @@ from astropy.table import Column, Table
 
 from astro_otf.domain.errors import JobFailure
 from astro_otf.domain.parameters import Extent, ParamSpec
-from astro_otf.imaging.fits import FWHM_PER_SIGMA, SkyImage, cutout, load_image
+from astro_otf.imaging.fits import FWHM_PER_SIGMA, Region, SkyImage, cut, load_image, region_of
 from astro_otf.imaging.stitch import position_angles
 from astro_otf.models.base import AppOutput, AppRequest
 from astro_otf.results.catalogue import Catalogue, conform
@@ -39,6 +39,12 @@ MIN_SIDE = 8
 MIN_VALID_PIXELS = 64
 #: Background box in beams (major axis) when BACK_SIZE is not given.
 BACK_SIZE_BEAMS = 10
+#: A region of interest is searched with this many background boxes of the image around it
+#: (and out to the image's box grid), so that its background, rms and islands are those of
+#: the whole image's search; only the sources inside the region are kept.
+REGION_PAD_BOXES = 4
+#: Times the searched pixels of a region grow to hold whole the islands that meet it.
+MAX_REGION_GROWTHS = 3
 #: sep's pixel buffer: at least its default, at most this many pixels (~32 bytes each).
 PIXSTACK_MAX = 10_000_000
 SUB_OBJECT_LIMIT = 4096
@@ -154,37 +160,42 @@ class SepFinder:
             image.frame.name,
         )
         where = "image"
+        region: Region | None = None
+        region_image = image
+        full: SkyImage | None = None
+        box = _background_box(image, values.get("back_size"))
         if request.roi is not None:
-            image = cutout(image, request.roi)
+            full = image
+            region = region_of(image, request.roi)
+            region_image = cut(image, region.box)
+            if region.clipped:
+                log.warning("%s", region.describe_clipping())
+            searched = region.padded(REGION_PAD_BOXES * box, image.shape, grid=box)
+            image = cut(image, searched)
             ny, nx = image.shape
             where = "region of interest"
             log.info(
-                "region of interest: %d x %d pixels from pixel x=%d, y=%d", nx, ny, *image.origin
+                "region of interest: %d x %d pixels from pixel x=%d, y=%d, searched with a "
+                "margin of background boxes: %d x %d pixels from pixel x=%d, y=%d",
+                region.width,
+                region.height,
+                *region.box[:2],
+                nx,
+                ny,
+                *image.origin,
             )
+            box = int(max(2, min(box, nx, ny)))
         flux = _flux_scale(image)
         if flux.note:
             log.warning("%s", flux.note)
 
+        if region is not None:  # the asked region itself, not its margin, must be searchable
+            _check_searchable(region_image.data, where)
         if nx < MIN_SIDE or ny < MIN_SIDE:
             raise JobFailure(
                 f"the {where} is only {nx} x {ny} pixels; sep needs at least "
                 f"{MIN_SIDE} x {MIN_SIDE} to measure a background: give a larger WIDTH/HEIGHT"
             )
-        data = np.array(image.data, dtype=_DTYPES[precision], order="C")  # native byte order
-        mask = ~np.isfinite(data)
-        n_valid = int(data.size - np.count_nonzero(mask))
-        if n_valid == 0:
-            raise JobFailure(
-                f"every pixel of the {where} is blank (NaN or BLANK): there is nothing to search"
-            )
-        if n_valid < MIN_VALID_PIXELS:
-            raise JobFailure(
-                f"only {n_valid} pixels of the {where} are valid (the rest are NaN or BLANK); "
-                f"at least {MIN_VALID_PIXELS} are needed: choose a region with data"
-            )
-        data[mask] = 0.0
-
-        box = _background_box(image, values.get("back_size"))
         minarea = _minarea(image, values.get("minarea"))
         log.info(
             "background boxes of %d pixels; island %.3g sigma, seed %.3g sigma, "
@@ -198,36 +209,31 @@ class SepFinder:
             precision,
         )
         request.progress("inference")
-        try:
-            bkg = sep.Background(data, mask=mask, bw=box, bh=box, fw=3, fh=3)
-            bkg.subfrom(data)
-            rms = bkg.rms()
-        except MemoryError:
-            raise
-        except Exception as exc:  # sep raises bare Exception with its C library's message
-            raise JobFailure(
-                f"sep could not measure the background of the {where}: {str(exc).rstrip('. ')}"
-            ) from None
-        global_rms = float(bkg.globalrms)
-        if not math.isfinite(global_rms) or global_rms <= 0.0:
-            raise JobFailure(
-                f"the {where} has no noise (background rms {global_rms:g}): thresholds in "
-                "units of the rms cannot be set. Is this a noiseless model image?"
+        kernel = _kernel(image) if use_filter else None
+        settings = _Settings(precision, box, thresh, minarea, deblend_cont, kernel, where)
+        objects, rms, global_rms = _search(image, settings, log)
+        for _ in range(MAX_REGION_GROWTHS if region is not None else 0):
+            assert region is not None and full is not None
+            grown = _grown(region, objects, image, full.shape, REGION_PAD_BOXES * box, box)
+            if grown is None:
+                break
+            image = cut(full, grown)
+            ny, nx = image.shape
+            log.info(
+                "islands of the region reach the edge of the searched pixels: searching %d x "
+                "%d pixels from pixel x=%d, y=%d",
+                nx,
+                ny,
+                *image.origin,
             )
-        data[mask] = 0.0
-        rms[~(rms > 0.0)] = global_rms  # boxes with too few valid pixels
-        log.info("background rms %.4g (global)", global_rms)
-
-        objects = _extract(
-            data,
-            rms,
-            mask,
-            thresh,
-            minarea,
-            deblend_cont,
-            _kernel(image) if use_filter else None,
-            where,
-        )
+            objects, rms, global_rms = _search(image, settings, log)
+        if region is not None:  # the margin only served the background and the islands
+            ox, oy = image.origin
+            objects = objects[region.contains(objects["x"] + ox, objects["y"] + oy)]
+            x0, y0, x1, y1 = region.box
+            inside = rms[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+            global_rms = float(np.median(inside))
+            log.info("background rms %.4g (median over the region of interest)", global_rms)
         x_peak = np.clip(objects["xpeak"], 0, nx - 1)
         y_peak = np.clip(objects["ypeak"], 0, ny - 1)
         local_rms = rms[y_peak, x_peak].astype(np.float64)
@@ -257,24 +263,26 @@ class SepFinder:
             catalogue=Catalogue(
                 table,
                 facts=image_facts(
-                    image,
+                    region_image,
                     full_shape=full_shape,
                     rms=global_rms * flux.peak_factor,
                     rms_unit=flux.peak_unit,
+                    region=region,
                 ),
                 infos=infos,
                 description=f"Sources found by sep {sep.__version__} in job {request.job_id}.",
             ),
-            image=image,
+            image=region_image,
             info={
                 "n_sources": len(table),
                 "background_rms": global_rms * flux.peak_factor,
                 "flux_unit": flux.peak_unit,
                 "background_box_pix": box,
                 "minarea_pix": minarea,
-                "region_shape_pix": f"{nx} x {ny}",
-                "region_origin_pix": f"{image.origin[0]} {image.origin[1]}",
+                "region_shape_pix": f"{region_image.shape[1]} x {region_image.shape[0]}",
+                "region_origin_pix": f"{region_image.origin[0]} {region_image.origin[1]}",
                 "flux_note": flux.note or "none",
+                **(region.info() if region is not None else {}),
             },
         )
 
@@ -317,6 +325,126 @@ def _extract(
             "THRESH, or search a smaller region (RA, DEC, WIDTH, HEIGHT)"
         ) from None
     return objects
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """How :func:`_search` measures the background and extracts sources."""
+
+    precision: str
+    box: int
+    thresh: float
+    minarea: int
+    deblend_cont: float
+    kernel: np.ndarray | None
+    where: str
+
+
+def _search(image: SkyImage, settings: _Settings, log: Any) -> tuple[np.ndarray, np.ndarray, float]:
+    """sep's objects in ``image`` (pixels of ``image``), its rms map and its global rms."""
+    where = settings.where
+    data = np.array(image.data, dtype=_DTYPES[settings.precision], order="C")  # native order
+    mask = ~np.isfinite(data)
+    n_valid = int(data.size - np.count_nonzero(mask))
+    if n_valid == 0:
+        raise JobFailure(
+            f"every pixel of the {where} is blank (NaN or BLANK): there is nothing to search"
+        )
+    if n_valid < MIN_VALID_PIXELS:
+        raise JobFailure(
+            f"only {n_valid} pixels of the {where} are valid (the rest are NaN or BLANK); "
+            f"at least {MIN_VALID_PIXELS} are needed: choose a region with data"
+        )
+    data[mask] = 0.0
+    box = settings.box
+    try:
+        bkg = sep.Background(data, mask=mask, bw=box, bh=box, fw=3, fh=3)
+        bkg.subfrom(data)
+        rms = bkg.rms()
+    except MemoryError:
+        raise
+    except Exception as exc:  # sep raises bare Exception with its C library's message
+        raise JobFailure(
+            f"sep could not measure the background of the {where}: {str(exc).rstrip('. ')}"
+        ) from None
+    global_rms = float(bkg.globalrms)
+    if not math.isfinite(global_rms) or global_rms <= 0.0:
+        raise JobFailure(
+            f"the {where} has no noise (background rms {global_rms:g}): thresholds in "
+            "units of the rms cannot be set. Is this a noiseless model image?"
+        )
+    data[mask] = 0.0
+    rms[~(rms > 0.0)] = global_rms  # boxes with too few valid pixels
+    log.info("background rms %.4g (global)", global_rms)
+    objects = _extract(
+        data,
+        rms,
+        mask,
+        settings.thresh,
+        settings.minarea,
+        settings.deblend_cont,
+        settings.kernel,
+        where,
+    )
+    return objects, rms, global_rms
+
+
+def _grown(
+    region: Region,
+    objects: np.ndarray,
+    image: SkyImage,
+    full_shape: tuple[int, int],
+    margin: int,
+    grid: int,
+) -> tuple[int, int, int, int] | None:
+    """The searched pixels grown to hold, with ``margin`` around them, the sources that meet
+    the region yet reach the edge of the searched pixels (an island cut there is deblended
+    otherwise than in the whole image); None when no such source reaches it."""
+    ox, oy = image.origin
+    ny, nx = image.shape
+    fny, fnx = full_shape
+    x0 = objects["xmin"].astype(np.int64) + ox
+    x1 = objects["xmax"].astype(np.int64) + ox + 1
+    y0 = objects["ymin"].astype(np.int64) + oy
+    y1 = objects["ymax"].astype(np.int64) + oy + 1
+    bx0, by0, bx1, by1 = region.box
+    meets = (x0 < bx1) & (bx0 < x1) & (y0 < by1) & (by0 < y1)
+    cut_off = (
+        ((x0 <= ox) & (ox > 0))
+        | ((x1 >= ox + nx) & (ox + nx < fnx))
+        | ((y0 <= oy) & (oy > 0))
+        | ((y1 >= oy + ny) & (oy + ny < fny))
+    )
+    chosen = meets & cut_off
+    if not chosen.any():
+        return None
+    gx0 = max(0, (min(ox, int(x0[chosen].min())) - margin) // grid * grid)
+    gy0 = max(0, (min(oy, int(y0[chosen].min())) - margin) // grid * grid)
+    gx1 = min(fnx, -(-(max(ox + nx, int(x1[chosen].max())) + margin) // grid) * grid)
+    gy1 = min(fny, -(-(max(oy + ny, int(y1[chosen].max())) + margin) // grid) * grid)
+    if (gx0, gy0, gx1, gy1) == (ox, oy, ox + nx, oy + ny):
+        return None
+    return gx0, gy0, gx1, gy1
+
+
+def _check_searchable(pixels: np.ndarray, where: str) -> None:
+    """Refuse a region too small for a background, or with too few valid pixels."""
+    ny, nx = pixels.shape
+    if nx < MIN_SIDE or ny < MIN_SIDE:
+        raise JobFailure(
+            f"the {where} is only {nx} x {ny} pixels; sep needs at least "
+            f"{MIN_SIDE} x {MIN_SIDE} to measure a background: give a larger WIDTH/HEIGHT"
+        )
+    n_valid = int(np.count_nonzero(np.isfinite(pixels)))
+    if n_valid == 0:
+        raise JobFailure(
+            f"every pixel of the {where} is blank (NaN or BLANK): there is nothing to search"
+        )
+    if n_valid < MIN_VALID_PIXELS:
+        raise JobFailure(
+            f"only {n_valid} pixels of the {where} are valid (the rest are NaN or BLANK); "
+            f"at least {MIN_VALID_PIXELS} are needed: choose a region with data"
+        )
 
 
 def _background_box(image: SkyImage, back_size: Extent | None) -> int:

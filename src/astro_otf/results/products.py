@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from astro_otf.imaging.fits import SkyImage
+from astro_otf.imaging.fits import Region, SkyImage
 from astro_otf.results.catalogue import Catalogue, ImageFact
 from astro_otf.results.formats import write_csv, write_ds9, write_json
 from astro_otf.results.preview import PLAN_SUFFIX, write_plan
@@ -171,8 +171,11 @@ def image_facts(
     full_shape: tuple[int, int] | None = None,
     rms: float | None = None,
     rms_unit: str = "",
+    region: Region | None = None,
 ) -> list[ImageFact]:
-    """The image-level PARAMs of a catalogue: the searched region, beam, pixel scale, rms."""
+    """The image-level PARAMs of a catalogue: the searched region, beam, pixel scale, rms.
+    With the ``region`` of interest that was asked, also whether the image edge clipped it
+    and the size that was asked."""
     ny, nx = image.shape
     facts = [
         ImageFact(
@@ -208,6 +211,47 @@ def image_facts(
         ),
         ImageFact("frame", image.frame.name, "", "pos.frame", "Celestial frame of the image."),
     ]
+    if region is not None:
+        sx, sy = region.pixel_scales_arcsec
+        rw, rh = region.requested
+        facts += [
+            ImageFact(
+                "region_clipped",
+                "true" if region.clipped else "false",
+                "",
+                "meta.code",
+                "true when the region of interest reached past the image edge and was clipped "
+                "to it (the searched region is smaller than the one asked).",
+            ),
+            ImageFact(
+                "region_requested_width",
+                rw,
+                "pix",
+                "meta.number;instr.pixel",
+                f"Width of the region of interest asked ({rw * sx:.4g} arcsec).",
+            ),
+            ImageFact(
+                "region_requested_height",
+                rh,
+                "pix",
+                "meta.number;instr.pixel",
+                f"Height of the region of interest asked ({rh * sy:.4g} arcsec).",
+            ),
+            ImageFact(
+                "region_angular_width",
+                round(nx * sx, 4),
+                "arcsec",
+                "pos.angDistance",
+                "Width of the searched region on the sky (pixels times the pixel size).",
+            ),
+            ImageFact(
+                "region_angular_height",
+                round(ny * sy, 4),
+                "arcsec",
+                "pos.angDistance",
+                "Height of the searched region on the sky.",
+            ),
+        ]
     if full_shape is not None:
         facts += [
             ImageFact(

@@ -46,6 +46,7 @@ from astro_otf.results.formats import write_atomically
 from astro_otf.results.preview import PreviewCache, PreviewUnavailable, is_plan
 from astro_otf.results.products import IDENTITY_FILE
 from astro_otf.results.provenance import ProvenanceUnavailable, convert, reuse_provenance
+from astro_otf.serverlog import REQUEST_ID
 from astro_otf.service.events import JobEvents
 from astro_otf.service.feed import JobFeed
 from astro_otf.service.scheduler import Scheduler, utcnow
@@ -382,20 +383,35 @@ class JobService:
             missing = [name for name in missing if name != "provenance.json"]
         if missing:
             raise FileNotFoundError(f"result file(s) {', '.join(sorted(missing))} missing")
-        logs = self.folders.logs(job.job_id)
-        logs.mkdir(parents=True, exist_ok=True)
         origin = found.info.get("cached_from") or found.job_id
-        with (logs / "job.log").open("a", encoding="utf-8") as f:
-            f.write(
-                f"{utcnow().isoformat(timespec='milliseconds')} INFO job {job.job_id}: nothing "
-                f"run; the results of job {origin} are reused (the same input bytes, model "
-                "version and parameters). NOCACHE=true runs the job anyway.\n"
-            )
+        self._journal(
+            job.job_id,
+            f"job {job.job_id}: nothing run; the results of job {origin} are reused (the "
+            "same input bytes, model version and parameters). NOCACHE=true runs the job "
+            "anyway.",
+        )
 
     def _record(self, job: Job) -> Job:
         """The job's folder (if its upload has not made it already), then its row."""
         self.prepare(job.job_id)
-        return self.store.create(job)
+        stored = self.store.create(job)
+        self._journal(
+            job.job_id,
+            f"job {job.job_id} created as {job.phase.value} (model {job.model_id}, owner "
+            f"{job.owner or 'anonymous'}, image {job.image_name or '-'})",
+        )
+        return stored
+
+    def _journal(self, job_id: str, message: str) -> None:
+        """A line in the job's log about what a request did to it, with the request's id
+        (the server log's line for that request carries the same id)."""
+        path = self.folders.logs(job_id) / "job.log"
+        stamp = utcnow().strftime("%Y-%m-%d %H:%M:%S,%f")[:-3]
+        try:
+            with path.open("a", encoding="utf-8") as f:
+                f.write(f"{stamp} INFO [request {REQUEST_ID.get()}] {message}\n")
+        except OSError as exc:  # a log line is never worth failing the request
+            log.warning("cannot write the log of job %s: %s", job_id, exc)
 
     async def rerun(
         self,
@@ -710,6 +726,7 @@ class JobService:
                 quote=self.scheduler.estimate_end(job),
             )
         if moved:
+            await in_thread(self._journal, job_id, "RUN: queued")
             self.events.notify(job_id)
             self.scheduler.wake()
 
@@ -769,6 +786,7 @@ class JobService:
         )
         if moved:
             await self.scheduler.cancel(job_id)
+            await in_thread(self._journal, job_id, "ABORT: aborted")
             self.events.notify(job_id)
             log.info("job %s aborted", job_id)
         else:  # it finished meanwhile: report what it is now
@@ -896,6 +914,8 @@ class JobService:
             image_name=identity.get("filename") if identity else None,
         ):
             raise PhaseConflict(f"job {job_id} left PENDING; parameters were not changed")
+        changed = ", ".join(sorted({*fields, *files}))
+        await in_thread(self._journal, job_id, f"parameters changed: {changed}")
 
     def _destruction_changed(self) -> None:
         if self.on_destruction_change is not None:
