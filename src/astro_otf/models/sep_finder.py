@@ -346,15 +346,7 @@ def _search(image: SkyImage, settings: _Settings, log: Any) -> tuple[np.ndarray,
     data = np.array(image.data, dtype=_DTYPES[settings.precision], order="C")  # native order
     mask = ~np.isfinite(data)
     n_valid = int(data.size - np.count_nonzero(mask))
-    if n_valid == 0:
-        raise JobFailure(
-            f"every pixel of the {where} is blank (NaN or BLANK): there is nothing to search"
-        )
-    if n_valid < MIN_VALID_PIXELS:
-        raise JobFailure(
-            f"only {n_valid} pixels of the {where} are valid (the rest are NaN or BLANK); "
-            f"at least {MIN_VALID_PIXELS} are needed: choose a region with data"
-        )
+    _check_valid(n_valid, where)
     data[mask] = 0.0
     box = settings.box
     try:
@@ -436,6 +428,11 @@ def _check_searchable(pixels: np.ndarray, where: str) -> None:
             f"{MIN_SIDE} x {MIN_SIDE} to measure a background: give a larger WIDTH/HEIGHT"
         )
     n_valid = int(np.count_nonzero(np.isfinite(pixels)))
+    _check_valid(n_valid, where)
+
+
+def _check_valid(n_valid: int, where: str) -> None:
+    """Refuse a searched area with no, or too few, valid pixels (JobFailure says which)."""
     if n_valid == 0:
         raise JobFailure(
             f"every pixel of the {where} is blank (NaN or BLANK): there is nothing to search"
