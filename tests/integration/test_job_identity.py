@@ -354,3 +354,24 @@ def test_one_upload_serves_three_jobs_with_different_thresholds(
     ):
         r = client.post("/jobs", data={"PHASE": "RUN", "IMAGE": ref})
         assert 400 <= r.status_code < 500 and problem in r.text.lower(), (ref, r.text)
+
+
+def test_a_replaced_image_is_what_the_job_and_its_catalogue_name(
+    client: httpx.Client, image: Path, test_data: Path
+) -> None:
+    job_id = submit(client, image, {"THRESH": "6"}, name="first.fits")
+    other = test_data / "image2d.fits"
+    with other.open("rb") as f:
+        r = client.post(
+            f"/jobs/{job_id}/parameters", files={"IMAGE": ("second.fits", f, "application/fits")}
+        )
+    assert r.status_code == 303, r.text
+    seen = job_json(client, job_id)["jobInfo"]["input"]
+    assert seen["filename"] == "second.fits"
+    assert seen["sha256"] == hashlib.sha256(other.read_bytes()).hexdigest()
+    assert client.post(f"/jobs/{job_id}/phase", data={"PHASE": "RUN"}).status_code == 303
+    assert wait_final(client, job_id)["phase"] == "COMPLETED"
+    table = parse(io.BytesIO(client.get(f"/jobs/{job_id}/results/result").content))
+    infos = {info.name: info.value for info in table.resources[0].infos}
+    assert infos["input_filename"] == "second.fits"
+    assert infos["input_sha256"] == seen["sha256"]

@@ -190,23 +190,11 @@ def test_queued_jobs_run_their_stored_model_version(tmp_path: Path) -> None:
     models = tmp_path / "models"
     install_model_version(models, "2.0")
     config = RegistryConfig(models_dirs=(str(models),))
-    engine = make_engine(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
-    migrate(engine)
-    store = JobStore(engine)
-    folders = JobFolders(tmp_path)
     executor = _RecordingExecutor()
     jobs = {"dddd000000000001": "1.0", "dddd000000000002": None, "dddd000000000003": "0.9"}
+    scheduler, store, folders = _detector_scheduler(tmp_path, executor, config, max_wait=0)
 
     async def scenario() -> None:
-        scheduler = Scheduler(
-            store,
-            folders,
-            executor,  # type: ignore[arg-type]
-            JobEvents(),
-            apps=build_registry(config),
-            registry=config,
-            rules=BatchRules(max_wait=0),
-        )
         try:
             for job_id, version in jobs.items():
                 folders.create(job_id)
@@ -228,13 +216,16 @@ def test_queued_jobs_run_their_stored_model_version(tmp_path: Path) -> None:
 
 
 def _detector_scheduler(
-    tmp_path: Path, executor: _RecordingExecutor, **rules: float
+    tmp_path: Path,
+    executor: _RecordingExecutor,
+    config: RegistryConfig | None = None,
+    **rules: float,
 ) -> tuple[Scheduler, JobStore, JobFolders]:
     engine = make_engine(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
     migrate(engine)
     store = JobStore(engine)
     folders = JobFolders(tmp_path)
-    config = RegistryConfig()
+    config = config or RegistryConfig()
     scheduler = Scheduler(
         store,
         folders,

@@ -37,7 +37,7 @@ from astro_otf.domain.job import (
     is_job_id,
     new_job_id,
 )
-from astro_otf.domain.parameters import check_run_id, check_texts, validate
+from astro_otf.domain.parameters import NATIVE_BY_NAME, check_run_id, check_texts, validate
 from astro_otf.domain.phases import ACTIVE_PHASES, FINAL_PHASES, Phase
 from astro_otf.imaging.fits import UploadRefused, check_upload
 from astro_otf.imaging.identity import describe_image, sanitise_filename
@@ -193,11 +193,19 @@ class JobService:
         parameter set is accepted (:meth:`commit_staged_upload`)."""
         return self._staged(job_id).open("wb")
 
+    def _staged_identity(self, job_id: str) -> Path:
+        return self.folders.input_file(job_id, IDENTITY_FILE + ".new")
+
     def commit_staged_upload(self, job_id: str) -> None:
+        """The replacement IMAGE, and what it is, take the old one's place."""
         os.replace(self._staged(job_id), self.folders.input_file(job_id, UPLOAD_NAMES["image"]))
+        staged_identity = self._staged_identity(job_id)
+        if staged_identity.exists():
+            os.replace(staged_identity, self.folders.input_file(job_id, IDENTITY_FILE))
 
     def drop_staged_upload(self, job_id: str) -> None:
         self._staged(job_id).unlink(missing_ok=True)
+        self._staged_identity(job_id).unlink(missing_ok=True)
 
     async def discard(self, job_id: str) -> None:
         """Forget a job whose creation failed: nothing of it stays on disk."""
@@ -270,7 +278,7 @@ class JobService:
             cache_key=computation_key(inputs, values) if inputs else None,
         )
         reused = None
-        if start and reuse and not values.get("nocache"):
+        if start and reuse:
             reused = await self._reuse(job)
         if reused is not None:
             stored = reused
@@ -306,9 +314,12 @@ class JobService:
         image_name: str | None,
         sha256: str | None,
         upload_id: str | None,
+        *,
+        record: Path | None = None,
     ) -> dict[str, Any]:
-        """What the job's image is, for people (file name, object, telescope, frequency,
-        shape) and for reuse (its sha256); kept beside it for the worker too."""
+        """What the job's image at ``path`` is, for people (file name, object, telescope,
+        frequency, shape) and for reuse (its sha256); written at ``record`` (default: the
+        identity file beside the job's image) for the worker to put in the catalogue."""
         identity: dict[str, Any] = {
             "filename": sanitise_filename(image_name or UPLOAD_NAMES["image"]),
             "sha256": sha256 or file_sha256(path),
@@ -319,14 +330,18 @@ class JobService:
             identity.update(describe_image(path))
         except Exception as exc:  # the image was checked already: its header is only a label
             log.warning("job %s: cannot describe its image (%s)", job_id, exc)
-        write_atomically(path.with_name(IDENTITY_FILE), json.dumps(identity).encode())
+        target = record or self.folders.input_file(job_id, IDENTITY_FILE)
+        write_atomically(target, json.dumps(identity).encode())
         return identity
 
-    async def _reuse(self, job: Job) -> Job | None:
-        """``job`` recorded as COMPLETED with the results of the newest completed job of its
-        owner that computed the same thing (hard links to its files), or None when there is
-        none (or its files are gone)."""
+    async def _reusable(self, job: Job) -> tuple[Job, dict[str, Any]] | None:
+        """The newest completed job of ``job``'s owner that computed the same thing, its
+        result files already linked into ``job``'s folder, and the info ``job`` takes from
+        it; None when there is none, NOCACHE is set, or its files are gone."""
         if job.cache_key is None:
+            return None
+        nocache = job.parameter_values().get("nocache")
+        if nocache is not None and NATIVE_BY_NAME["nocache"].parse(nocache):
             return None
         found = await in_thread(
             self.store.find_computed, job.cache_key, job.owner, check_owner=self._check_owner
@@ -339,18 +354,26 @@ class JobService:
             log.info("job %s: results of job %s not reusable (%s)", job.job_id, found.job_id, exc)
             await in_thread(self.folders.clear_results, job.job_id)
             return None
-        now = utcnow()
-        job.phase = Phase.COMPLETED
-        job.start_time = job.end_time = now
-        job.results = list(found.results)
         kept = ("n_sources", "model_version", "rms", "threshold")
-        job.info = {
+        info = {
             **job.info,
             **{k: found.info[k] for k in kept if k in found.info},
             # the job that computed them (``found`` may itself be a copy)
             "cached_from": found.info.get("cached_from") or found.job_id,
             "run_seconds": 0.0,
         }
+        return found, info
+
+    async def _reuse(self, job: Job) -> Job | None:
+        """``job`` recorded as COMPLETED with the results of a completed job that computed
+        the same thing (:meth:`_reusable`), or None when it must run."""
+        reusable = await self._reusable(job)
+        if reusable is None:
+            return None
+        found, job.info = reusable
+        job.phase = Phase.COMPLETED
+        job.start_time = job.end_time = utcnow()
+        job.results = list(found.results)
         stored = await in_thread(self._record, job)
         self.events.notify(job.job_id)
         log.info("job %s: COMPLETED from the results of job %s", job.job_id, found.job_id)
@@ -732,32 +755,12 @@ class JobService:
 
     async def _reuse_pending(self, job: Job) -> bool:
         """A PENDING job sent RUN whose computation a completed job already made: COMPLETED
-        now with its results (see :meth:`_reuse`). False when it must run."""
-        if job.cache_key is None or job.parameter_values().get("nocache", "").lower() in (
-            "true",
-            "1",
-            "yes",
-        ):
+        now with its results (:meth:`_reusable`). False when it must run."""
+        reusable = await self._reusable(job)
+        if reusable is None:
             return False
-        found = await in_thread(
-            self.store.find_computed, job.cache_key, job.owner, check_owner=self._check_owner
-        )
-        if found is None or not found.results:
-            return False
-        try:
-            await in_thread(self._link_results, found, job)
-        except OSError:
-            await in_thread(self.folders.clear_results, job.job_id)
-            return False
+        found, info = reusable
         now = utcnow()
-        kept = ("n_sources", "model_version", "rms", "threshold")
-        info = {
-            **job.info,
-            **{k: found.info[k] for k in kept if k in found.info},
-            # the job that computed them (``found`` may itself be a copy)
-            "cached_from": found.info.get("cached_from") or found.job_id,
-            "run_seconds": 0.0,
-        }
         moved = await in_thread(
             self.store.transition,
             job.job_id,
@@ -891,17 +894,15 @@ class JobService:
         if "image" in files:
             staged = self._staged(job_id)
             await self._check_image(staged)
-            name = image_name or (identity or {}).get("filename")
-            identity = {
-                "filename": sanitise_filename(name or UPLOAD_NAMES["image"]),
-                "sha256": await in_thread(file_sha256, staged),
-                "bytes": (await in_thread(staged.stat)).st_size,
-                "upload_id": None,
-            }
-            try:
-                identity.update(await in_thread(describe_image, staged))
-            except Exception as exc:
-                log.warning("job %s: cannot describe its new image (%s)", job_id, exc)
+            identity = await in_thread(
+                self._identify,
+                job_id,
+                staged,
+                image_name or (identity or {}).get("filename"),
+                None,
+                None,
+                record=self._staged_identity(job_id),
+            )
         inputs = {"image": identity["sha256"]} if identity and "sha256" in identity else {}
         if not await in_thread(
             self.store.replace_parameters,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import re
 import secrets
 from pathlib import Path
@@ -39,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from astro_otf.config import Settings
 from astro_otf.domain.errors import NotAuthenticated
+from astro_otf.store.secret import data_secret
 
 #: The cookie that carries the bearer token of a browser logged in at /ui/login.
 TOKEN_COOKIE = "otf_token"
@@ -93,36 +93,10 @@ def owner_from(request: Request, settings: Settings) -> str | None:
 
 # -- CSRF ------------------------------------------------------------------------------------
 
-_secrets: dict[Path, bytes] = {}
-
 
 def server_secret(settings: Settings) -> bytes:
-    """The CSRF key: 32 random bytes in ``<data_dir>/web-secret``, made on first use (by a
-    link of a complete file, so that two processes starting together agree on one)."""
-    path = Path(settings.data_dir) / "web-secret"
-    known = _secrets.get(path)
-    if known is not None:
-        return known
-    for _ in range(5):
-        try:
-            value = path.read_bytes()
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temp = path.with_name(f".web-secret.{os.getpid()}.{secrets.token_hex(4)}")
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(secrets.token_bytes(32))
-            try:
-                os.link(temp, path)
-            except FileExistsError:
-                pass
-            finally:
-                temp.unlink()
-            continue
-        if len(value) >= 32:
-            _secrets[path] = value
-            return value
-    raise RuntimeError(f"the web secret {path} could not be read")
+    """The CSRF key, kept in the data folder (see :func:`astro_otf.store.secret.data_secret`)."""
+    return data_secret(Path(settings.data_dir))
 
 
 def session_of(cookies: dict[str, str], settings: Settings) -> str | None:
