@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     tokens: dict[str, str] = Field(
         default_factory=dict, description="Bearer token -> owner, used in token mode."
     )
+    operators: list[str] = Field(
+        default_factory=list,
+        description="Owners (token mode) who see and manage every owner's jobs and see "
+        "everyone's accounting.",
+    )
     models_dirs: list[Path] = Field(
         default_factory=list,
         description="Folders of model manifests (<id>/<version>/manifest.toml) served besides "

@@ -29,6 +29,20 @@ def is_job_id(text: str) -> bool:
     return _JOB_ID.fullmatch(text) is not None
 
 
+class Operator(str):
+    """The name of an owner who may see and manage every owner's jobs: a token holder listed
+    in ``operators``, or a member of the OIDC operators' group. It is a ``str``, so it goes
+    wherever an owner name goes (a job it creates is its own, under that name); where jobs
+    are looked up by owner, :func:`sees_every_owner` lets it through."""
+
+    __slots__ = ()
+
+
+def sees_every_owner(owner: str | None) -> bool:
+    """Whether ``owner`` is an operator, who sees every owner's jobs."""
+    return isinstance(owner, Operator)
+
+
 #: Parameters that change how or when a job runs, not what it computes.
 NOT_COMPUTED = frozenset({"priority", "nocache", "notify"})
 

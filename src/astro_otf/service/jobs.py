@@ -36,6 +36,7 @@ from astro_otf.domain.job import (
     computation_key,
     is_job_id,
     new_job_id,
+    sees_every_owner,
 )
 from astro_otf.domain.parameters import NATIVE_BY_NAME, check_run_id, check_texts, validate
 from astro_otf.domain.phases import ACTIVE_PHASES, FINAL_PHASES, Phase
@@ -158,14 +159,17 @@ class JobService:
         self.registry = registry
         self.events = events
         self.scheduler = scheduler
-        self._check_owner = settings.auth_mode == "token"
-        #: Whether jobs are seen only by their owners (token mode).
-        self.checks_owner = self._check_owner
+        #: Whether jobs are seen only by their owners (token and OIDC modes), operators aside.
+        self._check_owner = settings.auth_mode != "anonymous"
         #: Counting the queue and adding to it happen under this lock, so that RUNs arriving
         #: together cannot overfill it (one process; replicas need a database lock).
         self._queue_lock = asyncio.Lock()
         #: Called when a destruction time may have moved earlier (the reaper re-plans).
         self.on_destruction_change: Callable[[], None] | None = None
+
+    def checks(self, owner: str | None) -> bool:
+        """Whether ``owner`` sees only its own jobs (not in anonymous mode, not an operator)."""
+        return self._check_owner and not sees_every_owner(owner)
 
     # -- creation ------------------------------------------------------------------------
 
@@ -258,7 +262,7 @@ class JobService:
         now = utcnow()
         job = Job(
             job_id=job_id,
-            owner=owner,
+            owner=None if owner is None else str(owner),  # the name, not an Operator
             run_id=run_id,
             phase=Phase.PENDING,
             model_id=model_id,
@@ -559,10 +563,10 @@ class JobService:
             raise JobNotFound(job_id)
         job = self.store.cached(job_id)  # no thread hop and no database read
         if job is not None:
-            if self._check_owner and job.owner != owner:
+            if self.checks(owner) and job.owner != owner:
                 raise JobNotFound(job_id)  # the same answer as an unknown id
         else:
-            job = await in_thread(self.store.get, job_id, owner, check_owner=self._check_owner)
+            job = await in_thread(self.store.get, job_id, owner, check_owner=self.checks(owner))
         return self._with_queue_place(job)
 
     def _with_queue_place(self, job: Job) -> Job:
@@ -602,7 +606,7 @@ class JobService:
         return await in_thread(
             self.store.list_jobs,
             owner=owner,
-            check_owner=self._check_owner,
+            check_owner=self.checks(owner),
             phases=phases,
             after=after,
             last=last,

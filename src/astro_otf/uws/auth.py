@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from astro_otf.config import Settings
 from astro_otf.domain.errors import NotAuthenticated
+from astro_otf.domain.job import Operator
 from astro_otf.store.secret import data_secret
 
 #: The cookie that carries the bearer token of a browser logged in at /ui/login.
@@ -54,11 +55,14 @@ CSRF_SCAN_BYTES = 256 * 1024
 
 
 def owner_for_token(settings: Settings, token: str) -> str | None:
-    """The owner a token names, or None when it is not one of the configured tokens."""
+    """The owner a token names (an :class:`Operator` when listed in ``operators``), or None
+    when it is not one of the configured tokens."""
     owner = None
     for known, name in settings.tokens.items():
         if hmac.compare_digest(known.encode(), token.encode()):
             owner = name
+    if owner is not None and owner in settings.operators:
+        return Operator(owner)
     return owner
 
 

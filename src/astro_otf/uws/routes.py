@@ -222,7 +222,7 @@ async def job_events(request: Request, service: Service, owner: Owner) -> Respon
             yield b"retry: 2000\n\n"
             async for event in feed.follow(
                 owner,
-                check_owner=service.checks_owner,
+                check_owner=service.checks(owner),
                 last_event_id=last_id,
                 jobs=jobs,
             ):
