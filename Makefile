@@ -11,7 +11,7 @@ PORT ?= 8000
 # through ../shared/infra/slurm-local.sh.)
 DEB_TEST_PACKAGES := stilts graphviz chromium chromium-driver libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1
 
-.PHONY: run test install install-test deb-test lint typecheck check clean train peers science
+.PHONY: run test install install-test deb-test lint typecheck check clean train peers science apps
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -55,8 +55,16 @@ lint: install-test
 typecheck: install-test
 	$(VENV)/bin/mypy
 
+## The Python environments of the command apps (PyBDSF, Aegean): one venv each under
+## $(APPS_DIR), built with the system python3 from the pinned requirements beside each app's
+## manifest, only when missing or when the requirements changed (a stamp in each venv).
+## `make run` does not need them: until they exist those apps are listed as unavailable.
+APPS_DIR ?= .apps
+apps:
+	$(PYTHON) src/astro_otf/models/apps/build_envs.py --apps-dir $(APPS_DIR)
+
 ## Install everything the tests need (Python and Debian), then run the whole suite.
-test: install-test deb-test lint typecheck
+test: install-test deb-test apps lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 ## Retrain the shipped detector from its fixed seed (CPU PyTorch, about 26 min on 2 cores),

@@ -19,14 +19,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from astro_otf import __version__, serverlog, web
 from astro_otf.batching.former import BatchRules
 from astro_otf.config import Settings
-from astro_otf.domain.errors import NotAuthenticated, OTFError, ServiceBusy
+from astro_otf.domain.errors import NotAuthenticated, OTFError, QuotaExceeded, ServiceBusy
 from astro_otf.domain.phases import Phase
 from astro_otf.execution.base import make_executor
 from astro_otf.models.registry import RegistryConfig, build_registry
+from astro_otf.service.accounting import Accounting
 from astro_otf.service.events import JobEvents
 from astro_otf.service.feed import JobFeed
+from astro_otf.service.held import Holds
 from astro_otf.service.jobs import JobService
 from astro_otf.service.metrics import Metrics
+from astro_otf.service.quotas import Quotas
 from astro_otf.service.reaper import Reaper
 from astro_otf.service.replicas import Replicas
 from astro_otf.service.scheduler import Scheduler, utcnow
@@ -37,7 +40,8 @@ from astro_otf.store.database import make_engine, migrate
 from astro_otf.store.files import JobFolders
 from astro_otf.store.lock import DataFolderBusy, DataFolderLock
 from astro_otf.store.repository import JobStore
-from astro_otf.uws import routes, system, upload_routes
+from astro_otf.store.usage import UsageStore
+from astro_otf.uws import accounting_routes, auth, dataset_routes, routes, system, upload_routes
 
 log = logging.getLogger("astro_otf")
 
@@ -112,10 +116,19 @@ def data_folder_lock(settings: Settings) -> DataFolderLock:
     return DataFolderLock.acquire(Path(settings.data_dir), shared=shared)
 
 
-def on_change(scheduler: Scheduler, events: JobEvents, job_id: str, what: str) -> None:
+def on_change(
+    scheduler: Scheduler,
+    events: JobEvents,
+    job_id: str,
+    what: str,
+    holds: Holds | None = None,
+) -> None:
     """A job changed in the database (any replica): wake its WAITs; a new QUEUED job wakes
-    the scheduler; an ABORT or DELETE stops this process's run of the job, if it has one."""
+    the scheduler; a HELD one is watched (by the leader); an ABORT or DELETE stops this
+    process's run of the job, if it has one."""
     events.notify(job_id)
+    if what == Phase.HELD.value and holds is not None:
+        holds.watch_soon(job_id)
     if what == Phase.QUEUED.value:
         scheduler.wake()
     elif what in (Phase.ABORTED.value, "DELETED") and job_id in scheduler.running:
@@ -155,8 +168,18 @@ async def _running(app: FastAPI, settings: Settings, *, alone: bool) -> AsyncIte
     )
     feed = JobFeed()
     uploads = UploadService(settings, engine)
+    usage = UsageStore(engine)
+    quotas = Quotas(settings, usage)
     service = JobService(
-        settings, store, folders, registry, events, scheduler, feed=feed, uploads=uploads
+        settings,
+        store,
+        folders,
+        registry,
+        events,
+        scheduler,
+        feed=feed,
+        uploads=uploads,
+        quotas=quotas,
     )
     scheduler.on_progress = service.progress_changed
     reaper = Reaper(service)
@@ -168,6 +191,7 @@ async def _running(app: FastAPI, settings: Settings, *, alone: bool) -> AsyncIte
     app.state.executor = executor
     app.state.reaper = reaper
     app.state.metrics = metrics
+    app.state.accounting = Accounting(usage, quotas)
 
     async def take_over() -> None:
         """This process now runs jobs: first those a previous run left behind."""
@@ -177,17 +201,21 @@ async def _running(app: FastAPI, settings: Settings, *, alone: bool) -> AsyncIte
             log.info("recovered: %d job(s) queued again, %d lost", requeued, failed)
         scheduler.active = True
         scheduler.wake()
+        await service.holds.start()  # HELD jobs: their folders and deadlines are watched
 
     def follow() -> None:
         scheduler.active = False
         scheduler.cancel_soon()
+        service.holds.stop_soon()
 
     replicas = None
     if replicated:  # replicas may share this database: only the leader runs jobs
         scheduler.active = False
         replicas = Replicas(
             engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
-            on_change=lambda job_id, what: on_change(scheduler, events, job_id, what),
+            on_change=lambda job_id, what: on_change(
+                scheduler, events, job_id, what, service.holds
+            ),
             on_lead=take_over,
             on_follow=follow,
         )
@@ -210,6 +238,7 @@ async def _running(app: FastAPI, settings: Settings, *, alone: bool) -> AsyncIte
         yield
     finally:
         await reaper.stop()
+        await service.holds.stop()
         if replicas is not None:
             await replicas.stop()
         await scheduler.stop()
@@ -265,17 +294,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system.router)
     app.include_router(routes.router)
     app.include_router(upload_routes.router)
+    app.include_router(dataset_routes.router)
+    app.include_router(accounting_routes.router)
     web.install(app)
+    auth.install(app, settings)  # OIDC mode: the token verifier and its key refresher
     # outermost: every request gets its id before anything else runs
     app.add_middleware(serverlog.RequestLog)
 
     @app.exception_handler(OTFError)
     async def otf_error(request: Request, exc: OTFError) -> PlainTextResponse:
         headers = {}
-        if isinstance(exc, ServiceBusy):
+        if isinstance(exc, ServiceBusy | QuotaExceeded):
             headers["Retry-After"] = str(exc.retry_after)
         if isinstance(exc, NotAuthenticated):
-            headers["WWW-Authenticate"] = "Bearer"
+            headers["WWW-Authenticate"] = auth.bearer_challenge(exc)
         return PlainTextResponse(exc.message, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)

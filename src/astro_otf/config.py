@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +21,23 @@ from pydantic_settings import (
 
 #: The model a job runs when it names none: the trained detector shipped in the model zoo.
 DEFAULT_MODEL = "radio-detector"
+
+
+#: A dataset's name: what IMAGE=dataset:<name>/... and /datasets/<name> are spelt with.
+DATASET_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
+
+class DatasetConfig(BaseModel):
+    """One dataset an operator offers: images on the server's disk that jobs name instead of
+    uploading them (see :mod:`astro_otf.service.datasets`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=f"^{DATASET_NAME}$", description="URL-safe name.")
+    path: str = Field(
+        min_length=1, description="A folder, or a glob of files (absolute or relative)."
+    )
+    description: str = ""
 
 
 class Settings(BaseSettings):
@@ -91,14 +108,54 @@ class Settings(BaseSettings):
         ge=1,
         description="Bytes of stored uploads one owner may hold at once (POST /uploads).",
     )
+    datasets: list[DatasetConfig] = Field(
+        default_factory=list,
+        description="Folders of images on the server that jobs name as IMAGE=dataset:<name>/"
+        "<path>: each {name, path, description}; path is a folder (its FITS files, "
+        'recursively) or a glob such as "/data/askap/*.fits".',
+    )
+    pending_hold_seconds: int = Field(
+        default=86400,
+        ge=1,
+        description="How long a job waits for an upload to come (IMAGE=pending:<name>) when "
+        "it gives no HOLD; never past its destruction time.",
+    )
     webhook_hosts: list[str] = Field(
         default_factory=list,
         description="Hosts a job's NOTIFY webhook may call (none: webhooks are off). A "
         "webhook to any other host is refused when the job is created.",
     )
+    max_active_jobs: int = Field(
+        default=0,
+        ge=0,
+        description="Jobs one owner may have QUEUED, EXECUTING or HELD at once; a RUN beyond "
+        "it is refused with 429 and Retry-After. 0: no limit. In anonymous mode every caller "
+        "is the same owner.",
+    )
+    max_stored_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Bytes one owner's jobs may hold (their input images and result files); "
+        "a new job beyond it is refused with 413 until jobs are deleted. 0: no limit.",
+    )
+    job_creation_rate: float = Field(
+        default=0.0,
+        ge=0,
+        description="Jobs one owner may create per minute, on average (a token bucket, per "
+        "server process); beyond it 429 with Retry-After. 0: no limit.",
+    )
+    job_creation_burst: int = Field(
+        default=10,
+        ge=1,
+        description="Jobs one owner may create at once before job_creation_rate applies.",
+    )
     max_wait: int = Field(default=600, ge=1, description="Cap on a blocking WAIT, seconds.")
     max_queued_jobs: int = Field(default=10000, ge=1, description="QUEUED jobs before 503.")
-    auth_mode: Literal["anonymous", "token"] = "anonymous"
+    auth_mode: Literal["anonymous", "token", "oidc"] = Field(
+        default="anonymous",
+        description='Who is asking: "anonymous" (no owners), "token" (bearer tokens from '
+        '[tokens]) or "oidc" (bearer JWTs of an OpenID Connect provider: the oidc_* settings).',
+    )
     tokens: dict[str, str] = Field(
         default_factory=dict, description="Bearer token -> owner, used in token mode."
     )
@@ -107,10 +164,76 @@ class Settings(BaseSettings):
         description="Owners (token mode) who see and manage every owner's jobs and see "
         "everyone's accounting.",
     )
+    oidc_issuer: str | None = Field(
+        default=None,
+        description="OIDC mode: the provider's issuer, exactly as tokens carry it in 'iss' "
+        "(https://idp.example.org/realms/astro).",
+    )
+    oidc_audience: str | None = Field(
+        default=None,
+        description="OIDC mode: the audience ('aud') a token must be for: this service's "
+        "client id at the provider.",
+    )
+    oidc_jwks_url: str | None = Field(
+        default=None,
+        description="OIDC mode: the provider's jwks_uri (https; http only on this host), "
+        "fetched and cached; fetched again when a token names a key id it lacks.",
+    )
+    oidc_jwks_file: Path | None = Field(
+        default=None,
+        description="OIDC mode, instead of oidc_jwks_url: a JWKS file, read again when it changes.",
+    )
+    oidc_owner_claim: str = Field(
+        default="preferred_username",
+        min_length=1,
+        description="OIDC mode: the token claim that names the owner (preferred_username, "
+        "sub, email ...).",
+    )
+    oidc_groups_claim: str = Field(
+        default="groups",
+        min_length=1,
+        description="OIDC mode: the claim that lists the user's groups (a dotted path such "
+        "as realm_access.roles reaches into an object).",
+    )
+    oidc_operator_group: str | None = Field(
+        default=None,
+        description="OIDC mode: members of this group are operators, who see and manage "
+        "every owner's jobs (none: no operators).",
+    )
+    oidc_algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256"],
+        min_length=1,
+        description="OIDC mode: the signature algorithms accepted (public-key ones only: "
+        "RS*, PS*, ES*, EdDSA; never none or HS*).",
+    )
+    oidc_leeway: float = Field(
+        default=30.0,
+        ge=0,
+        le=600,
+        description="OIDC mode: seconds of clock difference allowed on exp, nbf and iat.",
+    )
+    oidc_jwks_refresh_interval: float = Field(
+        default=60.0,
+        ge=0,
+        description="OIDC mode: at most one fetch of oidc_jwks_url per this many seconds, "
+        "however many tokens name unknown key ids.",
+    )
+    oidc_jwks_max_age: float = Field(
+        default=3600.0,
+        gt=0,
+        description="OIDC mode: seconds a fetched key set is used before it is fetched "
+        "again (so that a key the provider removed stops working).",
+    )
     models_dirs: list[Path] = Field(
         default_factory=list,
         description="Folders of model manifests (<id>/<version>/manifest.toml) served besides "
         "the models shipped with the package.",
+    )
+    apps_dir: Path = Field(
+        default=Path(".apps"),
+        description="Where the command apps' Python environments are (one folder each, "
+        "built by `make apps`); relative to the working directory unless absolute. An app "
+        "whose environment is missing is listed as unavailable.",
     )
     inference_providers: list[str] = Field(
         default_factory=lambda: ["cpu"],
@@ -155,10 +278,19 @@ class Settings(BaseSettings):
         default=5, ge=0, description="Rotated server logs kept (server.log.1 ...)."
     )
 
-    @field_validator("data_dir")
+    @field_validator("data_dir", "apps_dir")
     @classmethod
     def _absolute(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _oidc_needs_a_provider(self) -> Settings:
+        if self.auth_mode != "oidc":
+            return self
+        from astro_otf.uws.oidc import check_settings
+
+        check_settings(self)
+        return self
 
     @model_validator(mode="after")
     def _dask_needs_an_address(self) -> Settings:
@@ -168,6 +300,15 @@ class Settings(BaseSettings):
                 "address such as tcp://10.0.0.5:8786"
             )
         return self
+
+    @field_validator("datasets")
+    @classmethod
+    def _unique_dataset_names(cls, v: list[DatasetConfig]) -> list[DatasetConfig]:
+        names = [d.name for d in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"dataset name(s) given twice: {', '.join(twice)}")
+        return v
 
     @classmethod
     def settings_customise_sources(

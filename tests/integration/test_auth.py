@@ -287,3 +287,75 @@ def test_tokens_are_not_stored_or_logged(token_server: ServerProcess) -> None:
             data = path.read_bytes()
             assert b"tok-alice" not in data, path
             assert b"tok-bob" not in data, path
+
+
+# -- operators (token mode) ----------------------------------------------------------------------
+
+OLGA = {"Authorization": "Bearer tok-olga"}
+
+
+@pytest.fixture(scope="module")
+def operator_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("otf-operators") / "data",
+        None,
+        auth_mode="token",
+        tokens=json.dumps({**TOKENS, "tok-olga": "olga"}),
+        operators=json.dumps(["olga"]),
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def test_operator_sees_and_manages_every_owner(operator_server: ServerProcess) -> None:
+    server = operator_server
+    alice_job = create_job(server, ALICE, "alice-op")
+    running = httpx.post(
+        f"{server.url}/jobs",
+        data={"MODEL": "sleep", "DURATION": "120", "PHASE": "RUN", "RUNID": "bob-long"},
+        headers=BOB,
+        timeout=30,
+    )
+    assert running.status_code == 303, running.text
+    bob_job = running.headers["location"].rsplit("/", 1)[1]
+
+    # A non-operator sees only their own and cannot touch the other's.
+    assert bob_job not in listed_ids(server, ALICE)
+    refused = httpx.post(
+        f"{server.url}/jobs/{bob_job}/phase", data={"PHASE": "ABORT"}, headers=ALICE, timeout=10
+    )
+    assert refused.status_code == 404
+    assert (
+        httpx.delete(f"{server.url}/jobs/{bob_job}", headers=ALICE, timeout=10).status_code == 404
+    )
+
+    # The operator lists both owners' jobs, reads them and aborts bob's.
+    assert {alice_job, bob_job} <= listed_ids(server, OLGA)
+    owner = httpx.get(f"{server.url}/jobs/{alice_job}/owner", headers=OLGA, timeout=10)
+    assert owner.status_code == 200 and owner.text == "alice"
+    aborted = httpx.post(
+        f"{server.url}/jobs/{bob_job}/phase", data={"PHASE": "ABORT"}, headers=OLGA, timeout=10
+    )
+    assert aborted.status_code == 303, aborted.text
+    phase = ""
+    for _ in range(20):
+        doc = httpx.get(
+            f"{server.url}/jobs/{bob_job}",
+            params={"WAIT": "2"},
+            headers={**BOB, "Accept": "application/json"},
+            timeout=30,
+        )
+        phase = doc.json()["phase"]
+        if phase == "ABORTED":
+            break
+    assert phase == "ABORTED"
+    # ... and deletes alice's; the owners' own views agree.
+    deleted = httpx.delete(f"{server.url}/jobs/{alice_job}", headers=OLGA, timeout=10)
+    assert deleted.status_code == 303
+    assert alice_job not in listed_ids(server, ALICE)
+    assert bob_job in listed_ids(server, BOB)
+    # A job the operator creates is the operator's own, under their name.
+    own = create_job(server, OLGA, "olga-own")
+    assert httpx.get(f"{server.url}/jobs/{own}/owner", headers=OLGA).text == "olga"
+    assert own not in listed_ids(server, ALICE)

@@ -20,7 +20,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -361,10 +361,35 @@ def submit(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the job document(s) as JSON.")
     ] = False,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            "-d",
+            metavar="NAME",
+            help="Search every image of a dataset on the service (see otf datasets), one job "
+            "each, all with one run id (the dataset's name unless --run-id).",
+        ),
+    ] = None,
+    glob_pattern: Annotated[
+        str | None,
+        typer.Option(
+            "--glob",
+            metavar="PATTERN",
+            help="With --dataset: only its images whose path or file name matches "
+            "('*.fits', 'sub/*_I.fits').",
+        ),
+    ] = None,
 ) -> None:
     """Create a job for each IMAGE; print the job ids, or with --wait the outcomes."""
     sources = _expand_images(images or [])
     sources += [f"upload:{u}" for u in upload_id or []]
+    if glob_pattern is not None and dataset is None:
+        _fail("--glob selects images of a --dataset; name one", EXIT_USAGE)
+    if dataset is not None:
+        with _client(ctx) as client:
+            sources += _dataset_refs(client, dataset, glob_pattern)
+        run_id = run_id if run_id is not None else dataset
     if not sources:
         _fail("name an IMAGE (or --upload-id ID) to search", EXIT_USAGE)
     sources = list(dict.fromkeys(sources))
@@ -541,10 +566,37 @@ def _expand_images(args: list[str]) -> list[Path | str]:
     return unique
 
 
+def _dataset_refs(client: OTFClient, name: str, pattern: str | None) -> list[Path | str]:
+    """The references (``dataset:<name>/<path>``) of a dataset's complete images, those
+    whose path or file name matches ``pattern`` when one is given."""
+    import fnmatch
+
+    try:
+        images = client.dataset(name)["images"]
+    except OTFClientError as exc:
+        _fail(exc.message, EXIT_HTTP if exc.status_code != 404 else EXIT_USAGE)
+    refs: list[Path | str] = []
+    for image in images:
+        path = str(image.get("path", ""))
+        if not image.get("complete") or not path:
+            continue
+        if pattern is None or any(
+            fnmatch.fnmatchcase(p, pattern) for p in (path, path.rsplit("/", 1)[-1])
+        ):
+            refs.append(str(image.get("ref") or f"dataset:{name}/{path}"))
+    if not refs:
+        what = f" matching {pattern!r}" if pattern else ""
+        _fail(f"dataset {name} has no complete image{what}", EXIT_USAGE)
+    return refs
+
+
 def _label_of(client: OTFClient, source: Path | str) -> str:
-    """The file name a source goes by: a local file's, or an upload's as stored."""
+    """The file name a source goes by: a local file's, a dataset image's, or an upload's
+    as stored."""
     if isinstance(source, Path):
         return source.name
+    if source.startswith(("dataset:", "pending:")):
+        return source.rsplit("/", 1)[-1].split(":", 1)[-1]
     if source.startswith("upload:"):
         try:
             return str(client.upload_info(source.removeprefix("upload:")).get("filename") or "")
@@ -1108,6 +1160,56 @@ def upload(
             typer.echo(f"{record['upload_id']}\t{path}")
 
 
+@app.command("datasets")
+def datasets(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None, typer.Argument(metavar="[NAME]", help="A dataset: list its images.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the listing as JSON.")] = False,
+) -> None:
+    """The datasets the service offers, or one dataset's images with their shape, beam and
+    frequency (search them with `otf submit --dataset NAME`)."""
+    with _client(ctx) as client:
+        if name is None:
+            found = client.datasets()
+            if as_json:
+                _print_json({"datasets": found})
+                return
+            if not found:
+                typer.echo("no datasets")
+                return
+            table = Table("Name", "Files", "Description")
+            for d in found:
+                table.add_row(
+                    escape(str(d.get("name"))),
+                    escape(str(d.get("pattern", ""))),
+                    escape(str(d.get("description", ""))),
+                )
+            _stdout().print(table)
+            return
+        doc = client.dataset(name)
+    if as_json:
+        _print_json(doc)
+        return
+    table = Table("Path", "Shape", "Beam (arcsec)", "Frequency (MHz)", "Object", "Bytes")
+    for image in doc["images"]:
+        shape = image.get("shape")
+        beam = image.get("beam")
+        freq = image.get("frequency_hz")
+        table.add_row(
+            escape(str(image.get("path"))),
+            " x ".join(str(n) for n in shape) if isinstance(shape, list) else "",
+            f"{beam['major_arcsec']:.1f} x {beam['minor_arcsec']:.1f}"
+            if isinstance(beam, dict)
+            else "",
+            f"{freq / 1e6:.3f}" if isinstance(freq, int | float) else "",
+            escape(str(image.get("object") or "")),
+            str(image.get("bytes", "")) + ("" if image.get("complete", True) else " (incomplete)"),
+        )
+    _stdout().print(table)
+
+
 @app.command("results")
 def results(
     ctx: typer.Context,
@@ -1194,11 +1296,14 @@ def models_list(
         name = m.get("id", "")
         if name == doc.get("default"):
             name += " (default)"
+        description = str(m.get("description", ""))
+        if m.get("available") is False:  # a command app whose environment is missing
+            description = f"UNAVAILABLE: {m.get('reason', '')} | {description}"
         table.add_row(
             name,
             _versions_text(m),
             ", ".join(m.get("precisions", [])),
-            str(m.get("description", "")),
+            description,
         )
     _stdout().print(table)
 
@@ -1267,6 +1372,77 @@ def health(
             typer.echo(f"  {name}: {check}")
     if ready.get("ready") is not True:
         raise typer.Exit(EXIT_JOB_FAILED)
+
+
+def _bytes_text(size: Any) -> str:
+    if not isinstance(size, int | float):
+        return ""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(size) < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return ""  # pragma: no cover
+
+
+def _limit_text(used: Any, limit: Any, shown: Callable[[Any], str] = str) -> str:
+    return shown(used) if limit is None else f"{shown(used)} / {shown(limit)}"
+
+
+@app.command("accounting")
+def accounting(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Start of the period (ISO 8601, e.g. 2026-11-01); default 30 days ago."),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="End of the period (ISO 8601); default now.")
+    ] = None,
+    owner: Annotated[
+        str | None, typer.Option(help="Only this owner (operators; others see only their own).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the document as JSON.")] = False,
+) -> None:
+    """What you used over a period (an operator: every owner): jobs by phase and model, CPU
+    and wall seconds, bytes, and each quota's use."""
+    with _client(ctx) as client:
+        doc = client.accounting(since, until, owner)
+    if as_json:
+        _print_json(doc)
+        return
+    period = doc.get("period") or {}
+    table = Table(
+        "Owner",
+        "Jobs",
+        "By phase",
+        "By model",
+        "CPU s",
+        "Wall s",
+        "Computed",
+        "Stored",
+        "Active",
+        title=f"{period.get('since')} to {period.get('until')}",
+    )
+    rows = list(doc["owners"])
+    if len(rows) > 1:
+        rows.append({**doc.get("totals", {}), "owner": "total", "quota": None})
+    for o in rows:
+        jobs = o.get("jobs") or {}
+        quota = o.get("quota") or {}
+        active = quota.get("active_jobs") or {"used": o.get("active_jobs"), "limit": None}
+        stored = quota.get("stored_bytes") or {"used": o.get("bytes_stored"), "limit": None}
+        table.add_row(
+            escape(str(o.get("owner") or "anonymous")),
+            str(jobs.get("total", "")),
+            escape(", ".join(f"{k} {v}" for k, v in (jobs.get("by_phase") or {}).items())),
+            escape(", ".join(f"{k} {v}" for k, v in (jobs.get("by_model") or {}).items())),
+            f"{o.get('cpu_seconds', 0):.1f}",
+            f"{o.get('wall_seconds', 0):.1f}",
+            _bytes_text(o.get("bytes_computed")),
+            _limit_text(stored["used"], stored["limit"], _bytes_text),
+            _limit_text(active["used"], active["limit"]),
+        )
+    _stdout().print(table)
 
 
 @app.command()

@@ -42,7 +42,8 @@ URL_ENV = "OTF_URL"
 TOKEN_ENV = "OTF_TOKEN"
 
 #: UWS phases in which a job may still change by itself; ``WAIT`` blocks only in these.
-ACTIVE_PHASES: frozenset[str] = frozenset({"PENDING", "QUEUED", "EXECUTING"})
+#: HELD is one here: a job waiting for its data moves by itself when it comes.
+ACTIVE_PHASES: frozenset[str] = frozenset({"PENDING", "QUEUED", "EXECUTING", "HELD"})
 #: UWS phases a job never leaves (but for destruction).
 FINAL_PHASES: frozenset[str] = frozenset({"COMPLETED", "ERROR", "ABORTED", "ARCHIVED"})
 
@@ -493,7 +494,7 @@ FilesOpener = Callable[[contextlib.ExitStack], Mapping[str, Any]]
 
 
 #: Prefixes of an ``IMAGE`` that names a file already on the service.
-IMAGE_REFERENCES = ("upload:", "sha256:")
+IMAGE_REFERENCES = ("upload:", "sha256:", "dataset:", "pending:")
 
 
 def image_reference(image: Path | str) -> str | None:
@@ -552,7 +553,8 @@ class OTFClient:
     """A synchronous client for one astro-otf service.
 
     Use it as a context manager (or call :meth:`close`). ``url`` and ``token`` default to
-    the ``OTF_URL`` and ``OTF_TOKEN`` environment variables. Answers ``503`` are retried
+    the ``OTF_URL`` and ``OTF_TOKEN`` environment variables. Answers ``503`` (service busy)
+    and ``429`` (a quota of the caller's: active jobs, creation rate) are retried
     up to ``max_retries`` times, waiting as long as ``Retry-After`` says (1, 2, 4 ... s
     when it says nothing) unless that is more than ``max_retry_delay``. ``http_client``
     lets a caller supply its own :class:`httpx.Client` (e.g. a test client); it is then
@@ -635,7 +637,7 @@ class OTFClient:
         allow_status: Collection[int] = (),
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        """Send one request, retrying on 503, and raise for any error status.
+        """Send one request, retrying on 503 and 429, and raise for any error status.
 
         ``files`` is called afresh for every attempt so an upload can be re-sent from
         the start of the file; whatever it opens is closed once the request is sent.
@@ -663,7 +665,7 @@ class OTFClient:
             status = response.status_code
             if status in allow_status or status < 400:
                 return response
-            if status == 503 and retry and attempt < self.max_retries:
+            if status in (429, 503) and retry and attempt < self.max_retries:
                 delay = _retry_after(response.headers.get("Retry-After"))
                 if delay is None:
                     delay = float(2**attempt)
@@ -820,6 +822,52 @@ class OTFClient:
         if not isinstance(items, list):
             raise ProtocolError("upload list without an 'uploads' array")
         return [dict(_mapping(item, "upload")) for item in items]
+
+    # ----------------------------------------------------------------- datasets
+
+    def datasets(self) -> list[dict[str, Any]]:
+        """The datasets the service offers (``name``, ``description``, ``pattern``)."""
+        response = self._request("GET", self._endpoint("datasets"), accept=_JSON)
+        items = _mapping(self._json(response), "dataset list").get("datasets")
+        if not isinstance(items, list):
+            raise ProtocolError("dataset list without a 'datasets' array")
+        return [dict(_mapping(item, "dataset")) for item in items]
+
+    def dataset(self, name: str) -> dict[str, Any]:
+        """One dataset with its ``images``: each one's ``path``, ``ref`` (for
+        ``submit(ref)``), ``bytes``, ``complete``, and its header's ``shape``, ``beam``,
+        ``frequency_hz``, ``object`` and ``telescope``."""
+        response = self._request("GET", self._endpoint("datasets", name), accept=_JSON)
+        doc = dict(_mapping(self._json(response), "dataset"))
+        if not isinstance(doc.get("images"), list):
+            raise ProtocolError("dataset without an 'images' array")
+        return doc
+
+    # ----------------------------------------------------------------- accounting
+
+    def accounting(
+        self,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        owner: str | None = None,
+    ) -> dict[str, Any]:
+        """What was used over a period (``GET /accounting``): ``period``, ``owners`` (each
+        with ``jobs`` by phase and model, ``cpu_seconds``, ``wall_seconds``,
+        ``bytes_computed``, ``bytes_stored``, ``active_jobs`` and its ``quota``) and
+        ``totals``. The caller's own figures, or an operator's choice of ``owner`` (every
+        owner without it)."""
+        params: list[tuple[str, str]] = []
+        if since is not None:
+            params.append(("SINCE", _format_time(since)))
+        if until is not None:
+            params.append(("UNTIL", _format_time(until)))
+        if owner is not None:
+            params.append(("OWNER", owner))
+        response = self._request("GET", self._endpoint("accounting"), accept=_JSON, params=params)
+        doc = dict(_mapping(self._json(response), "accounting"))
+        if not isinstance(doc.get("owners"), list):
+            raise ProtocolError("accounting without an 'owners' array")
+        return doc
 
     def upload_info(self, upload_id: str) -> dict[str, Any]:
         """One stored upload's record."""

@@ -37,7 +37,19 @@ class RequestError(OTFError):
 
 
 class NotAuthenticated(OTFError):
+    """No credentials, or ones that are not valid: 401 with a ``WWW-Authenticate: Bearer``
+    challenge."""
+
     status_code = 401
+    #: RFC 6750's error code for the challenge: none when no credentials were sent.
+    error_code: str | None = None
+
+
+class InvalidToken(NotAuthenticated):
+    """A bearer token was sent and is refused (unknown, expired, wrongly signed ...): the
+    challenge carries ``error="invalid_token"`` and the message as its description."""
+
+    error_code = "invalid_token"
 
 
 class JobNotFound(OTFError):
@@ -86,6 +98,30 @@ class ServiceBusy(OTFError):
 
 class QueueFull(ServiceBusy):
     """The queue holds as many jobs as it may."""
+
+
+class QuotaExceeded(OTFError):
+    """The owner is over one of its quotas (active jobs, job creation rate): 429 with
+    Retry-After, the seconds after which the request may succeed."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+
+
+class StorageQuotaExceeded(OTFError):
+    """The owner's jobs hold as many bytes as it may keep: 413 (waiting does not help;
+    deleting jobs does)."""
+
+    status_code = 413
+
+
+class Forbidden(OTFError):
+    """The caller is known but may not see this (another owner's accounting)."""
+
+    status_code = 403
 
 
 class JobFailure(Exception):

@@ -243,7 +243,11 @@ NATIVE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "image",
         "file",
-        "The FITS image to search, uploaded as a multipart file part.",
+        "The FITS image to search: a multipart file part, or a reference to an image the "
+        "server has: upload:<id> or sha256:<hex> (POST /uploads), dataset:<name>/<path> "
+        "(GET /datasets), or pending:<name> for an image sent later with POST "
+        "/jobs/{id}/parameters (the job waits for it in HELD). With HOLD=<seconds or "
+        "ISO-8601 time>, a dataset file not there yet is waited for until then.",
         required=True,
     ),
     ParamSpec("model", "str", "Which registered model or app runs (see /models)."),
@@ -360,8 +364,9 @@ def validate(
     if image_required and "image" not in file_names:
         raise ParameterError(
             "image",
-            "is required: upload the FITS image as a multipart file part, or name a stored "
-            "upload with IMAGE=upload:<id> (POST /uploads)",
+            "is required: upload the FITS image as a multipart file part, or name an image "
+            "the server has: IMAGE=upload:<id> (POST /uploads) or IMAGE=dataset:<name>/<path> "
+            "(GET /datasets)",
         )
     for spec in app_specs.values():
         if spec.name not in out.values and spec.default is not None:

@@ -19,7 +19,10 @@ class Phase(StrEnum):
 
 
 #: Phases in which a job may still change by itself (UWS calls them active: WAIT blocks here).
-ACTIVE_PHASES = frozenset({Phase.PENDING, Phase.QUEUED, Phase.EXECUTING})
+#: UWS 1.1 lists PENDING, QUEUED and EXECUTING; HELD is added here because a HELD job of this
+#: service moves by itself (to QUEUED when its data arrives, to ERROR when its wait is over),
+#: so a client's WAIT on it blocks, and ABORT or DELETE stop it as they stop a queued job.
+ACTIVE_PHASES = frozenset({Phase.PENDING, Phase.QUEUED, Phase.EXECUTING, Phase.HELD})
 #: Phases a job never leaves (but for destruction).
 FINAL_PHASES = frozenset({Phase.COMPLETED, Phase.ERROR, Phase.ABORTED, Phase.ARCHIVED})
 
@@ -27,7 +30,13 @@ FINAL_PHASES = frozenset({Phase.COMPLETED, Phase.ERROR, Phase.ABORTED, Phase.ARC
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     # COMPLETED: sent RUN, it takes the results of a completed job that computed the same
     # thing (reuse of results), without queueing
-    Phase.PENDING: frozenset({Phase.QUEUED, Phase.ABORTED, Phase.ERROR, Phase.COMPLETED}),
+    # HELD: sent RUN while its input (a dataset file, an upload to come) is not there yet
+    Phase.PENDING: frozenset(
+        {Phase.QUEUED, Phase.ABORTED, Phase.ERROR, Phase.COMPLETED, Phase.HELD}
+    ),
+    # QUEUED: its data arrived; COMPLETED: it arrived and a completed job had computed the
+    # same thing (reuse of results); ERROR: its hold deadline or destruction came first
+    Phase.HELD: frozenset({Phase.QUEUED, Phase.COMPLETED, Phase.ABORTED, Phase.ERROR}),
     Phase.QUEUED: frozenset({Phase.EXECUTING, Phase.ABORTED, Phase.ERROR}),
     Phase.EXECUTING: frozenset(
         {Phase.COMPLETED, Phase.ERROR, Phase.ABORTED, Phase.QUEUED}  # QUEUED: requeue on restart

@@ -35,7 +35,7 @@ from typing import Any
 
 from astro_otf.execution.base import BatchInterrupted, NoCapableWorker, WorkerDied
 from astro_otf.execution.task import BatchTask, JobProgress, TaskOutcome
-from astro_otf.execution.worker import run_batch
+from astro_otf.execution.worker import process_cpu, run_batch, thread_cpu
 from astro_otf.models.registry import RegistryConfig
 
 log = logging.getLogger(__name__)
@@ -48,13 +48,17 @@ PROGRESS_TOPIC = "otf-progress"
 
 
 def run_batch_on_dask(task: BatchTask) -> list[TaskOutcome]:
-    """:func:`run_batch` in a Dask worker, its jobs' progress logged as worker events."""
+    """:func:`run_batch` in a Dask worker, its jobs' progress logged as worker events. Its
+    CPU time is its thread's (other tasks may run in the process meanwhile), or the
+    process's when the worker runs one task at a time: the thread's clock would miss the
+    threads a model's runtime starts (ONNX Runtime's intra-op pool)."""
     from distributed import get_worker
 
     try:
         worker = get_worker()
     except ValueError:  # not in a worker (a local test run): nobody to tell
-        return run_batch(task)
+        return run_batch(task, cpu_clock=thread_cpu)
+    alone = getattr(getattr(worker, "state", None), "nthreads", None) == 1
 
     def send(progress: JobProgress) -> None:
         worker.log_event(
@@ -69,7 +73,7 @@ def run_batch_on_dask(task: BatchTask) -> list[TaskOutcome]:
             },
         )
 
-    return run_batch(task, progress=send)
+    return run_batch(task, progress=send, cpu_clock=process_cpu if alone else thread_cpu)
 
 
 class DaskExecutor:

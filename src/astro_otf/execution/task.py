@@ -21,6 +21,9 @@ class JobTask:
     #: ``staging/<run_token>/`` and the service moves them into ``results/`` only while the
     #: run still owns the job. None: the worker moves them itself (direct use, tests).
     run_token: str | None = None
+    #: The job's share of its batch's work, in tiles (1 when untiled): its batch's shared CPU
+    #: time is split among its jobs by this weight.
+    tiles: int = 1
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,13 @@ While a batch runs, each job's progress (its stage; tiles done of total during i
 to ``progress`` (the local executor sends it over the worker's pipe): every change of stage,
 and within a stage at most one report per job every PROGRESS_INTERVAL_S seconds
 (:class:`ProgressSender`), so that a job of thousands of tiles costs a handful of messages.
+
+Each job's CPU time goes back in its outcome's ``cpu_seconds`` (:class:`CpuMeter`): a local
+worker process measures itself and the children it waited for (``RUSAGE_SELF`` +
+``RUSAGE_CHILDREN``, so a command app's subprocess counts); a Dask task measures its thread
+(``RUSAGE_THREAD``), unless its worker runs one task at a time (then its process). What a
+job does alone (its own run, its result files) is its own; what its batch does together
+(loading the model, shared forward passes) is split among the batch's jobs by their tiles.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import fcntl
 import functools
 import logging
 import os
+import resource
 import shutil
 import socket
 import time
@@ -97,6 +105,53 @@ class ProgressSender:
             logging.getLogger(__name__).debug("progress of %s not sent", job_id, exc_info=True)
             return False
         return True
+
+
+def process_cpu() -> float:
+    """CPU seconds (user + system) of this process and of its children it waited for."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def thread_cpu() -> float:
+    """CPU seconds (user + system) of the calling thread (a Dask task's)."""
+    if hasattr(resource, "RUSAGE_THREAD"):  # Linux
+        used = resource.getrusage(resource.RUSAGE_THREAD)
+        return used.ru_utime + used.ru_stime
+    return time.thread_time()
+
+
+class CpuMeter:
+    """A batch's CPU time, read from ``clock`` between the batch's steps and charged either
+    to one job (:meth:`own`: what it did alone) or to several by their weights
+    (:meth:`shared`: what they did together). Each charge takes what was spent since the
+    previous one, so every CPU second of the batch is charged once."""
+
+    def __init__(self, clock: Callable[[], float], weights: dict[str, float]) -> None:
+        self._clock = clock
+        self.weights = {job_id: max(float(w), 1e-9) for job_id, w in weights.items()}
+        self.used = dict.fromkeys(weights, 0.0)
+        self._mark = clock()
+
+    def _spent(self) -> float:
+        now = self._clock()
+        spent, self._mark = max(0.0, now - self._mark), now
+        return spent
+
+    def own(self, job_id: str) -> None:
+        """Charge the time since the last charge to ``job_id``."""
+        self.used[job_id] += self._spent()
+
+    def shared(self, job_ids: list[str]) -> None:
+        """Split the time since the last charge among ``job_ids`` by their weights."""
+        spent = self._spent()
+        total = sum(self.weights[j] for j in job_ids)
+        for job_id in job_ids:
+            self.used[job_id] += spent * self.weights[job_id] / total
+
+    def seconds(self, job_id: str) -> float:
+        return round(self.used[job_id], 4)
 
 
 def warm_up(config: RegistryConfig) -> None:
@@ -338,6 +393,7 @@ def run_batch(
     batch: BatchTask,
     report: Callable[[TaskOutcome], None] | None = None,
     progress: Callable[[JobProgress], None] | None = None,
+    cpu_clock: Callable[[], float] = process_cpu,
 ) -> list[TaskOutcome]:
     """Run every job of ``batch``; apps that can share forward passes get them together.
 
@@ -345,13 +401,16 @@ def run_batch(
     its outcome is known, and ``report`` (when given) is called with that outcome at once,
     before the batch's later jobs are done: the service records each job when its own work
     ends, not when the whole batch does. ``progress`` (when given) gets each job's progress
-    as it goes, throttled by :class:`ProgressSender`."""
+    as it goes, throttled by :class:`ProgressSender`. Each outcome's ``cpu_seconds`` is the
+    job's share of the CPU time ``cpu_clock`` measured (see :class:`CpuMeter`)."""
+    meter = CpuMeter(cpu_clock, {t.job_id: t.tiles for t in batch.tasks})
     sender = None if progress is None else ProgressSender(progress, len(batch.tasks))
     jobs = [_open(task, batch) for task in batch.tasks]
     outcomes: dict[str, TaskOutcome] = {}
     closed: set[str] = set()
 
     def settle(job: _Job, outcome: TaskOutcome) -> None:
+        outcome.info["cpu_seconds"] = meter.seconds(job.task.job_id)
         outcomes[job.task.job_id] = outcome
         closed.add(job.task.job_id)
         job.close(outcome)
@@ -364,16 +423,23 @@ def run_batch(
                 sender(job.task.job_id, "loading")
         app = _registry(batch.registry).get(batch.model_id, batch.model_version)
         ready: list[_Job] = []
+        refused: list[tuple[_Job, Exception]] = []
         for job in jobs:
             try:
                 job.request = _request(app, job, sender)
                 ready.append(job)
             except Exception as exc:
-                settle(job, _failure(job, exc, batch))
+                refused.append((job, exc))
+        meter.shared([j.task.job_id for j in jobs])  # opening, loading the model
+        for job, problem in refused:
+            settle(job, _failure(job, problem, batch))
         if isinstance(app, BatchableApp) and ready:  # shared forward passes
             results = app.run_batch([j.request for j in ready])  # type: ignore[misc]
+            meter.shared([j.task.job_id for j in ready])
             for job, result in zip(ready, results, strict=True):
-                settle(job, _outcome(app, job, result, batch))
+                outcome = _outcome(app, job, result, batch)
+                meter.own(job.task.job_id)  # its result files
+                settle(job, outcome)
         else:
             for job in ready:
                 one: AppOutput | BaseException
@@ -385,11 +451,15 @@ def run_batch(
                     one = app.run(request)
                 except Exception as exc:
                     one = exc
-                settle(job, _outcome(app, job, one, batch))
+                outcome = _outcome(app, job, one, batch)
+                meter.own(job.task.job_id)
+                settle(job, outcome)
     except Exception as exc:  # the model itself could not run: every job left fails
-        for job in jobs:
-            if job.task.job_id not in closed:
-                settle(job, _failure(job, exc, batch))
+        left = [job for job in jobs if job.task.job_id not in closed]
+        if left:
+            meter.shared([job.task.job_id for job in left])
+        for job in left:
+            settle(job, _failure(job, exc, batch))
     finally:
         for job in jobs:  # only when something above raised past every job (a bug)
             if job.task.job_id not in closed:

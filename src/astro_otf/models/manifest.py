@@ -8,6 +8,10 @@ its memory footprint (for the session cache and the batch former), and the job p
 takes (served to clients and checked at submission like any app's). Adding a model is adding
 such a folder.
 
+A manifest with ``kind = "command"`` in the same folders describes a command app instead (a
+finder run as a program in its own environment: :mod:`astro_otf.models.command_app`);
+:func:`load_manifests` leaves those to that module.
+
 Loading a manifest checks its fields and that its files exist; the sha256 of a file is checked
 when a session is created from it (:func:`read_verified`, used by the session cache), not at
 every import, because hashing large weights on each start would be slow. Every error names the
@@ -30,6 +34,7 @@ from astro_otf.domain.errors import ParameterError
 from astro_otf.domain.parameters import NATIVE_BY_NAME, ParamSpec
 
 __all__ = [
+    "COMMAND_KIND",
     "MANIFEST_NAME",
     "PRECISIONS",
     "SHIPPED_MODELS",
@@ -267,6 +272,9 @@ class ParameterEntry(_Strict):
 class ModelManifest(_Strict):
     """One model version, as declared in its ``manifest.toml``."""
 
+    #: What the manifest describes: an ONNX model here; ``kind = "command"`` manifests are
+    #: command apps (:mod:`astro_otf.models.command_app`), which :func:`load_manifests` skips.
+    kind: Literal["onnx"] = "onnx"
     id: str
     version: str
     description: str = Field(min_length=1)
@@ -468,6 +476,8 @@ def load_manifests(root: Path) -> list[LoadedModel]:
         raise FileNotFoundError(f"model folder {root} does not exist")
     models = []
     for path in sorted(root.glob(f"*/*/{MANIFEST_NAME}")):
+        if _declared_kind(path) == COMMAND_KIND:  # a command app: its own loader reads it
+            continue
         model = load_manifest(path)
         expected = (model.model_id, model.version)
         found = (path.parent.parent.name, path.parent.name)
@@ -481,6 +491,20 @@ def load_manifests(root: Path) -> list[LoadedModel]:
             )
         models.append(model)
     return models
+
+
+#: The ``kind`` of a command app's manifest (see :mod:`astro_otf.models.command_app`).
+COMMAND_KIND = "command"
+
+
+def _declared_kind(path: Path) -> str | None:
+    """The ``kind`` a manifest declares (None when it says none or cannot be read: then
+    :func:`load_manifest` reports what is wrong with it)."""
+    try:
+        kind = tomllib.loads(path.read_text(encoding="utf-8")).get("kind")
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return None
+    return kind if isinstance(kind, str) else None
 
 
 def sha256_of(path: Path) -> str:

@@ -100,10 +100,26 @@ class Registry:
             )
         return app
 
+    @staticmethod
+    def unavailable(app: App) -> str | None:
+        """Why ``app`` cannot run on this server now (a command app whose environment is
+        missing), or None. Cheap: a couple of stats."""
+        check = getattr(app, "unavailable", None)
+        return check() if callable(check) else None
+
+    def check_runnable(self, app: App) -> None:
+        """A 400 naming MODEL when ``app`` is installed but cannot run now, with the reason."""
+        reason = self.unavailable(app)
+        if reason is not None:
+            raise ParameterError(
+                "model", f"{app.model_id!r} {app.version} is not available on this server: {reason}"
+            )
+
     def describe(self, app: App) -> dict[str, Any]:
         from astro_otf.domain.parameters import NATIVE_PARAMETERS
 
         versions = self.versions(app.model_id)
+        reason = self.unavailable(app)
         native = []
         for p in NATIVE_PARAMETERS:
             if p.name == "image" and not app.needs_image:
@@ -120,6 +136,9 @@ class Registry:
             "default": app.model_id == self.default_model_id,
             "precisions": list(app.precisions),
             "parameters": native + [p.describe() for p in app.parameters],
+            **({"kind": kind} if isinstance(kind := getattr(app, "kind", None), str) else {}),
+            "available": reason is None,
+            **({"reason": reason} if reason is not None else {}),
         }
 
 
@@ -131,6 +150,8 @@ class RegistryConfig:
     models_dirs: tuple[str, ...] = ()
     default_model: str | None = DEFAULT_MODEL
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    #: Where command apps' environments are (``make apps`` builds them there).
+    apps_dir: str = ".apps"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RegistryConfig:
@@ -138,6 +159,7 @@ class RegistryConfig:
             diagnostic_apps=settings.diagnostic_apps,
             default_model=settings.default_model,
             models_dirs=tuple(str(p) for p in settings.models_dirs),
+            apps_dir=str(settings.apps_dir),
             runtime=RuntimeConfig(
                 providers=tuple(settings.inference_providers),
                 intra_op_threads=settings.intra_op_threads,
@@ -150,8 +172,11 @@ class RegistryConfig:
 
 def build_registry(config: RegistryConfig | None = None) -> Registry:
     """The apps of this installation: sep, then every version of every ONNX model found in
-    the shipped zoo and in ``models_dirs``, then the diagnostic app if enabled. The default
-    is ``config.default_model`` (the trained detector unless configured otherwise)."""
+    the shipped zoo and in ``models_dirs``, then the command apps (PyBDSF, Aegean, and any
+    an operator wrote in ``models_dirs``; listed even when their environment is missing,
+    as unavailable), then the diagnostic app if enabled. The default is
+    ``config.default_model`` (the trained detector unless configured otherwise)."""
+    from astro_otf.models.command_app import SHIPPED_APPS, load_command_apps
     from astro_otf.models.manifest import SHIPPED_MODELS, load_manifests
     from astro_otf.models.onnx_detector import OnnxDetector
     from astro_otf.models.sep_finder import SepFinder
@@ -160,6 +185,7 @@ def build_registry(config: RegistryConfig | None = None) -> Registry:
     apps: list[App] = [SepFinder()]
     for root in (SHIPPED_MODELS, *map(Path, config.models_dirs)):
         apps.extend(OnnxDetector(m, config.runtime) for m in load_manifests(root))
+    apps.extend(load_command_apps((SHIPPED_APPS, *map(Path, config.models_dirs)), config.apps_dir))
     if config.diagnostic_apps:
         from astro_otf.models.diagnostic import SleepApp
 

@@ -48,8 +48,10 @@ from astro_otf.results.preview import PreviewCache, PreviewUnavailable, is_plan
 from astro_otf.results.products import IDENTITY_FILE
 from astro_otf.results.provenance import ProvenanceUnavailable, convert, reuse_provenance
 from astro_otf.serverlog import REQUEST_ID
+from astro_otf.service.datasets import Datasets
 from astro_otf.service.events import JobEvents
 from astro_otf.service.feed import JobFeed
+from astro_otf.service.held import Holds, is_held_ref
 from astro_otf.service.scheduler import Scheduler, utcnow
 from astro_otf.service.threads import in_thread
 from astro_otf.service.webhooks import WebhookSender, check_webhook
@@ -57,6 +59,7 @@ from astro_otf.store.files import JobFolders
 from astro_otf.store.repository import JobStore
 
 if TYPE_CHECKING:
+    from astro_otf.service.quotas import Quotas
     from astro_otf.service.uploads import UploadService
 
 log = logging.getLogger(__name__)
@@ -143,8 +146,12 @@ class JobService:
         *,
         feed: JobFeed | None = None,
         uploads: UploadService | None = None,
+        quotas: Quotas | None = None,
+        datasets: Datasets | None = None,
     ) -> None:
         self.settings = settings
+        #: Per-owner quotas (active jobs, stored bytes, creation rate); None: no quotas.
+        self.quotas = quotas
         self.feed = feed or JobFeed()
         self.uploads = uploads
         #: job id -> (owner, last phase published on the feed), newest last
@@ -166,6 +173,8 @@ class JobService:
         self._queue_lock = asyncio.Lock()
         #: Called when a destruction time may have moved earlier (the reaper re-plans).
         self.on_destruction_change: Callable[[], None] | None = None
+        #: Jobs that wait for their data (HELD); the datasets they may name.
+        self.holds = Holds(self, datasets or Datasets(settings.datasets))
 
     def checks(self, owner: str | None) -> bool:
         """Whether ``owner`` sees only its own jobs (not in anonymous mode, not an operator)."""
@@ -201,7 +210,10 @@ class JobService:
         return self.folders.input_file(job_id, IDENTITY_FILE + ".new")
 
     def commit_staged_upload(self, job_id: str) -> None:
-        """The replacement IMAGE, and what it is, take the old one's place."""
+        """The replacement IMAGE, and what it is, take the old one's place (done already
+        when the IMAGE was a HELD job's: service.held)."""
+        if not self._staged(job_id).exists():
+            return
         os.replace(self._staged(job_id), self.folders.input_file(job_id, UPLOAD_NAMES["image"]))
         staged_identity = self._staged_identity(job_id)
         if staged_identity.exists():
@@ -210,6 +222,13 @@ class JobService:
     def drop_staged_upload(self, job_id: str) -> None:
         self._staged(job_id).unlink(missing_ok=True)
         self._staged_identity(job_id).unlink(missing_ok=True)
+
+    async def admit(self, owner: str | None) -> None:
+        """Before a new job's upload streams in: refuse at once an owner over its creation
+        rate (429) or its storage quota (413). Takes nothing: :meth:`create` decides."""
+        if self.quotas is not None:
+            self.quotas.check_rate(owner, take=False)
+            await self.quotas.check_storage(owner)
 
     async def discard(self, job_id: str) -> None:
         """Forget a job whose creation failed: nothing of it stays on disk."""
@@ -235,30 +254,52 @@ class JobService:
         image. Started with ``start`` and not ``reuse``-refused (NOCACHE), a job whose
         computation a completed job of the same owner already made is COMPLETED at once
         with that job's results."""
+        if self.quotas is not None:  # a creation refused for its rate costs no work
+            self.quotas.check_rate(owner, take=True)
         if run_id is not None:
             check_run_id(run_id)
         fields = dict(fields)
         files = list(files)
         digests = dict(digests or {})
         upload_id = None
+        hold = fields.pop("hold", None)
+        taken = None  # an IMAGE of dataset: or pending: (service.held)
         if "image" in fields:
             if "image" in files:
                 raise ParameterError("image", "is given twice: as a file part and as a field")
-            upload = await self._link_upload(job_id, owner, fields.pop("image"))
+            ref = fields.pop("image")
+            if is_held_ref(ref):
+                taken = await self.holds.take(job_id, ref, hold)
+                image_name = image_name or taken.image_name
+            else:
+                upload = await self._link_upload(job_id, owner, ref)
+                digests["image"] = upload.sha256
+                image_name = image_name or upload.filename
+                upload_id = upload.upload_id
             files.append("image")
-            digests["image"] = upload.sha256
-            image_name = image_name or upload.filename
-            upload_id = upload.upload_id
+        if hold is not None and taken is None:
+            raise ParameterError(
+                "hold", "applies only to an IMAGE=dataset:<name>/<path> or IMAGE=pending:<name>"
+            )
+        held = None if taken is None else taken.held
         model_id, params, priority, values = self._check(fields, files)
         identity: dict[str, Any] | None = None
         inputs: dict[str, str] = {}
-        if "image" in files:
+        if "image" in files and held is None:
             path = self.folders.input_file(job_id, UPLOAD_NAMES["image"])
             await self._check_image(path)
             identity = await in_thread(
-                self._identify, job_id, path, image_name, digests.get("image"), upload_id
+                self._identify,
+                job_id,
+                path,
+                image_name,
+                digests.get("image"),
+                upload_id,
+                source=None if taken is None else taken.source,
             )
             inputs["image"] = identity["sha256"]
+        if self.quotas is not None:
+            await self.quotas.check_storage(owner, int((identity or {}).get("bytes") or 0))
         now = utcnow()
         job = Job(
             job_id=job_id,
@@ -275,20 +316,31 @@ class JobService:
             ),
             destruction_time=now + timedelta(days=self.settings.default_destruction_days),
             parameters=params,
-            info={} if identity is None else {"input": identity},
-            image_name=None if identity is None else identity["filename"],
+            info={"held": held} if held else {} if identity is None else {"input": identity},
+            image_name=(taken.image_name if held and taken else None)
+            if identity is None
+            else identity["filename"],
             # only a job with an input is reused: one without (a diagnostic app) is run for
             # the running's sake
             cache_key=computation_key(inputs, values) if inputs else None,
         )
         reused = None
-        if start and reuse:
+        if start and reuse and held is None:
             reused = await self._reuse(job)
-        if reused is not None:
+        if held is not None and taken is not None:  # waits for its data: PENDING, or HELD
+            if start:
+                async with self._queue_lock:  # a HELD job counts as active (quotas)
+                    await self._check_active(job.owner)
+                job.phase = Phase.HELD
+            stored = await in_thread(self._record, job, taken.until)
+            if start:
+                self.holds.watch_soon(job_id)
+        elif reused is not None:
             stored = reused
         elif start:  # born QUEUED, so that a refused start stores nothing
             async with self._queue_lock:
                 await self._check_queue_room()
+                await self._check_active(job.owner)
                 job.phase = Phase.QUEUED
                 job.queue_time = utcnow()
                 job.quote = self.scheduler.estimate_end(job)
@@ -320,6 +372,7 @@ class JobService:
         upload_id: str | None,
         *,
         record: Path | None = None,
+        source: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """What the job's image at ``path`` is, for people (file name, object, telescope,
         frequency, shape) and for reuse (its sha256); written at ``record`` (default: the
@@ -329,6 +382,7 @@ class JobService:
             "sha256": sha256 or file_sha256(path),
             "bytes": path.stat().st_size,
             "upload_id": upload_id,
+            **(source or {}),  # a dataset image: its dataset and path there
         }
         try:
             identity.update(describe_image(path))
@@ -365,6 +419,7 @@ class JobService:
             # the job that computed them (``found`` may itself be a copy)
             "cached_from": found.info.get("cached_from") or found.job_id,
             "run_seconds": 0.0,
+            "cpu_seconds": 0.0,  # nothing ran for it (its accounting says so)
         }
         return found, info
 
@@ -418,10 +473,10 @@ class JobService:
             "anyway.",
         )
 
-    def _record(self, job: Job) -> Job:
+    def _record(self, job: Job, hold_until: datetime | None = None) -> Job:
         """The job's folder (if its upload has not made it already), then its row."""
         self.prepare(job.job_id)
-        stored = self.store.create(job)
+        stored = self.store.create(job, hold_until=hold_until)
         self._journal(
             job.job_id,
             f"job {job.job_id} created as {job.phase.value} (model {job.model_id}, owner "
@@ -538,6 +593,7 @@ class JobService:
         if "notify" in fields:
             check_webhook(fields["notify"], self.settings.webhook_hosts)
         app = self.registry.get(fields.get("model"), fields.get("model_version"))
+        self.registry.check_runnable(app)  # a command app whose environment is missing
         checked = validate(
             fields,
             files,
@@ -724,6 +780,12 @@ class JobService:
 
     # -- phase changes -------------------------------------------------------------------
 
+    async def _check_active(self, owner: str | None) -> None:
+        """Under the queue lock: refuse (429) one more active job beyond the owner's
+        ``max_active_jobs``."""
+        if self.quotas is not None:
+            await self.quotas.check_active(owner)
+
     async def _check_queue_room(self) -> None:
         queued = await in_thread(self.store.count, Phase.QUEUED)
         if queued >= self.settings.max_queued_jobs:
@@ -733,17 +795,23 @@ class JobService:
 
     async def run(self, job_id: str, owner: str | None) -> None:
         job = await self.get(job_id, owner)
-        if job.phase in (Phase.QUEUED, Phase.EXECUTING):
+        if job.phase in (Phase.QUEUED, Phase.EXECUTING, Phase.HELD):
             return  # already on its way: RUN is idempotent
         if job.phase != Phase.PENDING:
             raise PhaseConflict(
                 f"job {job_id} is {job.phase.value}; only a PENDING job can be run "
                 "(create a new job to run again)"
             )
+        if isinstance(job.info.get("held"), dict):  # its data is not there yet, or just came
+            async with self._queue_lock:  # HELD or QUEUED, it counts as active (quotas)
+                await self._check_active(job.owner)
+            await self.holds.run(job)
+            return
         if await self._reuse_pending(job):
             return
         async with self._queue_lock:
             await self._check_queue_room()
+            await self._check_active(job.owner)
             moved = await in_thread(
                 self.store.transition,
                 job_id,
@@ -866,6 +934,8 @@ class JobService:
         latest = now + timedelta(days=self.settings.max_destruction_days)
         value = min(max(when, now), latest)
         await in_thread(self.store.update_fields, job_id, list(Phase), destruction_time=value)
+        if job.phase == Phase.HELD:  # its wait ends no later than the job
+            await self.holds.cap(job, value)
         self._destruction_changed()
         log.info("job %s destruction set to %s", job.job_id, value.isoformat())
 
@@ -880,6 +950,9 @@ class JobService:
     ) -> None:
         """Change parameters of a PENDING job; the whole resulting set is validated again."""
         job = await self.get(job_id, owner)
+        if job.phase == Phase.HELD:  # the upload it waits for (IMAGE=pending:<name>)
+            await self.holds.fill(job, dict(fields), list(files), image_name)
+            return
         if job.phase != Phase.PENDING:
             raise PhaseConflict(
                 f"job {job_id} is {job.phase.value}; parameters can only be changed while "
@@ -915,7 +988,10 @@ class JobService:
             priority=priority,
             model_id=model_id,
             cache_key=computation_key(inputs, values) if inputs else None,
-            info={**job.info, "input": identity} if identity else None,
+            # an IMAGE sent to a job created waiting for it: it waits no more
+            info={**{k: v for k, v in job.info.items() if k != "held"}, "input": identity}
+            if identity
+            else None,
             image_name=identity.get("filename") if identity else None,
         ):
             raise PhaseConflict(f"job {job_id} left PENDING; parameters were not changed")

@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from astro_otf.domain.phases import Phase
 from astro_otf.store.repository import JobStore
+from astro_otf.store.usage import UsageStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
@@ -34,6 +35,66 @@ class _QueueCollector(Collector):
         for model, n in sorted(self.store.queued_by_model().items()):
             depth.add_metric([model], n)
         yield depth
+
+
+#: The ``owner`` label of anonymous callers' jobs (anonymous mode: every caller).
+ANONYMOUS = "(anonymous)"
+
+
+def _owner_label(owner: str | None) -> str:
+    return ANONYMOUS if owner is None else owner
+
+
+class _OwnerCollector(Collector):
+    """Per-owner accounting from the ledger and the live jobs, read at scrape time (so every
+    replica reports the same figures). Labelled by owner only (and the final phase, three
+    values): one series per owner, not per job or model."""
+
+    def __init__(self, usage: UsageStore) -> None:
+        self.usage = usage
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        cpu = CounterMetricFamily(
+            "otf_owner_cpu_seconds", "CPU seconds used by the owner's jobs.", labels=["owner"]
+        )
+        wall = CounterMetricFamily(
+            "otf_owner_wall_seconds",
+            "Wall seconds (start to end) of the owner's jobs.",
+            labels=["owner"],
+        )
+        ended = CounterMetricFamily(
+            "otf_owner_jobs_ended",
+            "The owner's jobs that reached a final phase, by phase (deleted ones included).",
+            labels=["owner", "phase"],
+        )
+        sums: dict[str, tuple[float, float]] = {}
+        for owner, phase, n, cpu_s, wall_s in self.usage.totals():
+            name = _owner_label(owner)
+            ended.add_metric([name, phase], n)
+            before = sums.get(name, (0.0, 0.0))
+            sums[name] = (before[0] + cpu_s, before[1] + wall_s)
+        for name, (cpu_s, wall_s) in sorted(sums.items()):
+            cpu.add_metric([name], cpu_s)
+            wall.add_metric([name], wall_s)
+        yield cpu
+        yield wall
+        yield ended
+        stored = GaugeMetricFamily(
+            "otf_owner_stored_bytes",
+            "Bytes the owner's live jobs hold (input images and results).",
+            labels=["owner"],
+        )
+        for owner, size in sorted(self.usage.stored_bytes().items(), key=lambda kv: str(kv[0])):
+            stored.add_metric([_owner_label(owner)], size)
+        yield stored
+        active = GaugeMetricFamily(
+            "otf_owner_active_jobs",
+            "The owner's jobs QUEUED, EXECUTING or HELD.",
+            labels=["owner"],
+        )
+        for owner, n in sorted(self.usage.active_counts().items(), key=lambda kv: str(kv[0])):
+            active.add_metric([_owner_label(owner)], n)
+        yield active
 
 
 class Metrics:
@@ -74,6 +135,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_QueueCollector(store))
+        self.registry.register(_OwnerCollector(UsageStore(store.engine)))
 
     def render(self) -> bytes:
         """The exposition text (reads the store: call it off the event loop)."""

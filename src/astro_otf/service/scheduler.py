@@ -535,6 +535,7 @@ class Scheduler:
                 owner=job.owner,
                 registry=self.registry,
                 run_token=self._tokens.pop(job.job_id),
+                tiles=max(1, (weights or {}).get(job.job_id, 1)),
             )
             for job in jobs
         )

@@ -281,7 +281,7 @@ class UploadService:
         self.settings = settings
         self.engine = engine
         self.root = Path(settings.data_dir) / "uploads"
-        self._check_owner = settings.auth_mode == "token"
+        self._check_owner = settings.auth_mode != "anonymous"  # token and OIDC modes
         #: Record-and-file changes of this process take turns (a deletion's "is this content
         #: still named?" against an upload of that content).
         self._lock = asyncio.Lock()

@@ -38,7 +38,8 @@ from sqlalchemy.sql.base import Executable
 
 from astro_otf.domain.errors import JobNotFound
 from astro_otf.domain.job import ErrorSummary, Job, JobParameter, JobResult, JobSummary
-from astro_otf.domain.phases import Phase, can_move
+from astro_otf.domain.phases import FINAL_PHASES, Phase, can_move
+from astro_otf.store import usage
 from astro_otf.store.cache import JobCache
 from astro_otf.store.tables import JobRow, ParameterRow, ResultRow
 
@@ -201,8 +202,9 @@ class JobStore:
 
     # -- create / read -------------------------------------------------------------------
 
-    def create(self, job: Job) -> Job:
-        """Record a new job; returns it as a read would (parameters in name order)."""
+    def create(self, job: Job, *, hold_until: datetime | None = None) -> Job:
+        """Record a new job; returns it as a read would (parameters in name order).
+        ``hold_until``: when the wait of a job born waiting for its data ends."""
         ticket = None if self.cache is None else self.cache.ticket()
         with self._writing(None), self.engine.begin() as conn:
             conn.execute(
@@ -223,6 +225,7 @@ class JobStore:
                     info=job.info,
                     image_name=job.image_name,
                     cache_key=job.cache_key,
+                    hold_until=hold_until,
                 )
             )
             if job.parameters:
@@ -253,6 +256,8 @@ class JobStore:
                         for pos, r in enumerate(job.results)
                     ],
                 )
+            if job.phase in FINAL_PHASES:  # born COMPLETED with reused results
+                usage.record(conn, job.job_id)
             if job.phase != Phase.PENDING and self._announce:
                 conn.execute(
                     text("SELECT pg_notify(:channel, :payload)"),
@@ -438,6 +443,8 @@ class JobStore:
                         size=r.size,
                     )
                 )
+            if target in FINAL_PHASES and target != Phase.ARCHIVED:
+                usage.record(s, job_id)  # the ledger row, in the same transaction
             if publish is not None:
                 s.flush()  # the row lock is held (PostgreSQL) or the write lock (SQLite)
                 publish()
@@ -536,6 +543,12 @@ class JobStore:
     def expired(self, now: datetime) -> list[str]:
         with self.session() as s:
             return list(s.scalars(select(JobRow.job_id).where(JobRow.destruction_time <= now)))
+
+    def held(self) -> list[tuple[str, datetime | None]]:
+        """(job id, hold deadline) of every HELD job (waiting for its data)."""
+        query = select(JobRow.job_id, JobRow.hold_until).where(JobRow.phase == Phase.HELD.value)
+        with self.session() as s:
+            return [(r.job_id, r.hold_until) for r in s.execute(query)]
 
     def next_destruction(self) -> datetime | None:
         with self.session() as s:

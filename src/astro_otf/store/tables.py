@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -69,6 +70,8 @@ class JobRow(Base):
     #: sha256 of what the job computes (input, model, version, precision, parameters): a
     #: COMPLETED job with the same key has the results a new one would make.
     cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: While the job is HELD (or PENDING waiting for its data): when its wait ends in ERROR.
+    hold_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
     parameters: Mapped[list[ParameterRow]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="ParameterRow.name"
@@ -104,3 +107,25 @@ class ResultRow(Base):
     size: Mapped[int] = mapped_column(BigInteger)
 
     job: Mapped[JobRow] = relationship(back_populates="results")
+
+
+class UsageRow(Base):
+    """The accounting ledger: one row per job that reached a final phase, written in the
+    transaction that moved it there. No foreign key: the row outlives the job (a period's
+    accounting must not shrink when its jobs expire or are deleted)."""
+
+    __tablename__ = "usage"
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(255), index=True)
+    model_id: Mapped[str] = mapped_column(String(128))
+    phase: Mapped[str] = mapped_column(String(16))
+    creation_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    start_time: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    end_time: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    #: end - start (0 for a job that never started, or took another job's results)
+    wall_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    #: CPU time its worker measured for it (0: it never ran, or reused results)
+    cpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    #: its input image and result files, in bytes, when it ended
+    bytes_stored: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -1,5 +1,6 @@
 """Who is asking: anonymous by default; in token mode a bearer token from config names the
-owner, and a job is visible only to its owner.
+owner, in OIDC mode a JWT of the identity provider does (:mod:`astro_otf.uws.oidc`), and a
+job is visible only to its owner (operators aside).
 
 A token reaches the service in one of two ways: the ``Authorization: Bearer`` header (API
 clients), or the ``otf_token`` cookie the web page's login form sets (browsers). A cookie is
@@ -8,13 +9,13 @@ another site; such a request with an unsafe method must also carry the page's CS
 
 CSRF design (an HMAC of the session, checked statelessly): the token is
 ``base64url(HMAC-SHA256(server_secret, "otf-csrf\\0" + session))`` where ``session`` is the
-value of the ``otf_token`` cookie (token mode) or, without one, of the random ``otf_csrf``
-cookie the pages set in anonymous mode. The server secret is 32 random bytes kept in the
-data folder (``web-secret``, mode 0600), so every replica and restart agrees on it. Pages
-put the token in ``<meta name="csrf-token">`` and in a hidden ``csrf_token`` field of their
-forms; the check accepts the ``X-CSRF-Token`` header or that form field (which is removed
-from the body before the request goes on, so the job routes never see it). Cookies are
-HttpOnly and SameSite=Strict, so another site can neither read the session nor make the
+value of the ``otf_token`` cookie (token and OIDC modes) or, without one, of the random
+``otf_csrf`` cookie the pages set in anonymous mode. The server secret is 32 random bytes
+kept in the data folder (``web-secret``, mode 0600), so every replica and restart agrees on
+it. Pages put the token in ``<meta name="csrf-token">`` and in a hidden ``csrf_token`` field
+of their forms; the check accepts the ``X-CSRF-Token`` header or that form field (which is
+removed from the body before the request goes on, so the job routes never see it). Cookies
+are HttpOnly and SameSite=Strict, so another site can neither read the session nor make the
 browser send it; requests without these cookies (curl, pyvo, the CLI, anything sending a
 bearer header) are not checked at all.
 """
@@ -29,7 +30,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import unquote_plus
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
@@ -37,9 +38,10 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from astro_otf.config import Settings
-from astro_otf.domain.errors import NotAuthenticated
+from astro_otf.domain.errors import InvalidToken, NotAuthenticated
 from astro_otf.domain.job import Operator
 from astro_otf.store.secret import data_secret
+from astro_otf.uws.oidc import OidcKeysMiddleware, OidcVerifier
 
 #: The cookie that carries the bearer token of a browser logged in at /ui/login.
 TOKEN_COOKIE = "otf_token"
@@ -67,21 +69,23 @@ def owner_for_token(settings: Settings, token: str) -> str | None:
 
 
 def owner_from(request: Request, settings: Settings) -> str | None:
-    """The owner of a request: None in anonymous mode; in token mode the holder of the
-    bearer token in the Authorization header or, without that header, in the login cookie."""
+    """The owner of a request: None in anonymous mode; in token and OIDC modes the one the
+    bearer token in the Authorization header names or, without that header, the token in the
+    login cookie. A refused token raises InvalidToken saying why."""
     if settings.auth_mode == "anonymous":
         return None
     header = request.headers.get("authorization")
     if header is None:
         cookie = request.cookies.get(TOKEN_COOKIE, "").strip()
         if cookie:
-            owner = owner_for_token(settings, cookie)
-            if owner is None:
-                raise NotAuthenticated(
-                    "the login cookie's token is not valid for this service: log in again "
-                    "at /ui/login"
-                )
-            return owner
+            try:
+                return _owner_of(request, settings, cookie)
+            except InvalidToken as exc:
+                why = "" if settings.auth_mode == "token" else f" ({exc.message})"
+                raise InvalidToken(
+                    f"the login cookie's token is not valid for this service{why}: log in "
+                    "again at /ui/login"
+                ) from None
         header = ""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -89,10 +93,55 @@ def owner_from(request: Request, settings: Settings) -> str | None:
             "this service needs a bearer token: send the header 'Authorization: Bearer <token>' "
             "(in a browser, log in at /ui/login)"
         )
-    owner = owner_for_token(settings, token.strip())
+    return _owner_of(request, settings, token.strip())
+
+
+def _owner_of(request: Request, settings: Settings, token: str) -> str:
+    if settings.auth_mode == "oidc":
+        return oidc_verifier(request).verify(token)
+    owner = owner_for_token(settings, token)
     if owner is None:
-        raise NotAuthenticated("the bearer token is not valid for this service")
+        raise InvalidToken("the bearer token is not valid for this service")
     return owner
+
+
+async def login_owner(request: Request, settings: Settings, token: str) -> str:
+    """The owner a token pasted in the login form names; InvalidToken says why not."""
+    if settings.auth_mode == "oidc":
+        return await oidc_verifier(request).authenticate(token)
+    owner = owner_for_token(settings, token)
+    if owner is None:
+        raise InvalidToken("that token is not valid for this service")
+    return owner
+
+
+def oidc_verifier(request: Request) -> OidcVerifier:
+    verifier: OidcVerifier = request.app.state.oidc
+    return verifier
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """In OIDC mode, the token verifier (``app.state.oidc``, its JWKS file read now: a broken
+    one stops the start) and the middleware that reads the provider's keys off the event loop
+    before a route checks a token."""
+    if settings.auth_mode != "oidc":
+        return
+    app.state.oidc = verifier = OidcVerifier.from_settings(settings)
+    app.add_middleware(OidcKeysMiddleware, verifier=verifier, cookie=TOKEN_COOKIE)
+
+
+def bearer_challenge(exc: NotAuthenticated) -> str:
+    """The ``WWW-Authenticate`` value of a 401 (RFC 6750 section 3): ``Bearer`` alone when
+    no token was sent, with ``error="invalid_token"`` and the reason when one was refused."""
+    if exc.error_code is None:
+        return "Bearer"
+    # error_description may hold %x20-21 / %x23-5B / %x5D-7E only
+    text = "".join(
+        c if " " <= c <= "~" and c not in '"\\' else "'" if c == '"' else "?" for c in exc.message
+    )
+    if len(text) > 400:
+        text = text[:397] + "..."
+    return f'Bearer error="{exc.error_code}", error_description="{text}"'
 
 
 # -- CSRF ------------------------------------------------------------------------------------
@@ -105,8 +154,9 @@ def server_secret(settings: Settings) -> bytes:
 
 def session_of(cookies: dict[str, str], settings: Settings) -> str | None:
     """The browser session a request's cookies carry, which its CSRF token is bound to:
-    the login cookie in token mode, else the anonymous page cookie; None without either."""
-    if settings.auth_mode == "token":
+    the login cookie in token and OIDC modes, else the anonymous page cookie; None without
+    either."""
+    if settings.auth_mode != "anonymous":
         token = cookies.get(TOKEN_COOKIE, "").strip()
         if token:
             return token

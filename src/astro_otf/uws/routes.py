@@ -247,6 +247,7 @@ async def job_events(request: Request, service: Service, owner: Owner) -> Respon
 @router.post("/jobs/", include_in_schema=False)
 async def create_job(request: Request, service: Service, owner: Owner) -> Response:
     settings: Settings = request.app.state.settings
+    await service.admit(owner)  # an owner over its quotas is refused before its upload
     job_id = service.new_job_id()
     if request.headers.get("content-type", "").lower().startswith("multipart/"):
         # an upload may stream in: the folder first (a plain form's job gets its folder

@@ -15,7 +15,14 @@ from fastapi.templating import Jinja2Templates
 from starlette.responses import Response
 
 from astro_otf.config import Settings
-from astro_otf.domain.errors import JobNotFound, NotAuthenticated, NotFound, ParameterError
+from astro_otf.domain.errors import (
+    InvalidToken,
+    JobNotFound,
+    NotAuthenticated,
+    NotFound,
+    ParameterError,
+    ServiceBusy,
+)
 from astro_otf.domain.job import Job
 from astro_otf.domain.parameters import NATIVE_BY_NAME
 from astro_otf.domain.phases import Phase
@@ -26,8 +33,8 @@ from astro_otf.uws.auth import (
     ANON_COOKIE,
     TOKEN_COOKIE,
     csrf_token,
+    login_owner,
     new_anonymous_session,
-    owner_for_token,
     owner_from,
     session_of,
 )
@@ -158,7 +165,7 @@ def page(
         "csrf": csrf_token(settings, session),
         "auth_mode": settings.auth_mode,
         "owner": owner,
-        "logged_in": settings.auth_mode == "token" and bool(request.cookies.get(TOKEN_COOKIE)),
+        "logged_in": settings.auth_mode != "anonymous" and bool(request.cookies.get(TOKEN_COOKIE)),
         **context,
     }
     response = TEMPLATES.TemplateResponse(request, template, context, status_code=status_code)
@@ -410,12 +417,18 @@ async def model_page(model_id: str, request: Request) -> Response:
 async def login_page(request: Request) -> Response:
     settings = settings_of(request)
     next_url = safe_next(request.query_params.get("next"))
-    if settings.auth_mode != "token":
+    if settings.auth_mode == "anonymous":
         return RedirectResponse(next_url, status_code=303)
     return page(
         request,
         "login.html",
-        {"title": "Log in", "nav": "login", "next": next_url, "error": None},
+        {
+            "title": "Log in",
+            "nav": "login",
+            "next": next_url,
+            "error": None,
+            "issuer": settings.oidc_issuer,
+        },
     )
 
 
@@ -424,10 +437,22 @@ async def login(request: Request) -> Response:
     settings = settings_of(request)
     form = await read_form(request, max_form_bytes=settings.max_form_bytes)
     next_url = safe_next(form.fields.get("next"))
-    if settings.auth_mode != "token":
+    if settings.auth_mode == "anonymous":
         return RedirectResponse(next_url, status_code=303)
     token = (form.fields.get("token") or "").strip()
-    if not token or owner_for_token(settings, token) is None:
+    error, status = None, 401
+    if not token:
+        error = "Enter your access token."
+    else:
+        try:
+            await login_owner(request, settings, token)
+        except InvalidToken as exc:
+            error = "That token is not valid for this service."
+            if settings.auth_mode == "oidc":
+                error = f"That token is not valid for this service: {exc.message}."
+        except ServiceBusy as exc:
+            error, status = exc.message[:1].upper() + exc.message[1:] + ".", 503
+    if error is not None:
         return page(
             request,
             "login.html",
@@ -435,11 +460,10 @@ async def login(request: Request) -> Response:
                 "title": "Log in",
                 "nav": "login",
                 "next": next_url,
-                "error": "That token is not valid for this service."
-                if token
-                else "Enter your access token.",
+                "error": error,
+                "issuer": settings.oidc_issuer,
             },
-            status_code=401,
+            status_code=status,
         )
     response = RedirectResponse(next_url, status_code=303)
     set_cookie(response, request, TOKEN_COOKIE, token)
