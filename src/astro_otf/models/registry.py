@@ -159,7 +159,8 @@ class RegistryConfig:
             diagnostic_apps=settings.diagnostic_apps,
             default_model=settings.default_model,
             models_dirs=tuple(str(p) for p in settings.models_dirs),
-            apps_dir=str(settings.apps_dir),
+            # absolute: a Dask worker started elsewhere finds the same (shared) folder
+            apps_dir=str(Path(settings.apps_dir).absolute()),
             runtime=RuntimeConfig(
                 providers=tuple(settings.inference_providers),
                 intra_op_threads=settings.intra_op_threads,
