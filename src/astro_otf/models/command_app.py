@@ -32,7 +32,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -43,14 +42,22 @@ import astropy.units as u
 import numpy as np
 from astropy.io import fits
 from astropy.table import Column, Table
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from astro_otf.domain.errors import JobFailure
 from astro_otf.domain.parameters import ParamSpec
 from astro_otf.imaging.fits import Region, SkyImage, cut, load_image, region_of
 from astro_otf.imaging.stitch import position_angles
 from astro_otf.models.base import AppOutput, AppRequest, ResultFile
-from astro_otf.models.manifest import MANIFEST_NAME, ManifestError, ParameterEntry, _problems
+from astro_otf.models.manifest import (
+    COMMAND_KIND,
+    MANIFEST_NAME,
+    ManifestError,
+    ParameterEntry,
+    check_place,
+    declared_kind,
+    parse_manifest,
+)
 from astro_otf.results.catalogue import CATALOGUE_COLUMNS, Catalogue, conform
 from astro_otf.results.products import file_entity, image_facts
 from astro_otf.results.provenance import FileEntity
@@ -316,24 +323,9 @@ class LoadedCommand:
         return None if name is None else self.folder / name
 
 
-def manifest_kind(raw: Mapping[str, Any]) -> str:
-    """The ``kind`` a parsed manifest declares ("onnx" when it says none)."""
-    kind = raw.get("kind", "onnx")
-    return kind if isinstance(kind, str) else repr(kind)
-
-
 def load_command_manifest(path: Path) -> LoadedCommand:
     """Read and check one command ``manifest.toml``; every error names the file and field."""
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ManifestError(path, ["file does not exist"]) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(path, [f"not valid TOML: {exc}"]) from None
-    try:
-        manifest = CommandManifest.model_validate(raw)
-    except ValidationError as exc:
-        raise ManifestError(path, _problems(exc)) from None
+    manifest = parse_manifest(path, CommandManifest)
     loaded = LoadedCommand(manifest, path)
     requirements = loaded.requirements
     if requirements is not None:
@@ -354,23 +346,10 @@ def load_command_manifests(root: Path) -> list[LoadedCommand]:
         raise FileNotFoundError(f"model folder {root} does not exist")
     found = []
     for path in sorted(root.glob(f"*/*/{MANIFEST_NAME}")):
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
-            continue  # the ONNX loader reports it
-        if manifest_kind(raw) != "command":
-            continue
+        if declared_kind(path) != COMMAND_KIND:
+            continue  # an ONNX model's (its loader reports an unreadable one)
         loaded = load_command_manifest(path)
-        expected = (loaded.manifest.id, loaded.manifest.version)
-        where = (path.parent.parent.name, path.parent.name)
-        if where != expected:
-            raise ManifestError(
-                path,
-                [
-                    f"id/version: the manifest declares {expected[0]}/{expected[1]} but lies in "
-                    f"{where[0]}/{where[1]}; the folders must be <id>/<version>"
-                ],
-            )
+        check_place(path, loaded.manifest.id, loaded.manifest.version)
         found.append(loaded)
     return found
 

@@ -26,12 +26,14 @@ import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, TypeVar, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from astro_otf.domain.errors import ParameterError
 from astro_otf.domain.parameters import NATIVE_BY_NAME, ParamSpec
+
+_Schema = TypeVar("_Schema", bound=BaseModel)
 
 __all__ = [
     "COMMAND_KIND",
@@ -439,8 +441,9 @@ def _problems(exc: ValidationError) -> list[str]:
     return out
 
 
-def load_manifest(path: Path) -> LoadedModel:
-    """Read and check one ``manifest.toml``; its files must exist beside it."""
+def parse_manifest(path: Path, schema: type[_Schema]) -> _Schema:
+    """``path`` read as TOML and checked against ``schema`` (an ONNX or a command app's
+    manifest); a ManifestError naming the file and each field at fault."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -448,9 +451,14 @@ def load_manifest(path: Path) -> LoadedModel:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(path, [f"not valid TOML: {exc}"]) from None
     try:
-        manifest = ModelManifest.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
         raise ManifestError(path, _problems(exc)) from None
+
+
+def load_manifest(path: Path) -> LoadedModel:
+    """Read and check one ``manifest.toml``; its files must exist beside it."""
+    manifest = parse_manifest(path, ModelManifest)
     folder = path.parent.resolve()
     files: dict[str, Path] = {}
     problems = []
@@ -476,19 +484,10 @@ def load_manifests(root: Path) -> list[LoadedModel]:
         raise FileNotFoundError(f"model folder {root} does not exist")
     models = []
     for path in sorted(root.glob(f"*/*/{MANIFEST_NAME}")):
-        if _declared_kind(path) == COMMAND_KIND:  # a command app: its own loader reads it
+        if declared_kind(path) == COMMAND_KIND:  # a command app: its own loader reads it
             continue
         model = load_manifest(path)
-        expected = (model.model_id, model.version)
-        found = (path.parent.parent.name, path.parent.name)
-        if found != expected:
-            raise ManifestError(
-                path,
-                [
-                    f"id/version: the manifest declares {expected[0]}/{expected[1]} but lies in "
-                    f"{found[0]}/{found[1]}; the folders must be <id>/<version>"
-                ],
-            )
+        check_place(path, model.model_id, model.version)
         models.append(model)
     return models
 
@@ -497,7 +496,21 @@ def load_manifests(root: Path) -> list[LoadedModel]:
 COMMAND_KIND = "command"
 
 
-def _declared_kind(path: Path) -> str | None:
+def check_place(path: Path, model_id: str, version: str) -> None:
+    """A ManifestError unless the manifest at ``path`` lies in ``<model_id>/<version>/``, so
+    that one model version has one place."""
+    where = (path.parent.parent.name, path.parent.name)
+    if where != (model_id, version):
+        raise ManifestError(
+            path,
+            [
+                f"id/version: the manifest declares {model_id}/{version} but lies in "
+                f"{where[0]}/{where[1]}; the folders must be <id>/<version>"
+            ],
+        )
+
+
+def declared_kind(path: Path) -> str | None:
     """The ``kind`` a manifest declares (None when it says none or cannot be read: then
     :func:`load_manifest` reports what is wrong with it)."""
     try:

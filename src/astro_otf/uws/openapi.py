@@ -183,6 +183,12 @@ _JOB_FIELDS: dict[str, Schema] = {
         "type": "boolean",
         "description": "Run even if a completed job computed the same thing already.",
     },
+    "HOLD": {
+        **_TEXT,
+        "description": "With IMAGE=dataset:<name>/<path> or IMAGE=pending:<name>: how long "
+        "the job may wait (HELD) for its image, in seconds or as an ISO-8601 time; capped at "
+        "its destruction time.",
+    },
 }
 
 CREATE_JOB = extra(
@@ -205,8 +211,10 @@ CREATE_JOB = extra(
     responses={
         303: "The job was created: Location names it.",
         400: "A parameter is missing, unknown or wrong (the text names it).",
-        413: "The body, its text fields or the image is over a limit.",
+        413: "The body, its text fields or the image is over a limit, or the owner's jobs "
+        "hold max_stored_bytes already.",
         415: "The body is neither form-encoded nor multipart.",
+        429: "The owner is over max_active_jobs or job_creation_rate; see Retry-After.",
         503: "The queue is full (PHASE=RUN); see Retry-After.",
     },
 )
@@ -230,7 +238,12 @@ POST_JOB = extra(
 
 POST_PHASE = extra(
     form({"PHASE": {"type": "string", "enum": ["RUN", "ABORT"]}}, required=("PHASE",)),
-    responses={303: "Done.", 409: "Not allowed in the job's phase.", 503: "The queue is full."},
+    responses={
+        303: "Done.",
+        409: "Not allowed in the job's phase.",
+        429: "RUN: the owner has max_active_jobs active already; see Retry-After.",
+        503: "The queue is full.",
+    },
 )
 
 POST_EXECUTION_DURATION = extra(
