@@ -414,7 +414,61 @@ def load_image(path: Path) -> SkyImage:
     return image
 
 
-def _read_image(hdul: fits.HDUList) -> SkyImage:
+@dataclass(frozen=True)
+class _Layout:
+    """What an image HDU's header says of its pixels: which HDU, its header, its shape
+    (numpy order), its WCS and which FITS axes are the celestial ones (0-based)."""
+
+    index: int
+    header: fits.Header
+    shape: tuple[int, ...]
+    wcs: WCS
+    lng: int
+    lat: int
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        """(rows, columns) of the celestial plane."""
+        ndim = len(self.shape)
+        return (
+            self.shape[ndim - 1 - max(self.lng, self.lat)],
+            self.shape[ndim - 1 - min(self.lng, self.lat)],
+        )
+
+    def celestial_wcs(self) -> WCS:
+        # A sub-WCS of the celestial axes in file order keeps pixel axis 0 on the last
+        # numpy axis.
+        return self.wcs.sub(sorted([self.lng + 1, self.lat + 1]))
+
+
+def read_header_image(path: Path) -> SkyImage:
+    """The image plane of a FITS file as its header describes it, without reading a pixel:
+    the shape, WCS, beam and units are those :func:`load_image` gives, and ``data`` is a
+    read-only view of one NaN broadcast to the plane's shape (no memory). For planning work
+    on an image (its tiles) from its header alone. Raises :class:`JobFailure` as
+    :func:`load_image` does for a header it cannot use; whether the WCS gives positions is
+    not checked (:func:`region_of` says so when a region needs one)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # of the data (truncated, ...): not read here
+            with fits.open(Path(path), memmap=True, lazy_load_hdus=True) as hdul:
+                layout = _layout(hdul)
+    except (JobFailure, MemoryError):
+        raise
+    except Exception as exc:
+        raise JobFailure(f"the FITS header cannot be read: {_first_line(exc)}") from None
+    ny, nx = layout.plane_shape
+    return SkyImage(
+        data=np.broadcast_to(np.float32(np.nan), (ny, nx)),
+        wcs=layout.celestial_wcs(),
+        header=layout.header,
+        hdu_index=layout.index,
+    )
+
+
+def _layout(hdul: fits.HDUList) -> _Layout:
+    """The image HDU's layout (see :class:`_Layout`), or JobFailure saying why it has none a
+    source finder can use."""
     index = _select_image_hdu(hdul)
     hdu = hdul[index]
     header = hdu.header.copy()
@@ -448,7 +502,14 @@ def _read_image(hdul: fits.HDUList) -> SkyImage:
     nx, ny = shape[ndim - 1 - min(lng, lat)], shape[ndim - 1 - max(lng, lat)]
     if nx < 2 or ny < 2:
         raise JobFailure(f"the image is {nx} x {ny} pixels; a 2-D image is needed")
+    return _Layout(index, header, shape, wcs, lng, lat)
 
+
+def _read_image(hdul: fits.HDUList) -> SkyImage:
+    layout = _layout(hdul)
+    hdu = hdul[layout.index]
+    header, shape, lng, lat = layout.header, layout.shape, layout.lng, layout.lat
+    ndim = len(shape)
     try:
         raw = hdu.data
     except Exception as exc:
@@ -464,10 +525,7 @@ def _read_image(hdul: fits.HDUList) -> SkyImage:
     keep = {ndim - 1 - lng, ndim - 1 - lat}
     plane = raw[tuple(slice(None) if axis in keep else 0 for axis in range(ndim))]
     plane = _as_float(plane, header)
-
-    # A sub-WCS of the celestial axes in file order keeps pixel axis 0 on the last numpy axis.
-    celestial = wcs.sub(sorted([lng + 1, lat + 1]))
-    image = SkyImage(data=plane, wcs=celestial, header=header, hdu_index=index)
+    image = SkyImage(data=plane, wcs=layout.celestial_wcs(), header=header, hdu_index=layout.index)
     _check_wcs(image)
     return image
 

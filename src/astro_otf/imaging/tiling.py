@@ -33,14 +33,29 @@ image is never loaded whole.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["Tile", "TileSpec", "iter_tiles", "read_tile", "tile_count", "tile_grid", "tile_shape"]
+from astro_otf.imaging.background import box_size
+
+__all__ = [
+    "Tile",
+    "TilePlan",
+    "TileSpec",
+    "iter_tiles",
+    "plan_tiles",
+    "read_tile",
+    "resample_factor",
+    "tile_count",
+    "tile_grid",
+    "tile_shape",
+    "tiles_meeting",
+]
 
 
 @dataclass(frozen=True)
@@ -182,6 +197,135 @@ def _specs(
                 )
             )
     return specs
+
+
+def tiles_meeting(
+    shape: tuple[int, int],
+    tile: int,
+    overlap: int,
+    box: tuple[int, int, int, int],
+    *,
+    multiple: int | None = None,
+) -> list[TileSpec]:
+    """The tiles of :func:`tile_grid` (same specs, same indices) whose cores meet ``box``
+    (x0, y0, x1, y1), found axis by axis: a small box of a huge image lists a few tiles, not
+    the whole grid."""
+    ny, nx = _shape(shape, tile, overlap)
+    sized = None
+    if multiple is not None:
+        _check_multiple(tile, multiple)
+        ys, ycore, rows = _sized_axis(ny, tile, overlap, multiple)
+        xs, xcore, cols = _sized_axis(nx, tile, overlap, multiple)
+        size, sized = max(rows, cols), (rows, cols)
+    else:
+        ys, ycore = _axis(ny, tile, tile - overlap)
+        xs, xcore = _axis(nx, tile, tile - overlap)
+        size = rows = cols = tile
+    x0, y0, x1, y1 = box
+    wanted_rows = [r for r, (c0, c1) in enumerate(ycore) if c0 < y1 and y0 < c1]
+    wanted_cols = [c for c, (c0, c1) in enumerate(xcore) if c0 < x1 and x0 < c1]
+    return [
+        TileSpec(
+            index=row * len(xs) + col,
+            row=row,
+            col=col,
+            y0=ys[row],
+            x0=xs[col],
+            size=size,
+            height=min(rows, ny - ys[row]),
+            width=min(cols, nx - xs[col]),
+            core_y0=ycore[row][0],
+            core_y1=ycore[row][1],
+            core_x0=xcore[col][0],
+            core_x1=xcore[col][1],
+            sized=sized,
+        )
+        for row in wanted_rows
+        for col in wanted_cols
+    ]
+
+
+def resample_factor(beam_pix: float | None, max_beam_pix: float | None) -> int:
+    """1, or the block size whose averaging brings a beam of ``beam_pix`` pixels within a
+    model's widest (``max_beam_pix``)."""
+    if max_beam_pix is None or beam_pix is None or beam_pix <= max_beam_pix:
+        return 1
+    return math.ceil(beam_pix / max_beam_pix)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How a tiled model searches an image, worked out from its header alone: the same plan
+    sizes a job in the batch former and runs it in the worker.
+
+    ``factor``: the block size the pixels are averaged by (1: none). ``searched``: the
+    pixels (x0, y0, x1, y1) of the image that are read, the whole image or a region of
+    interest's tiles with a margin of noise-map boxes. ``tiles``: for a region, the whole
+    image's tiles whose cores meet it, placed in the averaged ``searched`` pixels; None for the
+    whole image, whose tiles are :func:`tile_grid` of ``shape`` (not listed here: a header may
+    declare any size). ``count``: how many tiles run."""
+
+    factor: int
+    shape: tuple[int, int]
+    searched: tuple[int, int, int, int]
+    tiles: list[TileSpec] | None
+    count: int
+
+
+def plan_tiles(
+    shape: tuple[int, int],
+    beam_pix: float | None,
+    region_box: tuple[int, int, int, int] | None,
+    *,
+    tile: int,
+    overlap: int,
+    multiple: int | None = None,
+    max_beam_pix: float | None = None,
+    noise_box_beams: float | None = None,
+    pad_boxes: int = 2,
+) -> TilePlan:
+    """The :class:`TilePlan` of an image of ``shape`` (rows, columns) whose beam is
+    ``beam_pix`` pixels wide, searched whole or, with ``region_box`` (x0, y0, x1, y1), in a
+    region of interest. ``noise_box_beams``: the side of the model's noise-map boxes in beams
+    (None: its normalisation has no local noise map, and a region needs no margin).
+
+    A region runs on the whole image's tiles whose cores meet it, so that the network sees
+    what it sees in the whole image's run, and a region of a big image costs only those."""
+    factor = resample_factor(beam_pix, max_beam_pix)
+    ny, nx = shape
+    averaged = (-(-ny // factor), -(-nx // factor))  # the block means' pixels
+    if region_box is None:
+        count = tile_count(averaged, tile, overlap)
+        return TilePlan(factor, averaged, (0, 0, nx, ny), None, count)
+    bx0, by0, bx1, by1 = region_box
+    box_averaged = (bx0 // factor, by0 // factor, -(-bx1 // factor), -(-by1 // factor))
+    chosen = tiles_meeting(averaged, tile, overlap, box_averaged, multiple=multiple)
+    tx0 = min(t.x0 for t in chosen)
+    ty0 = min(t.y0 for t in chosen)
+    tx1 = min(averaged[1], max(t.x0 + t.width for t in chosen))
+    ty1 = min(averaged[0], max(t.y0 + t.height for t in chosen))
+    box, margin = 1, 0
+    if noise_box_beams is not None:
+        box = box_size(averaged, None if beam_pix is None else beam_pix / factor, noise_box_beams)
+        margin = pad_boxes * box
+    sx0 = max(0, (tx0 - margin) // box * box)
+    sy0 = max(0, (ty0 - margin) // box * box)
+    sx1 = min(averaged[1], -(-(tx1 + margin) // box) * box)
+    sy1 = min(averaged[0], -(-(ty1 + margin) // box) * box)
+    placed = [
+        replace(
+            t,
+            x0=t.x0 - sx0,
+            y0=t.y0 - sy0,
+            core_x0=t.core_x0 - sx0,
+            core_x1=t.core_x1 - sx0,
+            core_y0=t.core_y0 - sy0,
+            core_y1=t.core_y1 - sy0,
+        )
+        for t in chosen
+    ]
+    searched = (sx0 * factor, sy0 * factor, min(nx, sx1 * factor), min(ny, sy1 * factor))
+    return TilePlan(factor, averaged, searched, placed, len(placed))
 
 
 def tile_count(shape: tuple[int, int], tile: int, overlap: int) -> int:

@@ -31,20 +31,21 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.io import fits
 from astropy.table import Column, Table
 
 from astro_otf.batching.former import BatchKey
 from astro_otf.domain.errors import JobFailure
 from astro_otf.domain.job import Job
-from astro_otf.domain.parameters import ParamSpec
-from astro_otf.imaging.background import NoiseMap, box_size
-from astro_otf.imaging.fits import Region, SkyImage, cut, load_image, region_of
+from astro_otf.domain.parameters import ParamSpec, roi_from, validate
+from astro_otf.imaging.background import NoiseMap
+from astro_otf.imaging.fits import Region, SkyImage, cut, load_image, read_header_image, region_of
 from astro_otf.imaging.gaussfit import covariance_of
 from astro_otf.imaging.measure import (
     MeasureSettings,
@@ -58,7 +59,7 @@ from astro_otf.imaging.measure import (
 from astro_otf.imaging.normalise import DEFAULT_BOX_BEAMS, FittedChain, parse_chain
 from astro_otf.imaging.resample import block_mean
 from astro_otf.imaging.stitch import Detection, position_angles, stitch, to_sky
-from astro_otf.imaging.tiling import TileSpec, read_tile, tile_grid
+from astro_otf.imaging.tiling import TilePlan, TileSpec, plan_tiles, read_tile, tile_grid
 from astro_otf.models.base import AppOutput, AppRequest
 from astro_otf.models.manifest import LoadedModel
 from astro_otf.models.onnx_runtime import SessionCache, run
@@ -75,6 +76,8 @@ STAT_TILES = 16
 #: only the sources inside the region are kept. Without it a small region measured its noise
 #: on a mesh of a few boxes of its own, and found other sources than the whole image did.
 REGION_PAD_BOXES = 2
+#: Tile counts an app remembers (see OnnxDetector.count_tiles).
+TILE_COUNTS_KEPT = 4096
 MAD_TO_SIGMA = 1.4826
 #: Working memory one forward pass may take, from the manifest's ``tile_memory_mb``: a pass
 #: holds at most this much worth of tiles (and at most ``max_batch_tiles``).
@@ -144,6 +147,9 @@ class OnnxDetector:
         self.precisions: tuple[str, ...] = tuple(manifest.precisions)
         self.parameters: tuple[ParamSpec, ...] = manifest.parameter_specs()
         self._chain = parse_chain(manifest.normalisation)
+        #: Tile counts worked out: (image, its size and mtime, parameters) -> tiles. The
+        #: scheduler asks twice per job (its quote at RUN, then its first sight of it queued).
+        self._counts: OrderedDict[tuple[object, ...], int] = OrderedDict()
         unknown = set(manifest.output.attribute_channels) - set(ATTRIBUTE_CHANNELS)
         if unknown:
             raise ValueError(
@@ -162,33 +168,57 @@ class OnnxDetector:
         return BatchKey(self.model_id, self.version, self.model.precision(precision), (tile, tile))
 
     def count_tiles(self, image_path: str | None, job: Job) -> int:
-        """Tiles the job's image (or region) makes, from its header alone; 1 when the header
-        can't tell (the job then fails in its worker with the reason). Counted by arithmetic,
-        never by listing the tiles: a header may declare any size. Tiles sized to the image
-        are as many, each at most a full tile: the tile budget stays an upper bound."""
-        from astro_otf.imaging.tiling import tile_count
-
-        tiling = self.model.manifest.tiling
+        """Tiles the job runs, from its image's header alone: the plan :meth:`prepare` runs
+        (:meth:`plan`), for the whole image or its region of interest, in pixels or an angle,
+        after any block averaging. 1 when the header or the parameters can't tell (the job
+        then fails in its worker with the reason)."""
         try:
-            with fits.open(image_path or "", memmap=True, lazy_load_hdus=True) as hdul:
-                hdu = next(h for h in hdul if h.is_image and h.header.get("NAXIS", 0) >= 2)
-                height, width = int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"])
+            stat = os.stat(image_path or "")
+        except OSError:
+            return 1
+        params = job.parameter_values()
+        key = (image_path, stat.st_size, stat.st_mtime_ns, tuple(sorted(params.items())))
+        count = self._counts.get(key)
+        if count is None:
+            count = self._count_tiles(Path(image_path or ""), params)
+            self._counts[key] = count
+            while len(self._counts) > TILE_COUNTS_KEPT:
+                self._counts.popitem(last=False)
+        return count
+
+    def _count_tiles(self, image_path: Path, params: dict[str, str]) -> int:
+        try:
+            image = read_header_image(image_path)
+            checked = validate(
+                params,
+                ["image"],
+                self.parameters,
+                precisions=self.precisions,
+                model_id=self.model_id,
+                image_required=False,
+            )
+            roi = roi_from(checked.values)
+            region = None if roi is None else region_of(image, roi)
+            return self.plan(image, region).count
         except Exception:
             return 1
-        values = job.parameter_values()
-        # a region runs on the full image's tiles that overlap it: at most one tile more
-        # per axis than its own size needs
-        for name, full in (("width", width), ("height", height)):
-            text = values.get(name, "")
-            if text.isascii() and text.isdigit():
-                if name == "width":
-                    width = min(full, int(text) + tiling.tile)
-                else:
-                    height = min(full, int(text) + tiling.tile)
-        try:
-            return tile_count((height, width), tiling.tile, tiling.overlap)
-        except ValueError:  # an axis of 0 or fewer pixels: the worker says why
-            return 1
+
+    def plan(self, image: SkyImage, region: Region | None) -> TilePlan:
+        """How this model searches ``image`` (or its ``region``): one plan for the batch
+        former's tile budget and the run."""
+        manifest = self.model.manifest
+        step = next((s for s in self._chain.steps if s.op == "local_standardise"), None)
+        return plan_tiles(
+            image.shape,
+            image.beam_major_pix,
+            None if region is None else region.box,
+            tile=manifest.tiling.tile,
+            overlap=manifest.tiling.overlap,
+            multiple=manifest.input.size_multiple,
+            max_beam_pix=manifest.input.max_beam_pix,
+            noise_box_beams=None if step is None else float(step.box_beams or DEFAULT_BOX_BEAMS),
+            pad_boxes=REGION_PAD_BOXES,
+        )
 
     # -- the stages a batch shares ------------------------------------------------------
 
@@ -208,8 +238,10 @@ class OnnxDetector:
             region_image = cut(image, region.box)
             if region.clipped:
                 request.log.warning("%s", region.describe_clipping())
-            searched, region_specs = self._region_search(image, region)
-            image = cut(image, searched)
+        plan = self.plan(image, region)
+        if region is not None:
+            region_specs = plan.tiles
+            image = cut(image, plan.searched)
             request.log.info(
                 "region of interest: %d x %d pixels from pixel x=%d, y=%d, searched with a "
                 "margin: %d x %d pixels from pixel x=%d, y=%d",
@@ -222,7 +254,7 @@ class OnnxDetector:
             )
         if not _any_finite(image.data):
             raise JobFailure("the image (or region) has no valid pixels: all are NaN or BLANK")
-        factor = self._resample_factor(image)
+        factor = plan.factor
         pixels = image.data
         if factor > 1:
             pixels = block_mean(image.data, factor)
@@ -265,75 +297,6 @@ class OnnxDetector:
             region=region,
             region_image=region_image,
         )
-
-    def _region_search(
-        self, image: SkyImage, region: Region
-    ) -> tuple[tuple[int, int, int, int], list[TileSpec]]:
-        """What a region is searched with: the pixels (x0, y0, x1, y1) to cut out of the
-        uploaded image, and the tiles to run, placed in those pixels.
-
-        The tiles are the whole image's tiles whose cores meet the region, so that the
-        network sees what it sees in the whole image's run; the pixels hold them and
-        REGION_PAD_BOXES boxes of the noise map around them, on the whole image's box grid,
-        so that the noise map over them is the whole image's. A region's sources are then
-        the whole image's sources there, and a region of a big image still costs only the
-        few tiles that hold it."""
-        manifest = self.model.manifest
-        f = self._resample_factor(image)
-        ny, nx = image.shape
-        shape = (-(-ny // f), -(-nx // f))  # the block means' pixels (f = 1: the image's)
-        grid = tile_grid(
-            shape,
-            manifest.tiling.tile,
-            manifest.tiling.overlap,
-            multiple=manifest.input.size_multiple,
-        )
-        bx0, by0, bx1, by1 = region.box
-        rx0, ry0, rx1, ry1 = bx0 // f, by0 // f, -(-bx1 // f), -(-by1 // f)
-        chosen = [
-            t
-            for t in grid
-            if t.core_x0 < rx1 and rx0 < t.core_x1 and t.core_y0 < ry1 and ry0 < t.core_y1
-        ]
-        tx0 = min(t.x0 for t in chosen)
-        ty0 = min(t.y0 for t in chosen)
-        tx1 = min(shape[1], max(t.x0 + t.width for t in chosen))
-        ty1 = min(shape[0], max(t.y0 + t.height for t in chosen))
-        step = next((s for s in self._chain.steps if s.op == "local_standardise"), None)
-        box, margin = 1, 0
-        if step is not None:
-            beam = image.beam_major_pix
-            box = box_size(
-                shape,
-                None if beam is None else beam / f,
-                float(step.box_beams or DEFAULT_BOX_BEAMS),
-            )
-            margin = REGION_PAD_BOXES * box
-        sx0 = max(0, (tx0 - margin) // box * box)
-        sy0 = max(0, (ty0 - margin) // box * box)
-        sx1 = min(shape[1], -(-(tx1 + margin) // box) * box)
-        sy1 = min(shape[0], -(-(ty1 + margin) // box) * box)
-        specs = [
-            replace(
-                t,
-                x0=t.x0 - sx0,
-                y0=t.y0 - sy0,
-                core_x0=t.core_x0 - sx0,
-                core_x1=t.core_x1 - sx0,
-                core_y0=t.core_y0 - sy0,
-                core_y1=t.core_y1 - sy0,
-            )
-            for t in chosen
-        ]
-        return (sx0 * f, sy0 * f, min(nx, sx1 * f), min(ny, sy1 * f)), specs
-
-    def _resample_factor(self, image: SkyImage) -> int:
-        """1, or the block size that brings the image's beam within the model's widest."""
-        widest = self.model.manifest.input.max_beam_pix
-        beam = image.beam_major_pix
-        if widest is None or beam is None or beam <= widest:
-            return 1
-        return math.ceil(beam / widest)
 
     def forward(
         self, items: list[tuple[_Prepared, TileSpec]], precision: str
