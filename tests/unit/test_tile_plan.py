@@ -7,7 +7,6 @@ was budgeted as the whole image, and it ignored block averaging."""
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 
 import astropy.units as u
@@ -17,13 +16,12 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from astro_otf.domain.job import Job, JobParameter, new_job_id
 from astro_otf.domain.parameters import roi_from, validate
-from astro_otf.domain.phases import Phase
 from astro_otf.models.base import AppRequest
 from astro_otf.models.onnx_detector import OnnxDetector
 from astro_otf.models.registry import build_registry
 from tests.conftest import REAL_DATA
+from tests.unit.test_upload_checks import _job as job_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::astropy.wcs.FITSFixedWarning")
 
@@ -60,24 +58,6 @@ def synthetic(
     data = rng.normal(0.0, 1e-4, (n, n)).astype(np.float32)
     fits.PrimaryHDU(data, header).writeto(path)
     return path
-
-
-def job_of(**params: str) -> Job:
-    now = datetime.now(UTC)
-    return Job(
-        job_id=new_job_id(),
-        owner=None,
-        run_id=None,
-        phase=Phase.QUEUED,
-        model_id="radio-detector",
-        priority=0,
-        creation_time=now,
-        start_time=None,
-        end_time=None,
-        execution_duration=60,
-        destruction_time=None,
-        parameters=[JobParameter(k, v) for k, v in params.items()],
-    )
 
 
 def budget_and_run(
