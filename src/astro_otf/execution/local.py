@@ -59,6 +59,8 @@ RECHECK_S = 1.0
 #: when the whole batch has.
 PROGRESS = "progress"
 JOB_DONE = "job"
+#: How long an idle worker is given to end by itself at shutdown before it is killed.
+IDLE_EXIT_S = 0.3
 BATCH_DONE = "batch"
 
 
@@ -97,8 +99,10 @@ def worker_main(conn: Connection, registry: RegistryConfig, parent_pid: int | No
             task = conn.recv()
         except (EOFError, OSError):  # the server is gone
             return
-        if task is None:
-            return
+        if task is None:  # idle, holding nothing: skip the interpreter's slow teardown
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         # each job's outcome as soon as it is known, then the batch's end
         outcomes = run_batch(
             task,
@@ -306,8 +310,11 @@ class LocalExecutor:
                     worker.conn.send(None)
             else:
                 worker.process.kill()
+        # an idle worker ends at once; one still warming up reads the stop only after its
+        # warm-up: it holds nothing yet, so it is not waited for
+        deadline = time.monotonic() + IDLE_EXIT_S
         for worker in list(self._workers):
-            worker.process.join(timeout=5)
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join(timeout=5)
