@@ -21,18 +21,19 @@ from astro_otf.batching.former import BatchRules
 from astro_otf.config import Settings
 from astro_otf.domain.errors import NotAuthenticated, OTFError, QuotaExceeded, ServiceBusy
 from astro_otf.domain.phases import Phase
-from astro_otf.execution.base import make_executor
+from astro_otf.execution.factory import make_executor
 from astro_otf.models.registry import RegistryConfig, build_registry
 from astro_otf.service.accounting import Accounting
 from astro_otf.service.events import JobEvents
 from astro_otf.service.feed import JobFeed
 from astro_otf.service.held import Holds
 from astro_otf.service.jobs import JobService
+from astro_otf.service.lifecycle import ORPHAN_MIN_AGE_S, recover
 from astro_otf.service.metrics import Metrics
 from astro_otf.service.quotas import Quotas
 from astro_otf.service.reaper import Reaper
 from astro_otf.service.replicas import Replicas
-from astro_otf.service.scheduler import Scheduler, utcnow
+from astro_otf.service.scheduler import Scheduler
 from astro_otf.service.threads import in_thread
 from astro_otf.service.uploads import UploadService
 from astro_otf.store.cache import JobCache
@@ -44,69 +45,6 @@ from astro_otf.store.usage import UsageStore
 from astro_otf.uws import accounting_routes, auth, dataset_routes, routes, system, upload_routes
 
 log = logging.getLogger("astro_otf")
-
-#: With replicas, a job folder without a database row is removed at recovery only once
-#: nothing in it changed for this long: another replica may be creating that job right now
-#: (its upload streaming in). A lone server (SQLite, holding the data folder's lock) recovers
-#: before it takes any request, so every such folder it finds is an orphan.
-ORPHAN_MIN_AGE_S = 900.0
-
-
-def remove_orphans(store: JobStore, folders: JobFolders, min_age_s: float) -> int:
-    """Remove job folders that have no database row (a creation cut short by a kill, a
-    deletion cut between its row and its folder), untouched for ``min_age_s`` seconds."""
-    idle = folders.idle_folders(min_age_s)
-    known = store.existing_ids(idle)
-    orphans = [name for name in idle if name not in known]
-    for name in orphans:
-        if name not in store.existing_ids([name]):  # created meanwhile? keep it
-            log.info("removing the folder of job %s, which has no database row", name)
-            folders.remove(name)
-    return len(orphans)
-
-
-def recover(
-    store: JobStore, folders: JobFolders, orphan_min_age_s: float | None = None
-) -> tuple[int, int]:
-    """After a restart: jobs left EXECUTING run again (their runs lose the job: their tokens
-    are cleared); a job whose input is gone is ERROR; with ``orphan_min_age_s``, job folders
-    without a row that long are removed."""
-    requeued = failed = 0
-    for phase in (Phase.EXECUTING, Phase.QUEUED):
-        for job_id in store.ids_in_phase(phase):
-            job = store.get(job_id)
-            missing = [
-                p.name.upper()
-                for p in job.parameters
-                if p.is_file and not folders.input_file(job_id, p.value).is_file()
-            ]
-            if missing:
-                store.transition(
-                    job_id,
-                    [phase],
-                    Phase.ERROR,
-                    end_time=utcnow(),
-                    error_type="fatal",
-                    error_message=f"the uploaded {', '.join(missing)} of this job was lost "
-                    "while the service restarted; please submit the job again",
-                )
-                failed += 1
-            elif phase == Phase.EXECUTING:
-                folders.clear_results(job_id)
-                store.transition(
-                    job_id,
-                    [phase],
-                    Phase.QUEUED,
-                    start_time=None,
-                    queue_time=utcnow(),
-                    run_token=None,
-                )
-                requeued += 1
-    if orphan_min_age_s is not None:
-        removed = remove_orphans(store, folders, orphan_min_age_s)
-        if removed:
-            log.info("recovered: removed %d job folder(s) without a database row", removed)
-    return requeued, failed
 
 
 def data_folder_lock(settings: Settings) -> DataFolderLock:

@@ -29,11 +29,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from astro_otf.app import recover, remove_orphans
 from astro_otf.domain.phases import Phase
 from astro_otf.execution.task import BatchTask, ProducedResult, TaskOutcome
 from astro_otf.models.registry import RegistryConfig, build_registry
 from astro_otf.service.events import JobEvents
+from astro_otf.service.lifecycle import recover, remove_orphans
 from astro_otf.service.scheduler import Scheduler
 from astro_otf.store.database import make_engine, migrate
 from astro_otf.store.files import JobFolders

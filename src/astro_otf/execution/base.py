@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from astro_otf.execution.task import BatchTask, JobProgress, TaskOutcome
-from astro_otf.models.registry import RegistryConfig
-
-if TYPE_CHECKING:
-    from astro_otf.config import Settings
 
 
 class WorkerDied(Exception):
@@ -79,21 +75,3 @@ class Executor(Protocol):
         ...
 
     async def shutdown(self) -> None: ...
-
-
-def make_executor(settings: Settings, registry: RegistryConfig) -> Executor:
-    if settings.executor == "local":
-        from astro_otf.execution.local import LocalExecutor
-
-        return LocalExecutor(settings.workers, registry)
-    if settings.executor == "dask":
-        from astro_otf.execution.dask_executor import DaskExecutor
-
-        assert settings.dask_address is not None  # checked by Settings
-        return DaskExecutor(
-            settings.dask_address,
-            settings.workers,
-            registry,
-            resources=settings.dask_resources,
-        )
-    raise ValueError(f"unknown executor {settings.executor!r}")

@@ -6,7 +6,7 @@ shared data folder. Any replica takes requests; exactly one, the leader, forms b
 runs them, so that no job runs twice. Leadership is a PostgreSQL session advisory lock held
 by a dedicated connection: when the leader dies its connection closes, the lock is freed, and
 the next replica to try (every second) takes over. The new leader first queues again the
-jobs the old one left EXECUTING (:func:`astro_otf.app.recover`), then runs the queue.
+jobs the old one left EXECUTING (:func:`astro_otf.service.lifecycle.recover`), then runs the queue.
 
 Every phase change is announced with NOTIFY on :data:`JOB_CHANNEL` (see the store). Each
 replica LISTENs: a change wakes the replica's WAIT requests on that job, a newly QUEUED job
