@@ -1,6 +1,7 @@
 """``otf dashboard`` driven headless by Textual's pilot against a real ``otf serve``: the job
 table and its filters, the job detail, abort / delete / save, the batch view read from
-``/metrics``, and a server that refuses or is not there."""
+``/metrics``, and a server that refuses or is not there. The app talks to the service through
+:class:`AsyncOTFClient`, as ``otf dashboard`` makes it do (:func:`run_dashboard`)."""
 
 from __future__ import annotations
 
@@ -18,16 +19,10 @@ from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
 from astro_otf.cli.common import result_filename
-from astro_otf.cli.dashboard import (
-    ConfirmAbort,
-    ConfirmDelete,
-    Dashboard,
-    ModelBatches,
-    RecentBatches,
-    parse_batch_metrics,
-    recent_batches,
-)
-from astro_otf.client import OTFClient, ResultRef
+from astro_otf.client import AsyncOTFClient, OTFClient, ResultRef
+from astro_otf.tui.batches import ModelBatches, RecentBatches, parse_batch_metrics, recent_batches
+from astro_otf.tui.confirm import ConfirmAbort, ConfirmDelete
+from astro_otf.tui.dashboard import Dashboard, run_dashboard
 from tests.conftest import REPO_ROOT, ServerProcess, free_port
 from tests.integration.test_uws_api import create, job_json, sleep_job, wait_final, wait_phase
 
@@ -74,7 +69,7 @@ def drive(
     """Run ``scenario`` against a headless dashboard on ``url``; return the app."""
 
     async def main() -> Dashboard:
-        with OTFClient(url, max_retries=0) as client:
+        async with AsyncOTFClient(url, max_retries=0) as client:
             app = Dashboard(client, refresh=refresh, download_dir=download_dir)
             async with app.run_test(size=SIZE) as pilot:
                 await scenario(app, pilot)
@@ -409,8 +404,25 @@ def test_parse_batch_metrics() -> None:
 
 
 def test_refresh_must_be_positive() -> None:
-    with OTFClient("http://127.0.0.1:9") as client, pytest.raises(ValueError, match="refresh"):
+    client = AsyncOTFClient.from_sync(OTFClient("http://127.0.0.1:9"))
+    with pytest.raises(ValueError, match="refresh"):
         Dashboard(client, refresh=0)
+    client.sync.close()
+
+
+def test_run_dashboard_uses_the_callers_client(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``otf dashboard`` hands its client over: the app awaits it through an AsyncOTFClient
+    on the same client, which stays open for the command to close."""
+    ran: list[Dashboard] = []
+    monkeypatch.setattr(Dashboard, "run", lambda self, *a, **k: ran.append(self))
+    with OTFClient("http://127.0.0.1:9", max_retries=0) as client:
+        run_dashboard(client, 1.5, tmp_path)
+        (app,) = ran
+        assert isinstance(app.client, AsyncOTFClient) and app.client.sync is client
+        assert app.refresh_interval == 1.5 and app.download_dir == tmp_path
+        assert not client._http.is_closed
 
 
 def test_result_file_names() -> None:
@@ -485,7 +497,7 @@ def test_a_service_without_events_is_polled(dash_server: ServerProcess) -> None:
         assert app.follow_mode == "polling" and app.events_seen == 0
 
     async def main() -> None:
-        with OTFClient(dash_server.url) as client:
+        async with AsyncOTFClient(dash_server.url) as client:
             app = Dashboard(client, refresh=0.5, events=False)
             async with app.run_test(size=SIZE) as pilot:
                 await scenario(app, pilot)

@@ -1,188 +1,76 @@
 """Tests of the ``otf`` command line: argument parsing, output, and exit codes.
 
-Commands run in-process through Typer's ``CliRunner``. Those that need a service talk
-over loopback HTTP to a tiny stand-in (every job ends at the first WAIT), so the tests
-check what the command does with the answers, not the service itself.
+Commands run in-process through Typer's ``CliRunner``. Those that need a service talk over
+loopback HTTP to the shared stand-in of tests/fake_uws.py, set so that every job ends at its
+first WAIT, so the tests check what the command does with the answers, not the service itself.
 """
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import types
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from typer.testing import CliRunner
 
 from astro_otf import __version__
-from astro_otf.cli.main import app, roi_params
+from astro_otf.cli.main import app
+from astro_otf.cli.roi import roi_params
 from astro_otf.client import OTFClient
-
-VOTABLE = b"""<?xml version="1.0" encoding="utf-8"?>
-<VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">
- <RESOURCE type="results"><TABLE name="sources">
-  <FIELD name="ra" datatype="double" unit="deg"/>
-  <FIELD name="dec" datatype="double" unit="deg"/>
-  <DATA><TABLEDATA>
-   <TR><TD>10.0</TD><TD>-30.0</TD></TR>
-   <TR><TD>10.1</TD><TD>-30.1</TD></TR>
-  </TABLEDATA></DATA>
- </TABLE></RESOURCE>
-</VOTABLE>
-"""
+from tests.fake_uws import SILENT, VOTABLE, Answer, FakeUWS, Request
 
 UNREACHABLE = "http://127.0.0.1:9"
 COMMANDS = ["serve", "submit", "jobs", "job", "result", "abort", "delete", "health"]
 
-
-@dataclass
-class Service:
-    """State of the stand-in service."""
-
-    url: str = ""
-    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    forms: list[dict[str, str]] = field(default_factory=list)
-    auth: list[str | None] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    #: Send this process SIGINT (Ctrl-C) on receiving the n-th job (before answering it).
-    interrupt_at: int | None = None
+#: The installed versions of the one model the stand-in offers, newest (the default) first.
+MODEL_VERSIONS = ["2.0", "1.0"]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    wbufsize = 1 << 16
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _send(self, status: int, body: bytes = b"", ctype: str = "text/plain", **hdr: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in hdr.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _job(self, job_id: str) -> dict[str, Any] | None:
-        job = self.server.svc.jobs.get(job_id)
-        if job is None:
-            self._send(404, f"no job with id '{job_id}'".encode())
-        return job
-
-    def do_GET(self) -> None:
-        svc = self.server.svc
-        split = urlsplit(self.path)
-        parts = [p for p in split.path.split("/") if p]
-        with svc.lock:
-            svc.auth.append(self.headers.get("Authorization"))
-            if parts == ["jobs"]:
-                doc = {"jobs": [{k: j[k] for k in ("jobId", "phase")} for j in svc.jobs.values()]}
-                self._send(200, json.dumps(doc).encode(), "application/json")
-            elif parts == ["health"]:
-                self._send(200, b'{"status": "ok", "version": "t"}', "application/json")
-            elif parts == ["health", "ready"]:
-                self._send(503, b'{"status": "fail", "checks": {"db": "down"}}', "application/json")
-            elif parts[:1] == ["models"]:
-                self._models(parts[1:], parse_qs(split.query))
-            elif len(parts) == 2 and (job := self._job(parts[1])) is not None:
-                if "WAIT" in parse_qs(split.query) and job["phase"] == "QUEUED":
-                    failing = job["parameters"].get("MODEL") == "broken"
-                    job["phase"] = "ERROR" if failing else "COMPLETED"
-                    if failing:
-                        job["errorSummary"] = {"type": "fatal", "message": "model crashed"}
-                self._send(200, json.dumps(job).encode(), "application/json")
-            elif parts[2:] == ["results", "result"] and self._job(parts[1]) is not None:
-                self._send(200, VOTABLE, "application/x-votable+xml")
-            elif parts[2:] == ["error"] and self._job(parts[1]) is not None:
-                self._send(200, b"model crashed")
-
-    def _models(self, rest: list[str], query: dict[str, list[str]]) -> None:
-        """/models: one detector with two versions; /models/ID?version=V one of them."""
-        versions = ["2.0", "1.0"]
-
-        def describe(version: str) -> dict[str, Any]:
-            return {
-                "id": "radio-detector",
-                "version": version,
-                "versions": versions,
-                "description": f"detector {version}",
-                "precisions": ["fp32"],
-                "parameters": [{"name": "threshold", "type": "float", "default": 0.4}],
-            }
-
-        version = query.get("version", [versions[0]])[0]
-        if not rest:
-            doc = {"default": "radio-detector", "models": [describe(versions[0])]}
-            self._send(200, json.dumps(doc).encode(), "application/json")
-        elif rest != ["radio-detector"]:
-            self._send(404, b"no such model")
-        elif version not in versions:
-            self._send(400, f"VERSION: {version!r} is not installed".encode())
-        else:
-            self._send(200, json.dumps(describe(version)).encode(), "application/json")
-
-    def do_POST(self) -> None:
-        svc = self.server.svc
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        parts = [p for p in self.path.split("/") if p]
-        with svc.lock:
-            svc.auth.append(self.headers.get("Authorization"))
-            if parts == ["jobs"]:
-                message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-                    f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body
-                )
-                form = {
-                    str(p.get_param("name", header="content-disposition")): p.get_content()
-                    for p in message.iter_parts()
-                    if p.get_filename() is None
-                }
-                svc.forms.append(form)
-                if len(svc.forms) == svc.interrupt_at:
-                    os.kill(os.getpid(), signal.SIGINT)  # the CLI is waiting for this answer
-                    return
-                job_id = f"j{len(svc.jobs) + 1}"
-                svc.jobs[job_id] = {
-                    "jobId": job_id,
-                    "phase": "QUEUED" if form.get("PHASE") == "RUN" else "PENDING",
-                    "creationTime": "2024-05-01T12:00:00Z",
-                    "parameters": {k: v for k, v in form.items() if k != "PHASE"},
-                    "results": [
-                        {"id": "result", "href": f"{svc.url}/jobs/{job_id}/results/result"}
-                    ],
-                    "errorSummary": None,
-                }
-                self._send(303, Location=f"{svc.url}/jobs/{job_id}")
-            elif parts[2:] == ["phase"] and (job := self._job(parts[1])) is not None:
-                job["phase"] = "ABORTED"
-                self._send(303, Location=f"{svc.url}/jobs/{parts[1]}")
-
-    def do_DELETE(self) -> None:
-        svc = self.server.svc
-        parts = [p for p in self.path.split("/") if p]
-        with svc.lock:
-            if self._job(parts[1]) is not None:
-                del svc.jobs[parts[1]]
-                self._send(303, Location=f"{svc.url}/jobs")
+def _model(version: str) -> dict[str, Any]:
+    """The description of one version of the stand-in's model (``/models/radio-detector``)."""
+    return {
+        "id": "radio-detector",
+        "version": version,
+        "versions": MODEL_VERSIONS,
+        "description": f"detector {version}",
+        "precisions": ["fp32"],
+        "parameters": [{"name": "threshold", "type": "float", "default": 0.4}],
+    }
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    svc: Service
+def _describe_model(request: Request) -> Answer:
+    """``/models/radio-detector?version=V``: that version, 400 when it is not installed."""
+    version = request.query.get("version", [MODEL_VERSIONS[0]])[0]
+    if version not in MODEL_VERSIONS:
+        return Answer(400, f"VERSION: {version!r} is not installed")
+    return Answer.json(200, _model(version))
+
+
+def _interrupt_at(upload: int) -> Callable[[Request], Answer | None]:
+    """A script for ``POST /jobs``: the ``upload``-th one sends this process SIGINT (Ctrl-C,
+    while the CLI waits for the answer) and is never answered; the others create jobs."""
+    count = itertools.count(1)
+
+    def script(request: Request) -> Answer | None:
+        if next(count) != upload:
+            return None
+        os.kill(os.getpid(), signal.SIGINT)
+        return SILENT
+
+    return script
+
+
+def _forms(fake: FakeUWS) -> list[dict[str, str]]:
+    """The form fields of every job creation the stand-in received, in order."""
+    return [r.form for r in fake.sent("POST", "/jobs")]
 
 
 @pytest.fixture(autouse=True)
@@ -192,29 +80,42 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def svc() -> Iterator[Service]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.svc = Service(url=f"http://127.0.0.1:{server.server_address[1]}")
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
-        yield server.svc
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+def fake() -> Iterator[FakeUWS]:
+    """The stand-in service as these tests want it: a job ends at its first WAIT, in ERROR
+    with "model crashed" when its MODEL is "broken"; there is no event stream (so a command
+    that waits polls with WAIT) and the service is never ready (``/health/ready`` is 503);
+    one model, ``radio-detector``, has two versions."""
+    with FakeUWS() as fake:
+        fake.life = ("QUEUED", "COMPLETED")
+        fake.failing = {"broken": "model crashed"}
+        fake.answer("GET", "/jobs/events", Answer(404, "no event stream here"), times=None)
+        not_ready = {"status": "fail", "checks": {"db": "down"}}
+        fake.answer("GET", "/health/ready", Answer.json(503, not_ready), times=None)
+        models = {"default": "radio-detector", "models": [_model(MODEL_VERSIONS[0])]}
+        fake.answer("GET", "/models", Answer.json(200, models), times=None)
+        fake.answer("GET", "/models/radio-detector", _describe_model, times=None)
+        yield fake
 
 
 @pytest.fixture
 def runner() -> CliRunner:
+    """Runs ``otf`` commands in this process, capturing stdout and stderr apart."""
     return CliRunner()
 
 
 @pytest.fixture
 def image(tmp_path: Path) -> Path:
+    """A small file with a FITS header start: the CLI sends it without reading it as FITS."""
     path = tmp_path / "field.fits"
     path.write_bytes(b"SIMPLE  =                    T" + b" " * 2850)
     return path
+
+
+def _submit(runner: CliRunner, fake: FakeUWS, image: Path, *options: str) -> None:
+    """Create a job of ``image`` with ``otf submit``, as the setup of a test of another
+    command."""
+    result = runner.invoke(app, ["--url", fake.url, "submit", str(image), *options])
+    assert result.exit_code == 0, result.output
 
 
 # ------------------------------------------------------------------------ parsing
@@ -336,125 +237,139 @@ def test_url_from_the_environment(runner: CliRunner, monkeypatch: pytest.MonkeyP
 
 
 def test_submit_prints_just_the_job_id(
-    runner: CliRunner, svc: Service, image: Path, monkeypatch: pytest.MonkeyPatch
+    runner: CliRunner, fake: FakeUWS, image: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OTF_TOKEN", "tok")
-    args = ["--url", svc.url, "submit", str(image), "-p", "thresh=5", "--param", "MODEL=x"]
+    args = ["--url", fake.url, "submit", str(image), "-p", "thresh=5", "--param", "MODEL=x"]
     result = runner.invoke(app, [*args, "--model", "sep", "--run-id", "r7"])
     assert result.exit_code == 0, result.output
-    assert result.stdout == "j1\n"
-    assert svc.forms == [{"thresh": "5", "MODEL": "sep", "PHASE": "RUN", "RUNID": "r7"}]
-    assert svc.auth == ["Bearer tok"]
+    assert result.stdout == "job1\n"
+    assert _forms(fake) == [{"thresh": "5", "MODEL": "sep", "PHASE": "RUN", "RUNID": "r7"}]
+    assert [r.header("Authorization") for r in fake.requests] == ["Bearer tok"]
 
 
-def test_submit_no_run_json(runner: CliRunner, svc: Service, image: Path) -> None:
-    result = runner.invoke(app, ["--url", svc.url, "submit", str(image), "--no-run", "--json"])
+def test_submit_no_run_json(runner: CliRunner, fake: FakeUWS, image: Path) -> None:
+    result = runner.invoke(app, ["--url", fake.url, "submit", str(image), "--no-run", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["phase"] == "PENDING"
-    assert "PHASE" not in svc.forms[0]
+    assert "PHASE" not in _forms(fake)[0]
 
 
 def test_submit_wait_out_writes_the_catalogue_and_counts_sources(
-    runner: CliRunner, svc: Service, image: Path, tmp_path: Path
+    runner: CliRunner, fake: FakeUWS, image: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "cat.xml"
     result = runner.invoke(
-        app, ["--url", svc.url, "--token", "t", "submit", str(image), "--wait", "--out", str(out)]
+        app, ["--url", fake.url, "--token", "t", "submit", str(image), "--wait", "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
     assert out.read_bytes() == VOTABLE
-    assert result.stdout == f"job j1 COMPLETED, 2 sources, catalogue written to {out}\n"
-    assert set(svc.auth) == {"Bearer t"}
+    assert result.stdout == f"job job1 COMPLETED, 3 sources, catalogue written to {out}\n"
+    assert {r.header("Authorization") for r in fake.requests} == {"Bearer t"}
 
 
 def test_submit_wait_on_a_failing_job_exits_1_with_its_message(
-    runner: CliRunner, svc: Service, image: Path
+    runner: CliRunner, fake: FakeUWS, image: Path
 ) -> None:
-    result = runner.invoke(app, ["--url", svc.url, "submit", str(image), "-m", "broken", "-w"])
+    result = runner.invoke(app, ["--url", fake.url, "submit", str(image), "-m", "broken", "-w"])
     assert result.exit_code == 1
-    assert result.stdout == "job j1 ERROR\n"
+    assert result.stdout == "job job1 ERROR\n"
     assert result.stderr.endswith("error: model crashed\n")
 
 
-def test_unknown_job_exits_4_with_the_servers_message(runner: CliRunner, svc: Service) -> None:
-    result = runner.invoke(app, ["--url", svc.url, "job", "nope"])
+def test_unknown_job_exits_4_with_the_servers_message(runner: CliRunner, fake: FakeUWS) -> None:
+    result = runner.invoke(app, ["--url", fake.url, "job", "nope"])
     assert result.exit_code == 4
     assert result.stderr == "error: no job with id 'nope'\n"
 
 
-def test_jobs_table_and_json(runner: CliRunner, svc: Service, image: Path) -> None:
-    assert runner.invoke(app, ["--url", svc.url, "jobs"]).stdout == "no jobs\n"
-    runner.invoke(app, ["--url", svc.url, "submit", str(image)])
+def test_jobs_table_and_json(runner: CliRunner, fake: FakeUWS, image: Path) -> None:
+    assert runner.invoke(app, ["--url", fake.url, "jobs"]).stdout == "no jobs\n"
+    _submit(runner, fake, image)
 
-    table = runner.invoke(app, ["--url", svc.url, "jobs", "--phase", "QUEUED", "--last", "5"])
+    table = runner.invoke(app, ["--url", fake.url, "jobs", "--phase", "QUEUED", "--last", "5"])
     assert table.exit_code == 0, table.output
-    assert "j1" in table.stdout and "QUEUED" in table.stdout
-    listed = json.loads(runner.invoke(app, ["--url", svc.url, "jobs", "--json"]).stdout)
-    assert listed == {"jobs": [{"jobId": "j1", "phase": "QUEUED"}]}
+    assert "job1" in table.stdout and "QUEUED" in table.stdout
+    listed = json.loads(runner.invoke(app, ["--url", fake.url, "jobs", "--json"]).stdout)
+    created = fake.jobs["job1"]["creationTime"]
+    assert listed == {
+        "jobs": [
+            {
+                "jobId": "job1",
+                "phase": "QUEUED",
+                "runId": None,
+                "ownerId": "anonymous",
+                "creationTime": created,
+                "href": f"{fake.url}/jobs/job1",
+            }
+        ]
+    }
 
 
-def test_job_shows_details(runner: CliRunner, svc: Service, image: Path) -> None:
-    runner.invoke(app, ["--url", svc.url, "submit", str(image), "-p", "thresh=4"])
+def test_job_shows_details(runner: CliRunner, fake: FakeUWS, image: Path) -> None:
+    _submit(runner, fake, image, "-p", "thresh=4")
+    fake.jobs["job1"]["creationTime"] = "2024-05-01T12:00:00Z"
 
-    shown = runner.invoke(app, ["--url", svc.url, "job", "j1"])
+    shown = runner.invoke(app, ["--url", fake.url, "job", "job1"])
     assert shown.exit_code == 0, shown.output
     assert "QUEUED" in shown.stdout and "thresh" in shown.stdout and "2024-05-01" in shown.stdout
-    doc = json.loads(runner.invoke(app, ["--url", svc.url, "job", "j1", "--json"]).stdout)
+    doc = json.loads(runner.invoke(app, ["--url", fake.url, "job", "job1", "--json"]).stdout)
     assert doc["parameters"] == {"thresh": "4"}
 
 
 def test_result_to_stdout_and_to_a_file(
-    runner: CliRunner, svc: Service, image: Path, tmp_path: Path
+    runner: CliRunner, fake: FakeUWS, image: Path, tmp_path: Path
 ) -> None:
-    runner.invoke(app, ["--url", svc.url, "submit", str(image)])
+    _submit(runner, fake, image)
+    fake.finish("job1")
 
-    to_stdout = runner.invoke(app, ["--url", svc.url, "result", "j1"])
+    to_stdout = runner.invoke(app, ["--url", fake.url, "result", "job1"])
     assert to_stdout.exit_code == 0
     assert to_stdout.stdout_bytes == VOTABLE
 
     out = tmp_path / "r.xml"
     to_file = runner.invoke(
-        app, ["--url", svc.url, "result", "j1", "--id", "result", "-o", str(out)]
+        app, ["--url", fake.url, "result", "job1", "--id", "result", "-o", str(out)]
     )
     assert to_file.exit_code == 0
     assert out.read_bytes() == VOTABLE
     assert to_file.stdout == ""
 
 
-def test_abort_and_delete(runner: CliRunner, svc: Service, image: Path) -> None:
-    runner.invoke(app, ["--url", svc.url, "submit", str(image)])
+def test_abort_and_delete(runner: CliRunner, fake: FakeUWS, image: Path) -> None:
+    _submit(runner, fake, image)
 
-    aborted = runner.invoke(app, ["--url", svc.url, "abort", "j1"])
-    assert (aborted.exit_code, aborted.stdout) == (0, "job j1 ABORTED\n")
-    deleted = runner.invoke(app, ["--url", svc.url, "delete", "j1"])
-    assert (deleted.exit_code, deleted.stdout) == (0, "deleted job j1\n")
-    assert runner.invoke(app, ["--url", svc.url, "delete", "j1"]).exit_code == 4
+    aborted = runner.invoke(app, ["--url", fake.url, "abort", "job1"])
+    assert (aborted.exit_code, aborted.stdout) == (0, "job job1 ABORTED\n")
+    deleted = runner.invoke(app, ["--url", fake.url, "delete", "job1"])
+    assert (deleted.exit_code, deleted.stdout) == (0, "deleted job job1\n")
+    assert runner.invoke(app, ["--url", fake.url, "delete", "job1"]).exit_code == 4
 
 
-def test_health_exits_1_when_not_ready(runner: CliRunner, svc: Service) -> None:
-    result = runner.invoke(app, ["--url", svc.url, "health", "--json"])
+def test_health_exits_1_when_not_ready(runner: CliRunner, fake: FakeUWS) -> None:
+    result = runner.invoke(app, ["--url", fake.url, "health", "--json"])
     assert result.exit_code == 1
     doc = json.loads(result.stdout)
     assert doc["health"]["status"] == "ok"
     assert doc["ready"]["ready"] is False
 
 
-def test_models_show_the_installed_versions(runner: CliRunner, svc: Service) -> None:
-    listed = runner.invoke(app, ["--url", svc.url, "models"])
+def test_models_show_the_installed_versions(runner: CliRunner, fake: FakeUWS) -> None:
+    listed = runner.invoke(app, ["--url", fake.url, "models"])
     assert listed.exit_code == 0, listed.output
     assert "2.0 (default), 1.0" in listed.stdout
-    described = runner.invoke(app, ["--url", svc.url, "models", "describe", "radio-detector"])
+    described = runner.invoke(app, ["--url", fake.url, "models", "describe", "radio-detector"])
     assert described.exit_code == 0, described.output
     assert described.stdout.startswith("radio-detector 2.0: detector 2.0\n")
     assert "installed versions: 2.0 (default), 1.0" in described.stdout
     old = runner.invoke(
         app,
-        ["--url", svc.url, "models", "describe", "radio-detector", "--version", "1.0", "--json"],
+        ["--url", fake.url, "models", "describe", "radio-detector", "--version", "1.0", "--json"],
     )
     assert old.exit_code == 0, old.output
     assert json.loads(old.stdout)["version"] == "1.0"
     unknown = runner.invoke(
-        app, ["--url", svc.url, "models", "describe", "radio-detector", "--version", "3.0"]
+        app, ["--url", fake.url, "models", "describe", "radio-detector", "--version", "3.0"]
     )
     assert unknown.exit_code != 0 and "VERSION" in unknown.stderr
 
@@ -463,7 +378,7 @@ def test_models_show_the_installed_versions(runner: CliRunner, svc: Service) -> 
 
 
 def test_ctrl_c_while_sending_names_the_jobs_already_created(
-    runner: CliRunner, svc: Service, tmp_path: Path
+    runner: CliRunner, fake: FakeUWS, tmp_path: Path
 ) -> None:
     """Ctrl-C during the uploads of a bulk submit: the job created so far (it runs on) is
     named with the commands that pick it up, and so is the image being sent."""
@@ -471,31 +386,33 @@ def test_ctrl_c_while_sending_names_the_jobs_already_created(
     folder.mkdir(parents=True)
     for name in ("a.fits", "b.fits", "c.fits"):
         (folder / name).write_bytes(b"SIMPLE  =                    T" + b" " * 2850)
-    svc.interrupt_at = 2
-    result = runner.invoke(app, ["--url", svc.url, "submit", str(folder), "--wait"])
+    fake.answer("POST", "/jobs", _interrupt_at(2), times=None)
+    result = runner.invoke(app, ["--url", fake.url, "submit", str(folder), "--wait"])
     assert result.exit_code == 130, result.output
     assert "Traceback" not in result.output and "Aborted" not in result.output
-    assert "interrupted; job j1 goes on on the service" in result.stderr
-    assert f"otf --url {svc.url} wait j1" in result.stderr
-    assert f"otf --url {svc.url} results j1 --out DIR" in result.stderr
+    assert "interrupted; job job1 goes on on the service" in result.stderr
+    assert f"otf --url {fake.url} wait job1" in result.stderr
+    assert f"otf --url {fake.url} results job1 --out DIR" in result.stderr
     assert "b.fits was being sent" in result.stderr
-    assert len(svc.forms) == 2  # c.fits was not sent
+    assert len(_forms(fake)) == 2  # c.fits was not sent
 
 
 def test_bulk_summary_shows_file_names_not_paths(
-    runner: CliRunner, svc: Service, tmp_path: Path
+    runner: CliRunner, fake: FakeUWS, tmp_path: Path
 ) -> None:
     folder = tmp_path / "a-rather-long-folder-name" / "and-another-one-below-it"
     folder.mkdir(parents=True)
     for name in ("field-a.fits", "field-b.fits"):
         (folder / name).write_bytes(b"SIMPLE  =                    T" + b" " * 2850)
     result = runner.invoke(
-        app, ["--url", svc.url, "submit", str(folder), "--wait"], env={"COLUMNS": "80"}
+        app, ["--url", fake.url, "submit", str(folder), "--wait"], env={"COLUMNS": "80"}
     )
     assert result.exit_code == 0, result.output
     rows = [line for line in result.stdout.splitlines() if "COMPLETED" in line]
     assert len(rows) == 2, result.stdout
-    for row, name, job_id in zip(rows, ("field-a.fits", "field-b.fits"), ("j1", "j2"), strict=True):
+    for row, name, job_id in zip(
+        rows, ("field-a.fits", "field-b.fits"), ("job1", "job2"), strict=True
+    ):
         assert name in row and job_id in row, result.stdout
     assert "a-rather-long" not in result.stdout
 
@@ -526,14 +443,15 @@ def test_make_run_prints_a_submit_hint_for_its_port() -> None:
 
 
 def test_result_and_provenance_json_say_what_was_written(
-    runner: CliRunner, svc: Service, image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    runner: CliRunner, fake: FakeUWS, image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runner.invoke(app, ["--url", svc.url, "submit", str(image)])
+    _submit(runner, fake, image)
+    fake.finish("job1")
     out = tmp_path / "cat.xml"
-    named = runner.invoke(app, ["--url", svc.url, "result", "j1", "-o", str(out), "--json"])
+    named = runner.invoke(app, ["--url", fake.url, "result", "job1", "-o", str(out), "--json"])
     assert named.exit_code == 0, named.output
     assert json.loads(named.stdout) == {
-        "jobId": "j1",
+        "jobId": "job1",
         "resultId": "result",
         "path": str(out),
         "bytes": len(VOTABLE),
@@ -541,36 +459,36 @@ def test_result_and_provenance_json_say_what_was_written(
     }
     assert out.read_bytes() == VOTABLE
     monkeypatch.chdir(tmp_path)
-    default = runner.invoke(app, ["--url", svc.url, "result", "j1", "--json"])
+    default = runner.invoke(app, ["--url", fake.url, "result", "job1", "--json"])
     assert default.exit_code == 0, default.output
     record = json.loads(default.stdout)
-    assert record["path"] == "j1-catalogue.xml"
-    assert (tmp_path / "j1-catalogue.xml").read_bytes() == VOTABLE
+    assert record["path"] == "job1-catalogue.xml"
+    assert (tmp_path / "job1-catalogue.xml").read_bytes() == VOTABLE
 
 
-def test_abort_and_delete_take_many_ids(runner: CliRunner, svc: Service, image: Path) -> None:
+def test_abort_and_delete_take_many_ids(runner: CliRunner, fake: FakeUWS, image: Path) -> None:
     for _ in range(2):
-        runner.invoke(app, ["--url", svc.url, "submit", str(image)])
-    aborted = runner.invoke(app, ["--url", svc.url, "abort", "j1", "nope", "j2"])
+        _submit(runner, fake, image)
+    aborted = runner.invoke(app, ["--url", fake.url, "abort", "job1", "nope", "job2"])
     assert aborted.exit_code == 4
-    assert aborted.stdout == "job j1 ABORTED\njob j2 ABORTED\n"
+    assert aborted.stdout == "job job1 ABORTED\njob job2 ABORTED\n"
     assert aborted.stderr == "error: job nope: no job with id 'nope'\n"
-    deleted = runner.invoke(app, ["--url", svc.url, "delete", "j1", "j2", "--json"])
+    deleted = runner.invoke(app, ["--url", fake.url, "delete", "job1", "job2", "--json"])
     assert deleted.exit_code == 0, deleted.output
     assert json.loads(deleted.stdout) == {
-        "jobs": [{"jobId": "j1", "deleted": True}, {"jobId": "j2", "deleted": True}]
+        "jobs": [{"jobId": "job1", "deleted": True}, {"jobId": "job2", "deleted": True}]
     }
-    assert svc.jobs == {}
+    assert fake.jobs == {}
 
 
 @pytest.mark.parametrize("path", ["/jobs", "/jobs/", "//", "/jobs//"])
 def test_a_url_to_the_job_list_means_the_service(
-    runner: CliRunner, svc: Service, image: Path, path: str
+    runner: CliRunner, fake: FakeUWS, image: Path, path: str
 ) -> None:
-    runner.invoke(app, ["--url", svc.url, "submit", str(image)])
-    shown = runner.invoke(app, ["--url", svc.url + path, "job", "j1", "--json"])
+    _submit(runner, fake, image)
+    shown = runner.invoke(app, ["--url", fake.url + path, "job", "job1", "--json"])
     assert shown.exit_code == 0, shown.output
-    assert json.loads(shown.stdout)["jobId"] == "j1"
+    assert json.loads(shown.stdout)["jobId"] == "job1"
 
 
 @pytest.mark.parametrize(
@@ -611,11 +529,11 @@ def test_roi_reads_angles_sexagesimal_and_negative_ra(
     assert roi_params(*roi) == dict(zip(("RA", "DEC", "WIDTH", "HEIGHT"), expected, strict=True))
 
 
-def test_roi_is_sent_in_degrees_and_angles(runner: CliRunner, svc: Service, image: Path) -> None:
-    args = ["--url", svc.url, "submit", str(image), "--roi", "-0.5", "-30:00:00", "5'", '30"']
+def test_roi_is_sent_in_degrees_and_angles(runner: CliRunner, fake: FakeUWS, image: Path) -> None:
+    args = ["--url", fake.url, "submit", str(image), "--roi", "-0.5", "-30:00:00", "5'", '30"']
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    form = svc.forms[0]
+    form = _forms(fake)[0]
     assert (form["RA"], form["DEC"], form["WIDTH"], form["HEIGHT"]) == (
         "359.5",
         "-30",

@@ -1,20 +1,19 @@
 """The client's Server-Sent Events reader and progress model.
 
 The parser is checked on text (the wire format's corner cases); the stream's reconnection
-with ``Last-Event-ID`` and its close from another thread against a small stand-in served
-over loopback that drops connections on purpose (something the real server does not do
-on request). The real server's events are covered by tests/integration/test_client_events.py.
+with ``Last-Event-ID`` and its close from another thread against the stand-in service of
+tests/fake_uws.py, served over loopback, which drops connections on purpose (something the
+real server does not do on request). The real server's events are covered by
+tests/integration/test_client_events.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import httpx
 import pytest
@@ -29,6 +28,9 @@ from astro_otf.client import (
     ServerUnreachable,
     SSEParser,
 )
+from tests.fake_uws import Answer, FakeUWS
+
+EVENTS = ("GET", "/jobs/events")
 
 # ------------------------------------------------------------------------ parser
 
@@ -120,82 +122,23 @@ def test_progress_is_parsed_leniently_and_described() -> None:
 # ------------------------------------------------------------------------ the stream
 
 
-@dataclass
-class Feed:
-    """What the stand-in sends: ``rounds[i]`` is the text of the i-th connection, after
-    which it drops the connection (or, for the last round, keeps it open and silent)."""
-
-    url: str = ""
-    rounds: list[str] = field(default_factory=list)
-    #: (Last-Event-ID header, job query values) of each connection.
-    seen: list[tuple[str | None, list[str]]] = field(default_factory=list)
-    status: int = 200
-    release: threading.Event = field(default_factory=threading.Event)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        feed = self.server.feed
-        from urllib.parse import parse_qs, urlsplit
-
-        split = urlsplit(self.path)
-        if split.path != "/jobs/events":
-            self.send_error(404)
-            return
-        if feed.status != 200:
-            body = b"no events here"
-            self.send_response(feed.status)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
-        index = len(feed.seen)
-        feed.seen.append((self.headers.get("Last-Event-ID"), parse_qs(split.query).get("job", [])))
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        text = feed.rounds[index] if index < len(feed.rounds) else ""
-        self.wfile.write(text.encode())
-        self.wfile.flush()
-        if index >= len(feed.rounds) - 1:
-            feed.release.wait(10)  # the last round stays open, silent
-        self.close_connection = True
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    feed: Feed
-
-
 @pytest.fixture
-def feed() -> Iterator[Feed]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.feed = Feed(url=f"http://127.0.0.1:{server.server_address[1]}")
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
-        yield server.feed
-    finally:
-        server.feed.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+def feed() -> Iterator[FakeUWS]:
+    with FakeUWS() as fake:
+        yield fake
+
+
+def connections(feed: FakeUWS) -> list[tuple[str | None, list[str]]]:
+    """(Last-Event-ID header, job query values) of each connection to the event stream."""
+    return [(r.header("Last-Event-ID"), r.query.get("job", [])) for r in feed.sent(*EVENTS)]
 
 
 def message(n: int, phase: str) -> str:
     return f'id: boot-{n}\nevent: phase\ndata: {{"job_id": "j1", "phase": "{phase}"}}\n\n'
 
 
-def test_a_dropped_stream_resumes_with_last_event_id(feed: Feed) -> None:
-    feed.rounds = [
+def test_a_dropped_stream_resumes_with_last_event_id(feed: FakeUWS) -> None:
+    feed.event_rounds = [
         "retry: 10\n\n" + message(1, "QUEUED") + message(2, "EXECUTING") + "id: boot-3\ndata: {",
         ": keep-alive\n\n" + message(3, "EXECUTING") + message(4, "COMPLETED"),
         "",
@@ -210,12 +153,11 @@ def test_a_dropped_stream_resumes_with_last_event_id(feed: Feed) -> None:
         assert stream.connections == 2
     # the half-sent event of the first connection was dropped, not half-delivered
     assert phases == ["QUEUED", "EXECUTING", "EXECUTING", "COMPLETED"]
-    assert feed.seen[0] == (None, ["j1", "j2"])
-    assert feed.seen[1] == ("boot-2", ["j1", "j2"])
+    assert connections(feed) == [(None, ["j1", "j2"]), ("boot-2", ["j1", "j2"])]
 
 
-def test_close_from_another_thread_ends_a_blocked_read(feed: Feed) -> None:
-    feed.rounds = [message(1, "EXECUTING")]
+def test_close_from_another_thread_ends_a_blocked_read(feed: FakeUWS) -> None:
+    feed.event_rounds = [message(1, "EXECUTING")]
     got: list[Event] = []
     with OTFClient(feed.url) as client:
         stream = client.events(last_event_id="boot-0")
@@ -229,11 +171,11 @@ def test_close_from_another_thread_ends_a_blocked_read(feed: Feed) -> None:
         stream.close()
         reader.join(5)
         assert not reader.is_alive() and time.monotonic() - t0 < 2
-    assert feed.seen[0][0] == "boot-0"
+    assert connections(feed)[0][0] == "boot-0"
 
 
-def test_no_event_stream_is_a_404_and_no_server_is_unreachable(feed: Feed) -> None:
-    feed.status = 404
+def test_no_event_stream_is_a_404_and_no_server_is_unreachable(feed: FakeUWS) -> None:
+    feed.answer(*EVENTS, Answer(404, "no events here", "text/plain"), times=None)
     with OTFClient(feed.url, max_retries=0) as client:
         with pytest.raises(OTFClientError) as refused:
             next(iter(client.events()))
@@ -242,13 +184,35 @@ def test_no_event_stream_is_a_404_and_no_server_is_unreachable(feed: Feed) -> No
         next(iter(client.events()))
 
 
-def test_a_stream_that_keeps_breaking_gives_up(feed: Feed) -> None:
-    feed.rounds = ["retry: 0\n\n"] * 10 + [""]
+def test_waiting_for_a_refused_stream_ends_when_the_reader_does(feed: FakeUWS) -> None:
+    """A follower waits for the stream to be receiving before it reads its jobs; a service
+    without an event stream must not hold it there (``otf submit --wait`` waited 2 s)."""
+    feed.answer(*EVENTS, Answer(404, "no events here", "text/plain"), times=None)
+    answered: list[bool] = []
+    with OTFClient(feed.url, max_retries=0) as client:
+        stream = client.events()
+
+        def read() -> None:
+            with contextlib.suppress(OTFClientError):
+                list(stream)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        waiter = threading.Thread(target=lambda: answered.append(stream.wait_receiving()))
+        waiter.start()
+        waiter.join(30)  # without a timeout: only the reader's end can answer it
+        reader.join(5)
+        stream.close()
+    assert answered == [False]
+
+
+def test_a_stream_that_keeps_breaking_gives_up(feed: FakeUWS) -> None:
+    feed.event_rounds = ["retry: 0\n\n"] * 10 + [""]
     with OTFClient(feed.url) as client:
         stream = client.events(max_reconnects=2)
         with pytest.raises(ServerUnreachable, match="broke off"):
             list(stream)
-    assert len(feed.seen) == 3
+    assert len(connections(feed)) == 3
 
 
 class socket_closed:
@@ -266,7 +230,7 @@ class socket_closed:
         pass
 
 
-def test_wrong_content_type_is_refused(feed: Feed) -> None:
+def test_wrong_content_type_is_refused(feed: FakeUWS) -> None:
     transport = httpx.MockTransport(
         lambda request: httpx.Response(200, text="<html/>", headers={"content-type": "text/html"})
     )

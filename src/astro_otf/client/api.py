@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Any, Self
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import httpx
+from pydantic import SecretStr
 
 from astro_otf import __version__
 
@@ -151,6 +152,7 @@ class ResultRef:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> ResultRef:
+        """Parse one entry of a job's JSON ``results``; ProtocolError when it has no ``id``."""
         doc = _mapping(doc, "result")
         return cls(
             id=str(_require(doc, "id", "result")),
@@ -169,6 +171,7 @@ class ErrorSummary:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> ErrorSummary:
+        """Parse a job's JSON ``errorSummary`` (a missing type reads as ``fatal``)."""
         doc = _mapping(doc, "errorSummary")
         return cls(type=str(doc.get("type") or "fatal"), message=str(doc.get("message") or ""))
 
@@ -219,6 +222,7 @@ class Progress:
 
     @property
     def is_queued(self) -> bool:
+        """True while the job waits in the queue (``position`` and ``of`` then apply)."""
         return self.stage == "queued"
 
     def eta_seconds(self, now: datetime | None = None) -> float | None:
@@ -315,6 +319,8 @@ class Job:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Job:
+        """Parse the service's JSON job document; ProtocolError when it is not one (no
+        ``jobId`` or ``phase``, a field of the wrong type, an unreadable time)."""
         doc = _mapping(doc, "job")
         params = _mapping(doc.get("parameters") or {}, "parameters")
         results = doc.get("results") or []
@@ -364,6 +370,8 @@ class JobSummary:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> JobSummary:
+        """Parse one entry of the JSON job list; ProtocolError without ``jobId`` or
+        ``phase`` (the optional fields are read leniently)."""
         doc = _mapping(doc, "job summary")
         return cls(
             job_id=str(_require(doc, "jobId", "job summary")),
@@ -575,7 +583,9 @@ class OTFClient:
         if url is None and http_client is not None and str(http_client.base_url):
             url = str(http_client.base_url)
         self.url = service_url(url or os.environ.get(URL_ENV) or DEFAULT_URL)
-        self._token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+        # held as a SecretStr: it never shows in a repr, a log line or a traceback's locals
+        given = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+        self._token = SecretStr(given) if given else None
         self.max_retries = max(0, max_retries)
         self.max_retry_delay = max_retry_delay
         self._timeout = timeout
@@ -617,8 +627,8 @@ class OTFClient:
         headers = {"User-Agent": f"astro-otf-client/{__version__}"}
         if accept:
             headers["Accept"] = accept
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
         return headers
 
     def _request(

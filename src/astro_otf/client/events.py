@@ -13,6 +13,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,25 +53,30 @@ class Event:
 
     @property
     def job_id(self) -> str | None:
+        """The job the event is about (None for ``reset`` and the like)."""
         value = self.data.get("job_id")
         return None if value is None else str(value)
 
     @property
     def phase(self) -> str | None:
+        """The job's UWS phase, upper case, when the event carries one."""
         value = self.data.get("phase")
         return None if value is None else str(value).upper()
 
     @property
     def run_id(self) -> str | None:
+        """The job's run id, when the event carries one."""
         value = self.data.get("run_id")
         return None if value is None else str(value)
 
     @property
     def progress(self) -> Progress | None:
+        """How far the job has got, when the event carries its progress."""
         return Progress.from_json(self.data.get("progress"))
 
     @property
     def time(self) -> datetime | None:
+        """When the service saw the change (None when not said or unreadable)."""
         return _lenient_time(self.data.get("time"))
 
 
@@ -176,6 +182,8 @@ class EventStream:
         self.connections = 0
         self._closed = threading.Event()
         self._receiving = threading.Event()
+        #: set once the reader has stopped (the stream failed, was refused or was closed)
+        self._ended = threading.Event()
         self._lock = threading.Lock()
         self._response: httpx.Response | None = None
         self._iterator: Iterator[Event] | None = None
@@ -191,6 +199,12 @@ class EventStream:
         return next(self._iterator)
 
     def _events(self) -> Iterator[Event]:
+        try:
+            yield from self._read_events()
+        finally:
+            self._ended.set()
+
+    def _read_events(self) -> Iterator[Event]:
         parser = SSEParser(self.last_event_id)
         failures = 0
         while not self._closed.is_set():
@@ -264,13 +278,23 @@ class EventStream:
     def wait_receiving(self, timeout: float | None = None) -> bool:
         """Block (in another thread than the reader) until the service has started
         sending on this stream, so that what happens from then on will be told; False
-        after ``timeout`` seconds without."""
-        return self._receiving.wait(timeout)
+        after ``timeout`` seconds without, or as soon as the reader has stopped without (a
+        service without an event stream is not waited for)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._receiving.is_set():
+            if self._ended.is_set():
+                return False
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._receiving.wait(0.05 if left is None else min(0.05, left))
+        return True
 
     # ----------------------------------------------------------------- closing
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` has been called (the iteration is over or soon will be)."""
         return self._closed.is_set()
 
     def close(self) -> None:

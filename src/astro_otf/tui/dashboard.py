@@ -7,24 +7,24 @@ Prometheus metrics), the detail of the selected job, and lets one abort, delete 
 the results of a job with a key press.
 
 It talks to the service only through :mod:`astro_otf.client`, never through server code, so
-it works against any reachable service. Every call to the service runs in a thread
-(``asyncio.to_thread``) so that a slow or vanished server never freezes the screen, and
-every client error ends up as a message in the status line, never as a crash.
+it works against any reachable service. Every call to the service is awaited on Textual's
+event loop through :class:`~astro_otf.client.AsyncOTFClient` (refreshes, actions and the
+event stream run as Textual workers), so a slow or vanished server never freezes the
+screen, and every client error ends up as a message in the status line, never as a crash.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
-from prometheus_client.parser import text_string_to_metric_families
 from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult
@@ -32,20 +32,13 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.coordinate import Coordinate
 from textual.css.query import NoMatches
-from textual.screen import ModalScreen
-from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Static
+from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.worker import Worker
 
-from astro_otf.cli.common import (
-    PHASE_STYLES,
-    format_duration,
-    progress_fraction,
-    progress_text,
-    result_filename,
-    safe_name,
-)
+from astro_otf.cli.common import PHASE_STYLES, format_duration, result_filename, safe_name
 from astro_otf.client import (
+    AsyncOTFClient,
     Event,
-    EventStream,
     Job,
     JobSummary,
     OTFClient,
@@ -54,7 +47,11 @@ from astro_otf.client import (
     Progress,
     ServerUnreachable,
 )
+from astro_otf.tui.batches import BatchStats, RecentBatches, parse_batch_metrics, recent_batches
+from astro_otf.tui.cells import format_size, format_time, phase_text, progress_cell, run_seconds
+from astro_otf.tui.confirm import ConfirmAbort, ConfirmDelete
 
+#: The phase filter's steps, in the order ``f`` goes through them (None: all phases).
 PHASE_FILTERS: tuple[str | None, ...] = (None, *PHASE_STYLES)
 _JOB_COLUMNS = (
     ("job", "Job ID"),
@@ -66,8 +63,6 @@ _JOB_COLUMNS = (
     ("created", "Created"),
     ("runtime", "Run time"),
 )
-#: Width of the text bar in the progress column.
-_BAR = 10
 _BATCH_COLUMNS = (
     ("model", "Model"),
     ("queued", "Queued"),
@@ -76,167 +71,18 @@ _BATCH_COLUMNS = (
     ("tiles", "Tiles/b"),
     ("recent", "Recent j/t"),
 )
-#: Histogram samples the batch view reads: batches (per model), and jobs and tiles in them.
-_BATCH_SAMPLES = {
-    "otf_batch_jobs_count": "count",
-    "otf_batch_jobs_sum": "jobs",
-    "otf_batch_tiles_sum": "tiles",
-}
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-@dataclass(frozen=True, slots=True)
-class ModelBatches:
-    """What the metrics say about one model's queue and batches."""
-
-    model: str
-    queued: int = 0
-    batches: int = 0
-    jobs: float = 0.0
-    tiles: float = 0.0
-
-    @property
-    def mean_jobs(self) -> float | None:
-        """Mean jobs per batch since the server started (None before the first batch)."""
-        return self.jobs / self.batches if self.batches else None
-
-    @property
-    def mean_tiles(self) -> float | None:
-        """Mean tiles per batch since the server started (None before the first batch)."""
-        return self.tiles / self.batches if self.batches else None
-
-
-@dataclass(frozen=True, slots=True)
-class BatchStats:
-    """The batch view: per-model queue depth and batch sizes, and jobs per phase."""
-
-    models: dict[str, ModelBatches] = field(default_factory=dict)
-    phases: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class RecentBatches:
-    """Batches formed between two scrapes that saw new ones."""
-
-    batches: int
-    mean_jobs: float
-    mean_tiles: float
-
-
-def parse_batch_metrics(text: str, models: Iterable[str] = ()) -> BatchStats:
-    """The batch view from Prometheus exposition ``text``.
-
-    Reads ``otf_queue_depth{model}`` (gauge), the ``_count`` and ``_sum`` samples of the
-    ``otf_batch_jobs{model}`` and ``otf_batch_tiles{model}`` histograms, and
-    ``otf_jobs{phase}`` (gauge). ``models`` (e.g. the registry) get a row even when no
-    metric names them yet, so an idle model shows a queue depth of 0. Raises
-    ``ValueError`` when ``text`` is not exposition format.
-    """
-    queued: dict[str, float] = dict.fromkeys(models, 0.0)
-    counts: dict[str, float] = {}
-    job_sums: dict[str, float] = {}
-    tile_sums: dict[str, float] = {}
-    phases: dict[str, int] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            model = sample.labels.get("model")
-            if family.name == "otf_queue_depth" and model is not None:
-                queued[model] = queued.get(model, 0.0) + sample.value
-            elif family.name == "otf_jobs" and "phase" in sample.labels:
-                phases[sample.labels["phase"]] = int(sample.value)
-            elif model is not None and sample.name in _BATCH_SAMPLES:
-                target = _BATCH_SAMPLES[sample.name]
-                sums = counts if target == "count" else job_sums if target == "jobs" else tile_sums
-                sums[model] = sums.get(model, 0.0) + sample.value
-    names = sorted(set(queued) | set(counts) | set(job_sums) | set(tile_sums))
-    return BatchStats(
-        models={
-            m: ModelBatches(
-                model=m,
-                queued=int(queued.get(m, 0.0)),
-                batches=int(counts.get(m, 0.0)),
-                jobs=job_sums.get(m, 0.0),
-                tiles=tile_sums.get(m, 0.0),
-            )
-            for m in names
-        },
-        phases=phases,
-    )
-
-
-def recent_batches(
-    before: ModelBatches | None, now: ModelBatches, previous: RecentBatches | None
-) -> RecentBatches | None:
-    """Mean size of the batches formed since ``before`` was scraped; ``previous`` when
-    there were none (a counter that went down means a restarted server: all count)."""
-    if before is None or now.batches < before.batches:
-        before = ModelBatches(now.model)
-    new = now.batches - before.batches
-    if new <= 0:
-        return previous
-    return RecentBatches(
-        batches=new,
-        mean_jobs=(now.jobs - before.jobs) / new,
-        mean_tiles=(now.tiles - before.tiles) / new,
-    )
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def phase_text(phase: str) -> Text:
-    """The phase in its colour."""
-    return Text(phase, style=PHASE_STYLES.get(phase, ""))
-
-
-def format_time(value: datetime | None) -> str:
-    """A time in the local zone, to the second ("-" when unknown)."""
-    if value is None:
-        return "-"
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def format_size(size: int | None) -> str:
-    """A byte count for people ("?" when unknown)."""
-    if size is None:
-        return "?"
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{size} B"  # pragma: no cover
-
-
-def run_seconds(job: Job | None, now: datetime | None = None) -> float | None:
-    """How long the job ran (so far, while it still runs)."""
-    if job is None or job.start_time is None:
-        return None
-    end = job.end_time or (now or datetime.now(UTC))
-    return (end - job.start_time).total_seconds()
-
-
-def progress_cell(phase: str, progress: Progress | None, now: datetime | None = None) -> Text:
-    """The progress column: a small bar and the stage, percentage and ETA of an active job
-    (``queued 2/5`` while it waits); empty once it has ended."""
-    if phase not in ("QUEUED", "EXECUTING"):
-        return Text("")
-    filled = round(_BAR * progress_fraction(phase, progress))
-    text = Text("█" * filled, style=PHASE_STYLES.get(phase, ""))
-    text.append("░" * (_BAR - filled), style="dim")
-    text.append(" " + progress_text(phase, progress, now))
-    return text
+#: Job documents one refresh reads at the same time (the rest of the client's calls, an
+#: action's among them, must not wait behind a hundred of them).
+_DETAIL_READS = 4
 
 
 def _mean(value: float | None) -> str:
+    """A mean for the batch table, to one decimal ("-" when there is none yet)."""
     return "-" if value is None else f"{value:.1f}"
 
 
 def _message(exc: BaseException) -> str:
+    """What an error says, for the status line (its type when it says nothing)."""
     text = str(exc).strip()
     return text or type(exc).__name__
 
@@ -265,7 +111,7 @@ class _Snapshot:
     models: list[str] | None
 
 
-# --------------------------------------------------------------------------- screens
+# --------------------------------------------------------------------------- guards
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -279,7 +125,7 @@ def _while_running(
     before the user quit may arrive after the widgets are gone."""
 
     @functools.wraps(method)
-    def guarded(self: _AppT, *args: _P.args, **kwargs: _P.kwargs) -> _R | None:
+    def guarded(self: _AppT, /, *args: _P.args, **kwargs: _P.kwargs) -> _R | None:
         if not self.is_running:
             return None
         try:
@@ -290,80 +136,6 @@ def _while_running(
             return None
 
     return guarded
-
-
-class ConfirmAction(ModalScreen[bool]):
-    """Asks before an action that cannot be undone is done to a job: the action's own key
-    (pressed twice in a row) or ``y`` confirms, ``n`` or Esc keeps the job as it is."""
-
-    #: The verb on the button and in the question ("Delete", "Abort").
-    VERB: ClassVar[str] = ""
-    #: What the action does to the job, after the verb ("job X and all its results").
-    WHAT: ClassVar[str] = "job {job_id}"
-    #: The label of the button that does nothing.
-    KEEP: ClassVar[str] = "Keep"
-    #: The dashboard's key for the action, which also confirms it here.
-    KEY: ClassVar[str] = "y"
-    DEFAULT_CSS = """
-    ConfirmAction { align: center middle; }
-    ConfirmAction > Vertical {
-        width: 64; height: auto; padding: 1 2;
-        border: thick $error; background: $surface;
-    }
-    ConfirmAction Horizontal { height: auto; margin-top: 1; align-horizontal: right; }
-    ConfirmAction Button { margin-left: 2; }
-    """
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__()
-        self.job_id = job_id
-
-    @property
-    def question(self) -> str:
-        """The question the screen asks."""
-        return f"{self.VERB} {self.WHAT.format(job_id=self.job_id)}?"
-
-    def compose(self) -> ComposeResult:
-        keys = f"{self.KEY} or y: {self.VERB.lower()}    n or Esc: {self.KEEP.lower()}"
-        with Vertical():
-            yield Label(Text(self.question))
-            yield Label(Text(keys, style="dim"))
-            with Horizontal():
-                yield Button(self.KEEP, id="keep")
-                yield Button(self.VERB, id="confirm", variant="error")
-
-    def action_answer(self, answer: bool) -> None:
-        self.dismiss(answer)
-
-    @on(Button.Pressed)
-    def _pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id == "confirm")
-
-
-class ConfirmDelete(ConfirmAction):
-    """Asks before a job and its results are destroyed."""
-
-    VERB = "Delete"
-    WHAT = "job {job_id} and all its results"
-    KEEP = "Keep it"
-    KEY = "d"
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("d,y", "answer(True)", "Delete"),
-        Binding("n,escape", "answer(False)", "Cancel"),
-    ]
-
-
-class ConfirmAbort(ConfirmAction):
-    """Asks before a job is aborted: its work so far is lost and it cannot be resumed."""
-
-    VERB = "Abort"
-    WHAT = "job {job_id} (its work so far is lost)"
-    KEEP = "Let it run"
-    KEY = "x"
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("x,y", "answer(True)", "Abort"),
-        Binding("n,escape", "answer(False)", "Cancel"),
-    ]
 
 
 # --------------------------------------------------------------------------- the app
@@ -401,7 +173,7 @@ class Dashboard(App[None]):
 
     def __init__(
         self,
-        client: OTFClient,
+        client: AsyncOTFClient,
         refresh: float = 2.0,
         download_dir: Path = Path("."),
         *,
@@ -429,6 +201,7 @@ class Dashboard(App[None]):
         self.sync_error = False
         #: The batch view as last read from the metrics.
         self.batch_stats: BatchStats | None = None
+        #: Per model, the batches formed between the latest two scrapes that saw new ones.
         self.recent: dict[str, RecentBatches] = {}
         #: Completed refreshes (successful or not), for whoever waits for one.
         self.refreshes = 0
@@ -446,12 +219,15 @@ class Dashboard(App[None]):
         self.follow_mode = ""
         #: Events received from the stream.
         self.events_seen = 0
-        self._stream: EventStream | None = None
+        #: The worker that follows the event stream (None: not following it).
+        self._events_worker: Worker[None] | None = None
         self._use_events = events
 
     # ----------------------------------------------------------------- layout
 
     def compose(self) -> ComposeResult:
+        """Jobs (with the text filter) on the left; batches, jobs per phase and the
+        selected job's detail on the right; the status line above the key bar."""
         yield Header()
         with Horizontal(id="main"):
             with Vertical(id="left"):
@@ -473,6 +249,8 @@ class Dashboard(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        """Set the tables up, then start the refresh timer, a first refresh and the event
+        stream (or polling alone when events are off)."""
         self.sub_title = self.client.url
         jobs = self.jobs_table
         for key, label in _JOB_COLUMNS:
@@ -493,46 +271,40 @@ class Dashboard(App[None]):
             self.follow_mode = "polling"
 
     def on_unmount(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
+        """Stop following the event stream (which closes it) as the app goes."""
+        if self._events_worker is not None:
+            self._events_worker.cancel()
 
     # ----------------------------------------------------------------- events
 
     def _start_events(self) -> None:
-        """Read the event stream in a thread of its own; each event reaches the screen
-        through ``call_from_thread``. Without a stream (404) the dashboard polls."""
-        stream = self._stream = self.client.events()
-
-        def read() -> None:
-            try:
-                for event in stream:
-                    if not self._deliver(self._on_event, event):
-                        return
-            except OTFClientError as exc:
-                if exc.status_code in (404, 405, 406, 501):
-                    self._deliver(self._events_unavailable, "no event stream; polling")
-                else:
-                    self._deliver(self._events_unavailable, f"events: {_message(exc)}")
-            except Exception as exc:  # unreachable, broke off: the timer refresh goes on
-                self._deliver(self._events_unavailable, f"events: {_message(exc)}")
-
+        """Follow the event stream in a worker on the app's loop (the client reads the
+        stream in a thread of its own). Without a stream (404) the dashboard polls."""
         self.follow_mode = "events"
-        threading.Thread(target=read, name="otf-dashboard-events", daemon=True).start()
+        self._events_worker = self.run_worker(
+            self._follow_events(), name="events", group="events", exit_on_error=False
+        )
 
-    def _deliver(self, handler: Callable[[Any], None], value: Any) -> bool:
-        """Run ``handler(value)`` in the app's thread; False once the app has gone."""
-        if not self.is_running or (self._stream is not None and self._stream.closed):
-            return False
+    async def _follow_events(self) -> None:
+        """Hand each event to :meth:`_on_event` until the app goes (the worker is
+        cancelled, which closes the stream) or the stream fails, which leaves the timer
+        refresh to do the work."""
         try:
-            self.call_from_thread(handler, value)
-        except Exception:
-            return False
-        return True
+            async with contextlib.aclosing(self.client.events()) as events:
+                async for event in events:
+                    self._on_event(event)
+        except OTFClientError as exc:
+            if exc.status_code in (404, 405, 406, 501):
+                self._events_unavailable("no event stream; polling")
+            else:
+                self._events_unavailable(f"events: {_message(exc)}")
+        except Exception as exc:  # unreachable, broke off: the timer refresh goes on
+            self._events_unavailable(f"events: {_message(exc)}")
 
     @_while_running
     def _events_unavailable(self, message: str) -> None:
         self.follow_mode = "polling"
-        self._stream = None
+        self._events_worker = None
         self._set_sync(message)
 
     @_while_running
@@ -566,10 +338,12 @@ class Dashboard(App[None]):
 
     @property
     def jobs_table(self) -> DataTable[Any]:
+        """The job table (one row per job, keyed by job id)."""
         return self.query_one("#jobs", DataTable)
 
     @property
     def batch_table(self) -> DataTable[Any]:
+        """The batch table (one row per model, keyed by model id)."""
         return self.query_one("#batches", DataTable)
 
     @property
@@ -636,10 +410,8 @@ class Dashboard(App[None]):
                 self._refresh_started = time.monotonic()
                 settled = {k: j.phase for k, j in self._details.items() if not j.is_active}
                 try:
-                    snapshot = await asyncio.to_thread(self._collect, settled, self._models)
-                except OTFError as exc:
-                    self._refresh_failed(exc)
-                except Exception as exc:  # a bug here must not take the dashboard down
+                    snapshot = await self._collect(settled, self._models)
+                except Exception as exc:  # OTFError; a bug here must not take the dashboard down
                     self._refresh_failed(exc)
                 else:
                     if generation == self._generation:
@@ -652,30 +424,35 @@ class Dashboard(App[None]):
         finally:
             self._refreshing = False
 
-    def _collect(self, settled: Mapping[str, str], models: list[str] | None) -> _Snapshot:
-        """Read jobs, details and metrics (runs in a thread)."""
-        summaries = self.client.jobs(last=self.limit)
-        details: dict[str, Job] = {}
-        gone: set[str] = set()
-        for summary in summaries:
-            if settled.get(summary.job_id) == summary.phase:
-                continue
-            try:
-                details[summary.job_id] = self.client.job(summary.job_id)
-            except OTFClientError as exc:
-                if exc.status_code not in (404, 410):
-                    raise
-                gone.add(summary.job_id)  # destroyed since the list was read
+    async def _collect(self, settled: Mapping[str, str], models: list[str] | None) -> _Snapshot:
+        """Read jobs, the documents of those not ``settled`` (ended in the phase the list
+        still gives), the model registry (until read once) and the metrics."""
+        summaries = await self.client.jobs(last=self.limit)
+        wanted = [s.job_id for s in summaries if settled.get(s.job_id) != s.phase]
+        reads = asyncio.Semaphore(_DETAIL_READS)
+
+        async def read(job_id: str) -> Job | None:
+            async with reads:
+                try:
+                    return await self.client.job(job_id)
+                except OTFClientError as exc:
+                    if exc.status_code not in (404, 410):
+                        raise
+                    return None  # destroyed since the list was read
+
+        documents = await asyncio.gather(*(read(job_id) for job_id in wanted))
+        details = {j: job for j, job in zip(wanted, documents, strict=True) if job is not None}
+        gone = {j for j, job in zip(wanted, documents, strict=True) if job is None}
         if models is None:
             try:
-                registry = self.client.models().get("models") or []
+                registry = (await self.client.models()).get("models") or []
                 models = [str(m["id"]) for m in registry if isinstance(m, Mapping) and "id" in m]
             except OTFClientError:
                 models = None
         metrics: BatchStats | None = None
         metrics_error: str | None = None
         try:
-            metrics = parse_batch_metrics(self.client.metrics(), models or ())
+            metrics = parse_batch_metrics(await self.client.metrics(), models or ())
         except OTFClientError as exc:
             metrics_error = f"metrics unavailable: {_message(exc)}"
         except ValueError as exc:
@@ -922,20 +699,24 @@ class Dashboard(App[None]):
     # ----------------------------------------------------------------- filters
 
     def action_cycle_phase(self) -> None:
+        """``f``: show only the next phase (ALL, PENDING, QUEUED ... ABORTED, ALL)."""
         index = PHASE_FILTERS.index(self.phase_filter)
         self.phase_filter = PHASE_FILTERS[(index + 1) % len(PHASE_FILTERS)]
         self._render_jobs()
         self._render_detail()
 
     def action_all_phases(self) -> None:
+        """``a``: drop the phase filter."""
         self.phase_filter = None
         self._render_jobs()
         self._render_detail()
 
     def action_focus_filter(self) -> None:
+        """``/``: type in the text filter."""
         self.query_one("#text-filter", Input).focus()
 
     def action_focus_jobs(self) -> None:
+        """Esc: back from the text filter to the job table."""
         self.jobs_table.focus()
 
     @on(Input.Changed, "#text-filter")
@@ -952,6 +733,7 @@ class Dashboard(App[None]):
     # ----------------------------------------------------------------- actions
 
     def action_refresh_now(self) -> None:
+        """``r``: read the service now rather than at the next tick."""
         self._set_sync("refreshing…")
         self._request_refresh()
 
@@ -961,12 +743,15 @@ class Dashboard(App[None]):
             self._set_status(f"no job selected to {verb}", error=True)
         return job_id
 
-    def _run_action(self, name: str, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
-        """Run ``work`` in a thread; ``done`` gets its result, an error goes to the status."""
+    def _run_action(
+        self, name: str, work: Callable[[], Awaitable[_R]], done: Callable[[_R], None]
+    ) -> None:
+        """Await ``work()`` in a worker; ``done`` gets its result, an error goes to the
+        status line."""
 
         async def act() -> None:
             try:
-                result = await asyncio.to_thread(work)
+                result = await work()
             except (OTFError, OSError) as exc:
                 self._failed(f"{name} failed", exc)
                 return
@@ -975,6 +760,7 @@ class Dashboard(App[None]):
         self.run_worker(act(), group="actions", exit_on_error=False)
 
     def action_abort(self) -> None:
+        """``x``: abort the selected job, once confirmed."""
         job_id = self._target("abort")
         if job_id is None:
             return
@@ -998,6 +784,7 @@ class Dashboard(App[None]):
         self.push_screen(ConfirmAbort(job_id), answered)
 
     def action_delete(self) -> None:
+        """``d``: delete the selected job and its results, once confirmed."""
         job_id = self._target("delete")
         if job_id is None:
             return
@@ -1022,6 +809,7 @@ class Dashboard(App[None]):
         self.push_screen(ConfirmDelete(job_id), answered)
 
     def action_save_results(self) -> None:
+        """``s``: download every result of the selected job into the download folder."""
         job_id = self._target("save")
         if job_id is None:
             return
@@ -1038,9 +826,10 @@ class Dashboard(App[None]):
 
         self._run_action(f"save {job_id}", lambda: self._save_results(job_id), done)
 
-    def _save_results(self, job_id: str) -> tuple[Path, list[Path], int]:
-        """Download every result of ``job_id`` into ``download_dir/<job id>/`` (thread)."""
-        job = self.client.job(job_id)
+    async def _save_results(self, job_id: str) -> tuple[Path, list[Path], int]:
+        """Download every result of ``job_id`` into ``download_dir/<job id>/``: the folder,
+        the files and their total size in bytes."""
+        job = await self.client.job(job_id)
         folder = self.download_dir / safe_name(job_id, "job")
         files: list[Path] = []
         total = 0
@@ -1057,11 +846,16 @@ class Dashboard(App[None]):
                 name = f"{stem}-{n}{dot}{ext}"
             used.add(name)
             dest = folder / name
-            total += self.client.download_result(job_id, result.id, dest)
+            total += await self.client.download_result(job_id, result.id, dest)
             files.append(dest)
         return folder, files, total
 
 
 def run_dashboard(client: OTFClient, refresh: float = 2.0, download_dir: Path = Path(".")) -> None:
-    """Run the dashboard in the terminal until the user quits."""
-    Dashboard(client, refresh=refresh, download_dir=download_dir).run()
+    """Run the dashboard in the terminal until the user quits.
+
+    ``client`` (the command line's, with its URL, token and retry settings) is used
+    through an :class:`AsyncOTFClient` that shares it; it stays open for its owner to close.
+    """
+    otf = AsyncOTFClient.from_sync(client)
+    Dashboard(otf, refresh=refresh, download_dir=download_dir).run()
