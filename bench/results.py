@@ -41,11 +41,12 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
+from astro_otf.imaging.facts import image_facts
 from astro_otf.imaging.fits import load_image
 from astro_otf.results.catalogue import Catalogue, conform
+from astro_otf.results.entities import file_entity
 from astro_otf.results.formats import write_csv, write_ds9, write_json
 from astro_otf.results.preview import draw_from_plan, write_plan
-from astro_otf.results.products import file_entity, image_facts
 from astro_otf.results.provenance import ProvenanceRecord, write_provenance
 from astro_otf.results.votable import write_catalogue
 

@@ -29,12 +29,12 @@ from prov.model import (
     ProvUsage,
 )
 
+from astro_otf.results.entities import FileEntity
 from astro_otf.results.provenance import (
     OTF_SHA256,
     PROV_FORMATS,
     VOPROV,
     DerivedFile,
-    FileEntity,
     ProvenanceRecord,
     ProvenanceUnavailable,
     build_document,

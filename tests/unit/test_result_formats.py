@@ -16,7 +16,8 @@ import regions
 from astropy.table import Column, MaskedColumn, Table
 from astropy.wcs import WCS
 
-from astro_otf.results.catalogue import CATALOGUE_COLUMNS, Catalogue, conform, fact
+from astro_otf.imaging.facts import ImageFact
+from astro_otf.results.catalogue import CATALOGUE_COLUMNS, Catalogue, conform
 from astro_otf.results.formats import DS9_HEADER, write_csv, write_ds9, write_json
 
 INFOS = {"job_id": "j-42", "model_id": "sep"}
@@ -49,9 +50,9 @@ def make_catalogue(n_rows: int = 5) -> Catalogue:
     return Catalogue(
         table=conform(table, peak_unit="Jy/beam", int_unit="Jy"),
         facts=[
-            fact("rms", 1.5e-4, "Jy/beam", "stat.stdev;phot.flux.density", "Image rms."),
-            fact("bmaj", float("nan"), "arcsec", "instr.beam", "Beam major axis."),
-            fact("frame", "ICRS", "", "pos.frame", "Sky frame."),
+            ImageFact("rms", 1.5e-4, "Jy/beam", "stat.stdev;phot.flux.density", "Image rms."),
+            ImageFact("bmaj", float("nan"), "arcsec", "instr.beam", "Beam major axis."),
+            ImageFact("frame", "ICRS", "", "pos.frame", "Sky frame."),
         ],
         infos={"model_sha256": "abc123"},
         description="Sources found by sep.",
@@ -179,7 +180,9 @@ def test_json_app_infos_cannot_replace_the_services(tmp_path: Path) -> None:
 
 def test_json_is_strict_even_with_nan_everywhere(tmp_path: Path) -> None:
     table = Table({"ra": [np.nan, np.inf], "dec": [-np.inf, np.nan]})
-    catalogue = Catalogue(conform(table), facts=[fact("rms", float("inf"), "", "stat.stdev", "")])
+    catalogue = Catalogue(
+        conform(table), facts=[ImageFact("rms", float("inf"), "", "stat.stdev", "")]
+    )
     doc = strict_load(write_json(catalogue, tmp_path / "nan.json", infos={}))
     assert doc["facts"][0]["value"] is None
     assert [row[1:3] for row in doc["rows"]] == [[None, None], [None, None]]

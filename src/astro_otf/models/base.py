@@ -37,6 +37,9 @@ class ResultFile:
 
 @dataclass
 class AppRequest:
+    """One job as an app sees it: its typed parameter values, its image and region of
+    interest, the staging folder its results go to, and the job's log."""
+
     job_id: str
     image_path: Path | None
     values: dict[str, Any]  # typed parameter values, app defaults filled in

@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from astro_otf.domain.errors import JobFailure
 from astro_otf.domain.parameters import ParamSpec
+from astro_otf.imaging.facts import image_facts
 from astro_otf.imaging.fits import Region, SkyImage, cut, load_image, region_of
 from astro_otf.imaging.stitch import position_angles
 from astro_otf.models.base import AppOutput, AppRequest, ResultFile
@@ -59,8 +60,7 @@ from astro_otf.models.manifest import (
     parse_manifest,
 )
 from astro_otf.results.catalogue import CATALOGUE_COLUMNS, Catalogue, conform
-from astro_otf.results.products import file_entity, image_facts
-from astro_otf.results.provenance import FileEntity
+from astro_otf.results.entities import FileEntity, file_entity
 
 __all__ = [
     "SHIPPED_APPS",
@@ -280,6 +280,7 @@ class CommandManifest(_Strict):
         return self
 
     def parameter_specs(self) -> tuple[ParamSpec, ...]:
+        """The command's own job parameters, as the service declares and checks them."""
         return tuple(p.to_spec() for p in self.parameters)
 
 
@@ -315,10 +316,13 @@ class LoadedCommand:
 
     @property
     def folder(self) -> Path:
+        """The app's version folder (``<id>/<version>/``), which the manifest's paths are
+        relative to."""
         return self.path.parent
 
     @property
     def requirements(self) -> Path | None:
+        """The requirements file ``make apps`` builds the environment from, if declared."""
         name = self.manifest.requirements
         return None if name is None else self.folder / name
 
@@ -471,6 +475,8 @@ class CommandApp:
     # -- running -----------------------------------------------------------------------
 
     def run(self, request: AppRequest) -> AppOutput:
+        """Hand the command a clean image of the job's region, run it in its environment and
+        read its table back as the standard catalogue."""
         log = request.log
         manifest = self.loaded.manifest
         reason = self.unavailable()

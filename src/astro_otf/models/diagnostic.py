@@ -15,6 +15,8 @@ from astro_otf.models.base import AppOutput, AppRequest, ResultFile
 
 
 class SleepApp:
+    """The ``sleep`` app: waits DURATION seconds, then reports the host and pid it ran in."""
+
     model_id = "sleep"
     version = "1.0"
     description = "Diagnostic: waits DURATION seconds in a worker process, then reports where."
@@ -33,6 +35,7 @@ class SleepApp:
     )
 
     def run(self, request: AppRequest) -> AppOutput:
+        """Wait ``duration`` seconds in short sleeps, then write the report file."""
         duration = float(request.values["duration"])
         request.log.info("sleeping %.3f s in pid %d", duration, os.getpid())
         end = time.monotonic() + duration

@@ -369,6 +369,7 @@ class ModelManifest(_Strict):
 
     @property
     def default_precision(self) -> str:
+        """The precision a job gets when it names none (the first one listed)."""
         return self.precisions[0]
 
     def parameter_specs(self) -> tuple[ParamSpec, ...]:
@@ -388,10 +389,12 @@ class LoadedModel:
 
     @property
     def model_id(self) -> str:
+        """The model's id, as its manifest declares it."""
         return self.manifest.id
 
     @property
     def version(self) -> str:
+        """The model's version, as its manifest declares it."""
         return self.manifest.version
 
     def precision(self, precision: str | None) -> str:
@@ -406,9 +409,11 @@ class LoadedModel:
         return precision
 
     def file(self, precision: str | None = None) -> Path:
+        """The model file of ``precision`` (the default when None), not checked."""
         return self.files[self.precision(precision)]
 
     def sha256(self, precision: str | None = None) -> str:
+        """The sha256 the manifest declares for the file of ``precision``."""
         return self.manifest.files[cast(Precision, self.precision(precision))].sha256
 
     def verify(self, precision: str | None = None) -> Path:

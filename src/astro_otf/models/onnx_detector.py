@@ -45,6 +45,7 @@ from astro_otf.domain.errors import JobFailure
 from astro_otf.domain.job import Job
 from astro_otf.domain.parameters import ParamSpec, roi_from, validate
 from astro_otf.imaging.background import NoiseMap
+from astro_otf.imaging.facts import image_facts
 from astro_otf.imaging.fits import Region, SkyImage, cut, load_image, read_header_image, region_of
 from astro_otf.imaging.gaussfit import covariance_of
 from astro_otf.imaging.measure import (
@@ -64,7 +65,7 @@ from astro_otf.models.base import AppOutput, AppRequest
 from astro_otf.models.manifest import LoadedModel
 from astro_otf.models.onnx_runtime import SessionCache, run
 from astro_otf.results.catalogue import Catalogue, conform
-from astro_otf.results.products import file_entity, image_facts
+from astro_otf.results.entities import file_entity
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -113,6 +114,8 @@ class RuntimeConfig:
     workers: int = 1
 
     def threads(self) -> int:
+        """ONNX Runtime intra-op threads per session: as configured, else the cores shared
+        out among the workers (at least one)."""
         if self.intra_op_threads:
             return self.intra_op_threads
         return max(1, (os.cpu_count() or 1) // max(1, self.workers))
@@ -362,6 +365,7 @@ class OnnxDetector:
             start += len(chunk)
 
     def run(self, request: AppRequest) -> AppOutput:
+        """Run one job as a batch of one; its failure is raised."""
         result = self.run_batch([request])[0]
         if isinstance(result, BaseException):
             raise result
@@ -921,7 +925,7 @@ def _core_values(spec: TileSpec, raw: np.ndarray, score: np.ndarray) -> np.ndarr
     """The scores of the tile's core (the pixels it owns) where the input was valid."""
     rows = slice(spec.core_y0 - spec.y0, spec.core_y1 - spec.y0)
     cols = slice(spec.core_x0 - spec.x0, spec.core_x1 - spec.x0)
-    return score[rows, cols][np.isfinite(raw[rows, cols])]
+    return np.asarray(score[rows, cols][np.isfinite(raw[rows, cols])])
 
 
 def _robust_stats(pool: list[np.ndarray]) -> tuple[float, float]:

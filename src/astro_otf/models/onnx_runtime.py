@@ -71,6 +71,8 @@ class SessionBudgetError(RuntimeError):
 
 @dataclass(frozen=True)
 class CacheStats:
+    """A snapshot of the session cache, for the worker's metrics and logs."""
+
     hits: int
     misses: int
     evictions: int
@@ -176,6 +178,7 @@ class SessionCache:
             return session
 
     def stats(self) -> CacheStats:
+        """The cache's counters and loaded sessions now."""
         with self._lock:
             return CacheStats(
                 hits=self._hits,

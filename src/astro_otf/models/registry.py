@@ -116,6 +116,8 @@ class Registry:
             )
 
     def describe(self, app: App) -> dict[str, Any]:
+        """``app`` as GET /models lists it: its versions, precisions, every parameter a job
+        may give (the native ones first), and whether it can run here now."""
         from astro_otf.domain.parameters import NATIVE_PARAMETERS
 
         versions = self.versions(app.model_id)
@@ -155,6 +157,7 @@ class RegistryConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RegistryConfig:
+        """The part of the server's settings that decides which apps exist and how they run."""
         return cls(
             diagnostic_apps=settings.diagnostic_apps,
             default_model=settings.default_model,

@@ -25,11 +25,11 @@ from astropy.table import Column, Table
 
 from astro_otf.domain.errors import JobFailure
 from astro_otf.domain.parameters import Extent, ParamSpec
+from astro_otf.imaging.facts import image_facts
 from astro_otf.imaging.fits import FWHM_PER_SIGMA, Region, SkyImage, cut, load_image, region_of
 from astro_otf.imaging.stitch import position_angles
 from astro_otf.models.base import AppOutput, AppRequest
 from astro_otf.results.catalogue import Catalogue, conform
-from astro_otf.results.products import image_facts
 
 __all__ = ["SepFinder"]
 
@@ -132,6 +132,8 @@ class SepFinder:
     )
 
     def run(self, request: AppRequest) -> AppOutput:
+        """Find the sources of the job's image (or region) with sep and return them as the
+        standard catalogue."""
         log = request.log
         values = request.values
         started = time.perf_counter()
@@ -475,7 +477,7 @@ def _kernel(image: SkyImage) -> np.ndarray:
     half = max(1, math.ceil(3.0 * sigma))
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
     kernel = np.exp(-(xx**2 + yy**2) / (2.0 * sigma**2))
-    return (kernel / kernel.sum()).astype(np.float32)
+    return np.asarray(kernel / kernel.sum(), dtype=np.float32)
 
 
 def _parse_bunit(text: str) -> u.UnitBase | None:

@@ -17,19 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from astropy.table import Column, MaskedColumn, Table
 
-if TYPE_CHECKING:
-    from astro_otf.results.provenance import FileEntity
+from astro_otf.imaging.facts import ImageFact
+from astro_otf.results.entities import FileEntity
 
 __all__ = [
     "CATALOGUE_COLUMNS",
     "Catalogue",
     "ColumnSpec",
-    "ImageFact",
     "conform",
 ]
 
@@ -40,6 +39,8 @@ INT_UNIT = "<int>"
 
 @dataclass(frozen=True)
 class ColumnSpec:
+    """One standard catalogue column: its name, kind, unit, UCD and description."""
+
     name: str
     kind: str  # numpy kind: "f" float64, "i" int32, "U" text
     unit: str
@@ -99,17 +100,6 @@ CATALOGUE_COLUMNS: tuple[ColumnSpec, ...] = (
 STANDARD_NAMES = tuple(spec.name for spec in CATALOGUE_COLUMNS)
 #: Standard columns written only when the app gives them.
 OPTIONAL_NAMES = frozenset({"class", "tile"})
-
-
-@dataclass(frozen=True)
-class ImageFact:
-    """One image-level fact, written as a VOTable PARAM (and a header line elsewhere)."""
-
-    name: str
-    value: float | int | str
-    unit: str
-    ucd: str
-    description: str
 
 
 @dataclass
@@ -214,11 +204,6 @@ def float_column(table: Table, name: str) -> np.ndarray:
     if mask is not None:
         values[np.asarray(mask, dtype=bool)] = np.nan
     return values
-
-
-def fact(name: str, value: float | int | str, unit: str, ucd: str, description: str) -> ImageFact:
-    """Shorthand for an :class:`ImageFact`."""
-    return ImageFact(name, value, unit, ucd, description)
 
 
 def column_names(specs: Iterable[ColumnSpec] = CATALOGUE_COLUMNS) -> list[str]:

@@ -142,6 +142,7 @@ class PreviewPlan:
     catalogue: str = "catalogue.json"
 
     def to_json(self) -> str:
+        """The plan as the JSON document the worker leaves in the results folder."""
         return json.dumps(
             {
                 "format": "astro-otf preview plan 1",
@@ -153,6 +154,8 @@ class PreviewPlan:
 
     @classmethod
     def from_json(cls, text: str) -> PreviewPlan:
+        """A plan read back; a ValueError (or KeyError) when it names an odd catalogue file
+        or lacks a field."""
         doc = json.loads(text)
         x0, y0, width, height = (int(v) for v in doc["region"])
         catalogue = str(doc.get("catalogue", "catalogue.json"))
@@ -856,7 +859,7 @@ def _ra_label(ra_deg: float, step_s: float) -> str:
 
 def _dec_label(dec_deg: float, step_as: float) -> str:
     """Dec as signed degrees, arcminutes and arcseconds, to the precision of the tick step
-    (arcsec), e.g. "+30°", "+30°05'", "-30°05'30\"", "+30°05'30.5\""."""
+    (arcsec), e.g. ``+30°``, ``+30°05'``, ``-30°05'30"``, ``+30°05'30.5"``."""
     tenths = round(dec_deg * 36000.0)
     sign = "-" if tenths < 0 else "+"
     d, rest = divmod(abs(tenths), 36000)

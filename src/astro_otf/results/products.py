@@ -12,7 +12,6 @@ name and renamed, so a half-written result is never listed.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import json
 import platform
@@ -22,13 +21,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from astro_otf.imaging.fits import Region, SkyImage
-from astro_otf.results.catalogue import Catalogue, ImageFact
+from astro_otf.imaging.fits import SkyImage
+from astro_otf.results.catalogue import Catalogue
+from astro_otf.results.entities import file_entity
 from astro_otf.results.formats import write_csv, write_ds9, write_json
 from astro_otf.results.preview import PLAN_SUFFIX, write_plan
 from astro_otf.results.provenance import (
     DerivedFile,
-    FileEntity,
     ProvenanceRecord,
     write_provenance,
 )
@@ -40,8 +39,6 @@ __all__ = [
     "PRODUCTS",
     "JobContext",
     "Product",
-    "file_entity",
-    "image_facts",
     "service_version",
     "write_products",
 ]
@@ -118,6 +115,7 @@ class JobContext:
 
 @functools.cache
 def service_version() -> str:
+    """The installed astro-otf version, "unknown" when running from a source tree."""
     try:
         return importlib.metadata.version(SERVICE_NAME)
     except importlib.metadata.PackageNotFoundError:  # running from a source tree
@@ -139,172 +137,6 @@ def _versions(loaded: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return tuple(versions.items())
-
-
-def file_entity(
-    role: str,
-    path: Path,
-    mime_type: str,
-    attributes: Mapping[str, str] | None = None,
-    *,
-    sha256: str | None = None,
-) -> FileEntity:
-    """A file's provenance entity: its name, sha256 and size. ``sha256`` is given when the
-    bytes were already checked against it (a model file, verified when its session loaded),
-    so the file is not read again for every job."""
-    if sha256 is None:
-        with path.open("rb") as fh:
-            sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
-    return FileEntity(
-        role=role,
-        name=path.name,
-        sha256=sha256,
-        size=path.stat().st_size,
-        mime_type=mime_type,
-        attributes=dict(attributes or {}),
-    )
-
-
-def image_facts(
-    image: SkyImage,
-    *,
-    full_shape: tuple[int, int] | None = None,
-    rms: float | None = None,
-    rms_unit: str = "",
-    region: Region | None = None,
-) -> list[ImageFact]:
-    """The image-level PARAMs of a catalogue: the searched region, beam, pixel scale, rms.
-    With the ``region`` of interest that was asked, also whether the image edge clipped it
-    and the size that was asked."""
-    ny, nx = image.shape
-    facts = [
-        ImageFact(
-            "region_x0",
-            image.origin[0],
-            "pix",
-            "pos.cartesian.x;instr.pixel",
-            "0-based pixel column of the searched region's first pixel.",
-        ),
-        ImageFact(
-            "region_y0",
-            image.origin[1],
-            "pix",
-            "pos.cartesian.y;instr.pixel",
-            "0-based pixel row of the searched region's first pixel.",
-        ),
-        ImageFact(
-            "region_width",
-            nx,
-            "pix",
-            "meta.number;instr.pixel",
-            "Width of the searched region (the whole image when no ROI was asked).",
-        ),
-        ImageFact(
-            "region_height", ny, "pix", "meta.number;instr.pixel", "Height of the searched region."
-        ),
-        ImageFact(
-            "pixel_scale",
-            round(image.pixel_scale_arcsec, 6),
-            "arcsec",
-            "instr.scale;instr.pixel",
-            "Pixel size on the sky (geometric mean).",
-        ),
-        ImageFact("frame", image.frame.name, "", "pos.frame", "Celestial frame of the image."),
-    ]
-    if region is not None:
-        sx, sy = region.pixel_scales_arcsec
-        rw, rh = region.requested
-        facts += [
-            ImageFact(
-                "region_clipped",
-                "true" if region.clipped else "false",
-                "",
-                "meta.code",
-                "true when the region of interest reached past the image edge and was clipped "
-                "to it (the searched region is smaller than the one asked).",
-            ),
-            ImageFact(
-                "region_requested_width",
-                rw,
-                "pix",
-                "meta.number;instr.pixel",
-                f"Width of the region of interest asked ({rw * sx:.4g} arcsec).",
-            ),
-            ImageFact(
-                "region_requested_height",
-                rh,
-                "pix",
-                "meta.number;instr.pixel",
-                f"Height of the region of interest asked ({rh * sy:.4g} arcsec).",
-            ),
-            ImageFact(
-                "region_angular_width",
-                round(nx * sx, 4),
-                "arcsec",
-                "pos.angDistance",
-                "Width of the searched region on the sky (pixels times the pixel size).",
-            ),
-            ImageFact(
-                "region_angular_height",
-                round(ny * sy, 4),
-                "arcsec",
-                "pos.angDistance",
-                "Height of the searched region on the sky.",
-            ),
-        ]
-    if full_shape is not None:
-        facts += [
-            ImageFact(
-                "image_width",
-                full_shape[1],
-                "pix",
-                "meta.number;instr.pixel",
-                "Width of the uploaded image.",
-            ),
-            ImageFact(
-                "image_height",
-                full_shape[0],
-                "pix",
-                "meta.number;instr.pixel",
-                "Height of the uploaded image.",
-            ),
-        ]
-    beam = image.beam
-    if beam is not None:
-        facts += [
-            ImageFact(
-                "beam_major",
-                round(beam.major_deg * 3600, 6),
-                "arcsec",
-                "phys.angSize.smajAxis;instr.beam",
-                "Restoring beam FWHM, major axis.",
-            ),
-            ImageFact(
-                "beam_minor",
-                round(beam.minor_deg * 3600, 6),
-                "arcsec",
-                "phys.angSize.sminAxis;instr.beam",
-                "Restoring beam FWHM, minor axis.",
-            ),
-            ImageFact(
-                "beam_pa",
-                round(beam.pa_deg, 6),
-                "deg",
-                "pos.posAng;instr.beam",
-                "Restoring beam position angle.",
-            ),
-        ]
-    if rms is not None:
-        facts.append(
-            ImageFact(
-                "rms",
-                float(f"{rms:.6g}"),
-                rms_unit,
-                "stat.stdev;phot.flux.density",
-                "Background noise (rms) of the searched region.",
-            )
-        )
-    return facts
 
 
 #: What the service recorded about a job's input image, beside it (service.jobs writes it).

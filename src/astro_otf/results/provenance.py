@@ -56,6 +56,7 @@ from prov.constants import PROV, XSD
 from prov.identifier import Namespace, QualifiedName
 from prov.model import ProvAgent, ProvDocument, ProvEntity
 
+from astro_otf.results.entities import FileEntity
 from astro_otf.results.formats import write_atomically
 
 __all__ = [
@@ -64,7 +65,6 @@ __all__ = [
     "PROV_FORMATS",
     "VOPROV",
     "DerivedFile",
-    "FileEntity",
     "ProvenanceRecord",
     "ProvenanceUnavailable",
     "build_document",
@@ -112,26 +112,6 @@ _PREFERENCE = tuple(PROV_FORMATS)
 
 class ProvenanceUnavailable(RuntimeError):
     """A provenance format cannot be produced on this host (the caller answers 503/406)."""
-
-
-@dataclass(frozen=True)
-class FileEntity:
-    """A file the job used or generated.
-
-    ``role`` says what it was for ("image", "model", "result", ...); ``attributes`` holds
-    facts worth keeping with it: key FITS header cards (TELESCOP, BUNIT, BMAJ, CTYPE1,
-    CRVAL1, NAXIS1, ...) for an input image, the manifest facts (format, precision, tile
-    size, ...) for a model file. Each becomes an ``otf:meta.<key>`` attribute (a key with
-    characters other than ASCII letters, digits, ``_ . -`` is cleaned and gets a hash
-    suffix, e.g. ``HIERARCH ESO X`` -> ``otf:meta.HIERARCH_ESO_X-dc59ccb1``).
-    """
-
-    role: str
-    name: str
-    sha256: str
-    size: int
-    mime_type: str
-    attributes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -388,8 +368,8 @@ def _clean(text: str) -> str:
 
 
 def _text(value: object) -> str:
-    """``value`` as a string every PROV serialization can hold: a character XML 1.0 cannot
-    (a control character, say) is written as its ``\\uXXXX`` escape."""
+    r"""``value`` as a string every PROV serialization can hold: a character XML 1.0 cannot
+    (a control character, say) is written as its ``\uXXXX`` escape."""
     return _NOT_XML.sub(lambda m: f"\\u{ord(m.group()):04x}", str(value))
 
 

@@ -20,7 +20,7 @@ from astropy.io.votable import ucd as ucd_module
 from astropy.io.votable.tree import CooSys, Info, Param, Resource, VOTableFile
 from astropy.table import Table
 
-from astro_otf.results.catalogue import ImageFact
+from astro_otf.imaging.facts import ImageFact
 from astro_otf.results.formats import write_atomically
 
 __all__ = ["VOTABLE_VERSION", "error_votable", "write_catalogue"]

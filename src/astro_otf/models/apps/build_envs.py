@@ -53,6 +53,8 @@ def build(manifest: Path, apps_dir: Path, python: str) -> bool:
 
 
 def main() -> int:
+    """Build (or leave, when up to date) the environment of every shipped command app; the
+    exit status for ``make apps``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--apps-dir", default=".apps", help="where the environments go")
     parser.add_argument("--python", default=sys.executable, help="python that makes the venvs")

@@ -1,4 +1,4 @@
-"""Build the ``matched-filter`` detector: a real ONNX model made in code, with no training.
+r"""Build the ``matched-filter`` detector: a real ONNX model made in code, with no training.
 
 Why it exists: the service needs a first ONNX model that is correct by construction, so that
 the whole path (manifest, sha256 check, session cache, batching, one forward pass over many
@@ -48,7 +48,7 @@ and node names are fixed, and nothing records a time or a library version. Build
 the same bytes; ``tests/unit/test_matched_filter_build.py`` checks that and that the shipped
 files equal a fresh build. Regenerate the shipped model with::
 
-    python -m astro_otf.models.builders.matched_filter \\
+    python -m astro_otf.models.builders.matched_filter \
         --out src/astro_otf/models/zoo/matched-filter/1.0
 """
 
@@ -390,6 +390,7 @@ def build(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Write the detector's ONNX files and manifest into ``--out``; the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m astro_otf.models.builders.matched_filter",
         description="Build the matched-filter ONNX detector and its manifest (deterministic).",

@@ -16,6 +16,7 @@ DEFAULT_FREQUENCY_HZ = 1.4e9
 
 
 def main() -> int:
+    """Run PyBDSF on the image named on the command line; the exit status for the service."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("image")
     parser.add_argument("--out", required=True)
