@@ -51,6 +51,7 @@ deb-test:
 lint: install-test
 	$(VENV)/bin/ruff check src tests bench training
 	$(VENV)/bin/ruff format --check src tests bench training
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: install-test
 	$(VENV)/bin/mypy

@@ -36,6 +36,7 @@ IVOA_DIR = SHARED / "ivoa"
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
+    """The shared folder beside the checkout (real images, IVOA schemas); fails without it."""
     if not SHARED.is_dir():
         pytest.fail(f"../shared not found at {SHARED}; set OTF_SHARED_DIR")
     return SHARED
@@ -43,11 +44,13 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def real_data(shared_dir: Path) -> Path:
+    """The real radio images of the shared folder."""
     return shared_dir / "data" / "real"
 
 
 @pytest.fixture(scope="session")
 def test_data() -> Path:
+    """The small files checked in under tests/data."""
     return TEST_DATA
 
 
@@ -88,6 +91,7 @@ class _XlinkResolver(etree.Resolver):
 
 @pytest.fixture(scope="session")
 def uws_schema(shared_dir: Path) -> etree.XMLSchema:
+    """The IVOA UWS 1.1 schema, read offline (its xlink import mapped to a local stub)."""
     parser = etree.XMLParser(no_network=True)
     parser.resolvers.add(_XlinkResolver())
     return etree.XMLSchema(etree.parse(str(IVOA_DIR / "UWS-v1.1.xsd"), parser))
@@ -95,6 +99,7 @@ def uws_schema(shared_dir: Path) -> etree.XMLSchema:
 
 @pytest.fixture(scope="session")
 def votable_schema(shared_dir: Path) -> etree.XMLSchema:
+    """The IVOA VOTable 1.4 schema."""
     return etree.XMLSchema(etree.parse(str(IVOA_DIR / "VOTable-v1.4.xsd")))
 
 
@@ -114,6 +119,7 @@ class PostgresDatabases:
         return psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5)
 
     def available(self) -> bool:
+        """Whether the server answers (within 5 s)."""
         try:
             with self._admin():
                 return True
@@ -121,6 +127,7 @@ class PostgresDatabases:
             return False
 
     def create(self) -> str:
+        """A new, empty database; its URL."""
         name = f"otf_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         with self._admin() as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
@@ -129,14 +136,29 @@ class PostgresDatabases:
         return f"{base}/{name}"
 
     def drop_all(self) -> None:
+        """Drop every database made here (connections to them are ended)."""
         with self._admin() as conn:
             for name in self.created:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         self.created.clear()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that asks for ``pg_databases`` (itself or through its fixtures) needs PostgreSQL:
+    it gets the ``postgres`` marker even where its file forgot it, so that
+    ``pytest -m "not postgres"`` never selects it. A fixture that asks for the databases only
+    at run time (``request.getfixturevalue``) is not seen here: its ``postgres`` parameter is
+    marked with ``pytest.param(..., marks=pytest.mark.postgres)`` instead."""
+    for item in items:
+        if "pg_databases" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture(scope="session")
 def pg_databases() -> Iterator[PostgresDatabases]:
+    """Throw-away databases on the local PostgreSQL server, dropped at the end of the run;
+    fails when the server cannot be reached (a test that uses it carries ``postgres``)."""
     dbs = PostgresDatabases(PG_ADMIN_URL)
     if not dbs.available():
         pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (set OTF_TEST_PG_URL)")
@@ -148,6 +170,7 @@ def pg_databases() -> Iterator[PostgresDatabases]:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -181,6 +204,7 @@ class ServerProcess:
 
     @property
     def env(self) -> dict[str, str]:
+        """The server's environment: this one without any OTF_ setting, then the test's."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTF_")}
         env.update(
             OTF_DATA_DIR=str(self.data_dir),
@@ -221,6 +245,7 @@ class ServerProcess:
         raise RuntimeError(f"server not ready in {timeout} s: {self.log_path.read_text()[-3000:]}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` and wait for the server to end (killed after 20 s)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -245,7 +270,9 @@ class ServerProcess:
         return pids
 
 
-BACKENDS = ["sqlite", "postgres"]
+#: The job stores a server test runs on; the PostgreSQL one carries the ``postgres`` marker,
+#: so ``pytest -m "not postgres"`` runs the rest where no PostgreSQL server is.
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -11,7 +11,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -47,9 +54,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OTF_", extra="forbid", validate_default=True)
 
     data_dir: Path = Field(default=Path("data"), description="Job folders and the SQLite file.")
-    database_url: str | None = Field(
+    database_url: SecretStr | None = Field(
         default=None,
-        description="SQLAlchemy URL. Default: SQLite file otf.sqlite3 in data_dir.",
+        description="SQLAlchemy URL (secret: it may hold the database's password). Default: "
+        "SQLite file otf.sqlite3 in data_dir.",
     )
     base_url: str | None = Field(
         default=None,
@@ -156,8 +164,10 @@ class Settings(BaseSettings):
         description='Who is asking: "anonymous" (no owners), "token" (bearer tokens from '
         '[tokens]) or "oidc" (bearer JWTs of an OpenID Connect provider: the oidc_* settings).',
     )
-    tokens: dict[str, str] = Field(
-        default_factory=dict, description="Bearer token -> owner, used in token mode."
+    tokens: dict[SecretStr, str] = Field(
+        default_factory=dict,
+        description="Bearer token -> owner, used in token mode (secret: a token never shows "
+        "in a repr or a log).",
     )
     operators: list[str] = Field(
         default_factory=list,
@@ -319,6 +329,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Where values come from, first wins: arguments, ``OTF_*`` variables, then the TOML
+        file ``OTF_CONFIG`` names (no .env file, no secrets folder)."""
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         path = config_path()
         if path is not None:
@@ -327,8 +339,10 @@ class Settings(BaseSettings):
 
     @property
     def effective_database_url(self) -> str:
-        if self.database_url:
-            return self.database_url
+        """The database's SQLAlchemy URL (with its password): ``database_url``, or the SQLite
+        file in ``data_dir``."""
+        if self.database_url is not None and self.database_url.get_secret_value():
+            return self.database_url.get_secret_value()
         return f"sqlite:///{self.data_dir / 'otf.sqlite3'}"
 
     def redacted(self) -> dict[str, Any]:

@@ -40,6 +40,7 @@ class RequestIdFilter(logging.Filter):
     """Adds ``request_id`` to every record (the id of the request being served)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Set the record's ``request_id`` unless it has one; never drops a record."""
         if not hasattr(record, "request_id"):
             record.request_id = REQUEST_ID.get()
         return True
@@ -81,9 +82,11 @@ def configure(
 
 
 def request_id_from(scope: Scope) -> str:
+    """The id of the request in ``scope``: its ``X-Request-ID`` when that is a sane id, else
+    a new random one."""
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
-            text = value.decode("latin-1").strip()
+            text: str = value.decode("latin-1").strip()
             if _SANE_ID.fullmatch(text):
                 return text
             break
@@ -99,6 +102,7 @@ class RequestLog:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request under its id, then log its line."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -1,7 +1,12 @@
 """GET /accounting and the per-owner Prometheus series add up to the jobs a test ran, on
 SQLite and PostgreSQL: jobs by phase and model, wall seconds (the sum of end - start), CPU
-seconds (measured by the workers; 0 for reused results), bytes; an owner sees its own
-figures, an operator everyone's, and the figures survive the jobs' deletion."""
+seconds (measured by the worker code; 0 for reused results), bytes; an owner sees its own
+figures, an operator everyone's, and the figures survive the jobs' deletion.
+
+The service runs in the test's process (tests/inprocess.py): its sep jobs run the real worker
+code in a thread (which measures their CPU time), its sleep jobs are emulated. ``otf
+accounting`` needs a real server to talk to: its test starts one.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ServerProcess
+from tests.inprocess import FakeExecutor, InProcessService, real_runs
 
 TOKENS = {"tok-alice": "alice", "tok-bob": "bob", "tok-olga": "olga"}
 ALICE = {"Authorization": "Bearer tok-alice"}
@@ -29,16 +35,34 @@ JSON = {"Accept": "application/json"}
 FINAL = ("COMPLETED", "ERROR", "ABORTED")
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
+) -> Iterator[InProcessService]:
+    """The service in token mode (alice, bob; olga the operator), once on SQLite and once on
+    PostgreSQL (the ledger's sums are SQL)."""
     url = None
     if request.param == "postgres":
         url = request.getfixturevalue("pg_databases").create()
-    proc = ServerProcess(
+    with InProcessService(
         tmp_path_factory.mktemp(f"otf-accounting-{request.param}") / "data",
-        url,
+        executor=FakeExecutor(default=real_runs),
+        database_url=url,
+        auth_mode="token",
+        tokens=TOKENS,
+        operators=["olga"],
+    ) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real server for ``otf accounting`` to call."""
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("otf-accounting-cli") / "data",
+        None,
         auth_mode="token",
         tokens=json.dumps(TOKENS),
         operators=json.dumps(["olga"]),
@@ -48,28 +72,37 @@ def server(
     proc.stop()
 
 
+@pytest.fixture(scope="module")
+def http(server: InProcessService) -> httpx.Client:
+    """The in-process service's shared client (each request passes its owner's token)."""
+    return server.http
+
+
 def create(
-    server: ServerProcess,
+    http: httpx.Client,
     headers: dict[str, str],
     fields: dict[str, str],
     image: Path | None = None,
 ) -> str:
+    """A new job of the owner ``headers`` names (with ``image`` uploaded); its id."""
     files = {"IMAGE": (image.name, image.read_bytes(), "application/fits")} if image else None
-    r = httpx.post(f"{server.url}/jobs", data=fields, files=files, headers=headers, timeout=30)
+    r = http.post("/jobs", data=fields, files=files, headers=headers, timeout=30)
     assert r.status_code == 303, r.text
     return r.headers["location"].rsplit("/", 1)[1]
 
 
-def post(server: ServerProcess, headers: dict[str, str], path: str, **data: str) -> None:
-    r = httpx.post(f"{server.url}{path}", data=data, headers=headers, timeout=30)
+def post(http: httpx.Client, headers: dict[str, str], path: str, **data: str) -> None:
+    """A form POST to ``path`` that must answer 303."""
+    r = http.post(path, data=data, headers=headers, timeout=30)
     assert r.status_code == 303, r.text
 
 
-def final(server: ServerProcess, headers: dict[str, str], job_id: str) -> dict[str, Any]:
+def final(http: httpx.Client, headers: dict[str, str], job_id: str) -> dict[str, Any]:
+    """The job's document once it has ended (WAITing for it, at most two minutes)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        doc: dict[str, Any] = httpx.get(
-            f"{server.url}/jobs/{job_id}",
+        doc: dict[str, Any] = http.get(
+            f"/jobs/{job_id}",
             params={"WAIT": "10"},
             headers={**headers, **JSON},
             timeout=30,
@@ -80,6 +113,7 @@ def final(server: ServerProcess, headers: dict[str, str], job_id: str) -> dict[s
 
 
 def seconds(doc: dict[str, Any]) -> float:
+    """The job's wall time: end - start (0 for a job that never started)."""
     if doc["startTime"] is None:
         return 0.0
     start = datetime.fromisoformat(doc["startTime"].replace("Z", "+00:00"))
@@ -87,23 +121,27 @@ def seconds(doc: dict[str, Any]) -> float:
     return (end - start).total_seconds()
 
 
-def accounting(server: ServerProcess, headers: dict[str, str], **params: str) -> httpx.Response:
-    return httpx.get(f"{server.url}/accounting", params=params, headers=headers, timeout=30)
+def accounting(http: httpx.Client, headers: dict[str, str], **params: str) -> httpx.Response:
+    """GET /accounting as the owner ``headers`` names."""
+    return http.get("/accounting", params=params, headers=headers, timeout=30)
 
 
-def figures(server: ServerProcess, headers: dict[str, str], **params: str) -> dict[str, Any]:
-    r = accounting(server, headers, **params)
+def figures(http: httpx.Client, headers: dict[str, str], **params: str) -> dict[str, Any]:
+    """The /accounting document, which must be JSON and 200."""
+    r = accounting(http, headers, **params)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/json")
     return dict(r.json())
 
 
 def by_owner(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The document's per-owner figures, by owner."""
     return {o["owner"]: o for o in document["owners"]}
 
 
-def scrape(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    r = httpx.get(f"{server.url}/metrics", timeout=30)
+def scrape(http: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics, by (name, sorted labels)."""
+    r = http.get("/metrics", timeout=30)
     assert r.status_code == 200
     out = {}
     for family in text_string_to_metric_families(r.text):
@@ -112,27 +150,29 @@ def scrape(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]
     return out
 
 
-def test_accounting_adds_up_and_survives_deletion(server: ServerProcess, real_data: Path) -> None:
+def test_accounting_adds_up_and_survives_deletion(http: httpx.Client, real_data: Path) -> None:
+    """Real runs, a reuse, an aborted job and a time-limited one add up per owner in /accounting and
+    in Prometheus, and deleting the jobs keeps the period's figures."""
     image = real_data / "aegean" / "synthetic_test.fits"
     started = datetime.now(UTC) - timedelta(seconds=5)
     alice: list[str] = []
     # two real runs (the second with another threshold), then a repeat of the first, which
     # takes its results (reuse: no CPU, no wall time)
-    alice.append(create(server, ALICE, {"MODEL": "sep", "PHASE": "RUN"}, image))
-    alice.append(create(server, ALICE, {"MODEL": "sep", "THRESH": "8", "PHASE": "RUN"}, image))
-    first = final(server, ALICE, alice[0])
+    alice.append(create(http, ALICE, {"MODEL": "sep", "PHASE": "RUN"}, image))
+    alice.append(create(http, ALICE, {"MODEL": "sep", "THRESH": "8", "PHASE": "RUN"}, image))
+    first = final(http, ALICE, alice[0])
     assert first["phase"] == "COMPLETED"
-    alice.append(create(server, ALICE, {"MODEL": "sep", "PHASE": "RUN"}, image))
+    alice.append(create(http, ALICE, {"MODEL": "sep", "PHASE": "RUN"}, image))
     # a job aborted before it ran, and one stopped by its time limit
-    alice.append(create(server, ALICE, {"MODEL": "sleep", "DURATION": "30"}))
-    post(server, ALICE, f"/jobs/{alice[-1]}/phase", PHASE="ABORT")
-    alice.append(create(server, ALICE, {"MODEL": "sleep", "DURATION": "30"}))
-    post(server, ALICE, f"/jobs/{alice[-1]}/executionduration", EXECUTIONDURATION="1")
-    post(server, ALICE, f"/jobs/{alice[-1]}/phase", PHASE="RUN")
-    bob = [create(server, BOB, {"MODEL": "sleep", "DURATION": "0.2", "PHASE": "RUN"})]
+    alice.append(create(http, ALICE, {"MODEL": "sleep", "DURATION": "30"}))
+    post(http, ALICE, f"/jobs/{alice[-1]}/phase", PHASE="ABORT")
+    alice.append(create(http, ALICE, {"MODEL": "sleep", "DURATION": "30"}))
+    post(http, ALICE, f"/jobs/{alice[-1]}/executionduration", EXECUTIONDURATION="1")
+    post(http, ALICE, f"/jobs/{alice[-1]}/phase", PHASE="RUN")
+    bob = [create(http, BOB, {"MODEL": "sleep", "DURATION": "0.2", "PHASE": "RUN"})]
 
-    docs = {job_id: final(server, ALICE, job_id) for job_id in alice}
-    docs.update({job_id: final(server, BOB, job_id) for job_id in bob})
+    docs = {job_id: final(http, ALICE, job_id) for job_id in alice}
+    docs.update({job_id: final(http, BOB, job_id) for job_id in bob})
     phases = [docs[j]["phase"] for j in alice]
     assert phases == ["COMPLETED", "COMPLETED", "COMPLETED", "ABORTED", "ABORTED"], phases
     assert docs[alice[2]]["jobInfo"]["cached_from"] == alice[0]
@@ -141,7 +181,7 @@ def test_accounting_adds_up_and_survives_deletion(server: ServerProcess, real_da
     assert all(d["jobInfo"]["cpu_seconds"] > 0 for d in runs)
 
     # alice sees her own figures only
-    mine = figures(server, ALICE)
+    mine = figures(http, ALICE)
     assert [o["owner"] for o in mine["owners"]] == ["alice"]
     (me,) = mine["owners"]
     assert me["jobs"]["by_phase"] == {"ABORTED": 2, "COMPLETED": 3}
@@ -158,17 +198,17 @@ def test_accounting_adds_up_and_survives_deletion(server: ServerProcess, real_da
     assert me["quota"]["active_jobs"] == {"used": 0, "limit": None}
 
     # bob: his own; another owner's is 403, his own by name is fine
-    theirs = figures(server, BOB)
+    theirs = figures(http, BOB)
     (him,) = theirs["owners"]
     assert him["owner"] == "bob" and him["jobs"]["by_phase"] == {"COMPLETED": 1}
     assert him["wall_seconds"] == pytest.approx(seconds(docs[bob[0]]), abs=0.02)
     assert him["wall_seconds"] >= 0.2
-    forbidden = accounting(server, BOB, OWNER="alice")
+    forbidden = accounting(http, BOB, OWNER="alice")
     assert forbidden.status_code == 403 and "operator" in forbidden.text
-    assert [o["owner"] for o in figures(server, BOB, OWNER="bob")["owners"]] == ["bob"]
+    assert [o["owner"] for o in figures(http, BOB, OWNER="bob")["owners"]] == ["bob"]
 
     # the operator sees both, and the totals are their sums
-    every = figures(server, OLGA, SINCE=started.isoformat())
+    every = figures(http, OLGA, SINCE=started.isoformat())
     owners = by_owner(every)
     assert set(owners) == {"alice", "bob"}
     assert owners["alice"] == me
@@ -178,10 +218,10 @@ def test_accounting_adds_up_and_survives_deletion(server: ServerProcess, real_da
     for key in ("cpu_seconds", "wall_seconds"):
         assert totals[key] == pytest.approx(me[key] + him[key], abs=0.002)
     assert totals["bytes_stored"] == me["bytes_stored"] + him["bytes_stored"]
-    assert [o["owner"] for o in figures(server, OLGA, OWNER="alice")["owners"]] == ["alice"]
+    assert [o["owner"] for o in figures(http, OLGA, OWNER="alice")["owners"]] == ["alice"]
 
     # Prometheus has the same per owner
-    samples = scrape(server)
+    samples = scrape(http)
     label = (("owner", "alice"),)
     assert samples[("otf_owner_cpu_seconds_total", label)] == pytest.approx(
         me["cpu_seconds"], abs=0.001
@@ -196,18 +236,18 @@ def test_accounting_adds_up_and_survives_deletion(server: ServerProcess, real_da
 
     # deleted jobs: the period's figures stay, only what is stored now goes
     for job_id in alice:
-        r = httpx.delete(f"{server.url}/jobs/{job_id}", headers=ALICE, timeout=30)
+        r = http.delete(f"/jobs/{job_id}", headers=ALICE, timeout=30)
         assert r.status_code == 303
-    (after,) = figures(server, ALICE)["owners"]
+    (after,) = figures(http, ALICE)["owners"]
     assert after["bytes_stored"] == 0
     assert {k: after[k] for k in ("jobs", "cpu_seconds", "wall_seconds", "bytes_computed")} == {
         k: me[k] for k in ("jobs", "cpu_seconds", "wall_seconds", "bytes_computed")
     }
     label_ended = (("owner", "alice"), ("phase", "COMPLETED"))
-    assert scrape(server)[("otf_owner_jobs_ended_total", label_ended)] == 3
+    assert scrape(http)[("otf_owner_jobs_ended_total", label_ended)] == 3
 
     # a period before the test holds none of it
-    before = figures(server, OLGA, UNTIL=(started - timedelta(hours=1)).isoformat())
+    before = figures(http, OLGA, UNTIL=(started - timedelta(hours=1)).isoformat())
     assert before["totals"]["jobs"]["total"] == 0
 
 
@@ -221,18 +261,21 @@ def test_accounting_adds_up_and_survives_deletion(server: ServerProcess, real_da
     ],
 )
 def test_bad_periods_are_400_naming_the_parameter(
-    server: ServerProcess, params: dict[str, str], named: str
+    http: httpx.Client, params: dict[str, str], named: str
 ) -> None:
-    r = accounting(server, ALICE, **params)
+    """A period that cannot be read, or that ends before it starts, is 400 naming the parameter."""
+    r = accounting(http, ALICE, **params)
     assert r.status_code == 400, r.text
     assert r.text.startswith(f"{named}:")
 
 
-def test_accounting_needs_a_token(server: ServerProcess) -> None:
-    assert httpx.get(f"{server.url}/accounting", timeout=10).status_code == 401
+def test_accounting_needs_a_token(http: httpx.Client) -> None:
+    """In token mode an anonymous caller gets 401."""
+    assert http.get("/accounting", timeout=10).status_code == 401
 
 
 def otf(server: ServerProcess, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``otf`` run against ``server`` with ``token``, as a user's shell would."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTF_")}
     env.update(OTF_URL=server.url, OTF_TOKEN=token, COLUMNS="250", NO_COLOR="1", TERM="dumb")
     return subprocess.run(
@@ -245,12 +288,19 @@ def otf(server: ServerProcess, token: str, *args: str) -> subprocess.CompletedPr
     )
 
 
-def test_cli_prints_the_accounting(server: ServerProcess) -> None:
-    final(server, BOB, create(server, BOB, {"MODEL": "sleep", "DURATION": "0", "PHASE": "RUN"}))
-    as_json = otf(server, "tok-olga", "accounting", "--json")
-    assert as_json.returncode == 0, as_json.stderr
-    doc = json.loads(as_json.stdout)
-    assert doc == figures(server, OLGA, SINCE=doc["period"]["since"], UNTIL=doc["period"]["until"])
+def test_cli_prints_the_accounting(cli_server: ServerProcess) -> None:
+    """``otf accounting`` prints the same figures as /accounting (JSON and a table), refuses another
+    owner's to a non-operator and names a bad SINCE."""
+    server = cli_server
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for headers in (ALICE, BOB):
+            job = {"MODEL": "sleep", "DURATION": "0", "PHASE": "RUN"}
+            final(http, headers, create(http, headers, job))
+        as_json = otf(server, "tok-olga", "accounting", "--json")
+        assert as_json.returncode == 0, as_json.stderr
+        doc = json.loads(as_json.stdout)
+        period = doc["period"]
+        assert doc == figures(http, OLGA, SINCE=period["since"], UNTIL=period["until"])
     table = otf(server, "tok-olga", "accounting", "--since", "2020-01-01")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from lxml import etree
 
-from tests.conftest import ServerProcess
+from tests.conftest import BACKENDS, ServerProcess
 
 SAMPLE = Path(__file__).resolve().parents[2] / "src" / "astro_otf" / "data" / "sample.fits"
 
@@ -29,7 +29,7 @@ def dataset_server(tmp: Path, folder: Path, database_url: str | None = None) -> 
     )
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def setup(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[ServerProcess, Path]]:

@@ -1,10 +1,12 @@
-"""Hostile and careless input over real HTTP, on SQLite and on PostgreSQL: every client
-mistake is a 4xx whose text names the parameter and says what is wrong, and none of them
-harms the service or another user's jobs.
+"""Hostile and careless input, on SQLite and on PostgreSQL: every client mistake is a 4xx
+whose text names the parameter and says what is wrong, and none of them harms the service or
+another user's jobs.
 
 The cases come from a test campaign against the running service: a tiny FITS whose header
 declares a huge image, a gzip bomb, control characters and over-long values in RUNID,
-out-of-range list filters, impossible job ids and oversized multipart text fields.
+out-of-range list filters, impossible job ids and oversized multipart text fields. They are
+all answered by the HTTP layer and JobService (and, for the database's limits, the store), so
+the service runs in the test's process (tests/inprocess.py), its jobs on a fake executor.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import gzip
 import io
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import pytest
 from astropy.io import fits
 from lxml import etree
 
-from tests.conftest import ServerProcess
+from tests.inprocess import InProcessService
 
 UWS = "{http://www.ivoa.net/xml/UWS/v1.0}"
 JSON = {"Accept": "application/json"}
@@ -33,30 +35,45 @@ SMALL_FORM_CAP = 64 * 1024
 SMALL_UPLOAD_LIMIT = 4 * 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def client(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessService]:
+    """The service with its default limits, once on SQLite and once on PostgreSQL (the
+    database's own limits are part of what is tested: RUNID's length, LAST, AFTER)."""
+    url = None
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_databases").create()
+    data_dir = tmp_path_factory.mktemp(f"otf-{request.param}") / "data"
+    with InProcessService(data_dir, database_url=url) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
-def capped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
+def client(server: InProcessService) -> httpx.Client:
+    """A client of ``server``, shared by the module's tests."""
+    return server.client()
+
+
+@pytest.fixture(scope="module")
+def capped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessService]:
+    """A service with small caps on pixels, text fields and uploads (SQLite)."""
+    with InProcessService(
         tmp_path_factory.mktemp("otf-capped") / "data",
-        None,
-        max_image_pixels=str(SMALL_PIXEL_CAP),
-        max_form_bytes=str(SMALL_FORM_CAP),
-        max_upload_bytes=str(SMALL_UPLOAD_LIMIT),
-    )
-    proc.start()
-    yield proc
-    proc.stop()
+        max_image_pixels=SMALL_PIXEL_CAP,
+        max_form_bytes=SMALL_FORM_CAP,
+        max_upload_bytes=SMALL_UPLOAD_LIMIT,
+    ) as service:
+        yield service
 
 
 # -- FITS files made for the occasion ----------------------------------------------------------
 
 
 def image_header(nx: int, ny: int, bitpix: int = -32) -> fits.Header:
+    """A 2-D image header with a sky WCS and a beam, declaring ``nx x ny`` pixels."""
     header = fits.Header()
     header["SIMPLE"] = True
     header["BITPIX"] = bitpix
@@ -81,10 +98,12 @@ def image_header(nx: int, ny: int, bitpix: int = -32) -> fits.Header:
 
 def lying_fits(nx: int, ny: int, data_bytes: int = 2880) -> bytes:
     """A header declaring ``nx x ny`` float32 pixels, followed by far fewer bytes."""
-    return image_header(nx, ny).tostring().encode("ascii") + b"\0" * data_bytes
+    header: str = image_header(nx, ny).tostring()
+    return header.encode("ascii") + b"\0" * data_bytes
 
 
 def real_fits(n: int) -> bytes:
+    """A complete ``n x n`` float32 FITS of noise."""
     rng = np.random.default_rng(1)
     data = rng.normal(0, 1e-3, (n, n)).astype(np.float32)
     out = io.BytesIO()
@@ -95,17 +114,20 @@ def real_fits(n: int) -> bytes:
 def post_image(
     client: httpx.Client, body: bytes, fields: dict[str, str] | None = None, name: str = "i.fits"
 ) -> httpx.Response:
+    """POST /jobs with ``body`` as the IMAGE part (and ``fields``)."""
     return client.post(
         "/jobs", data=fields or {}, files={"IMAGE": (name, body, "application/fits")}
     )
 
 
-def job_dirs(server: ServerProcess) -> set[str]:
+def job_dirs(server: InProcessService) -> set[str]:
+    """The names of the job folders on disk (a refused creation must leave none)."""
     root = server.data_dir / "jobs"
     return {p.name for p in root.iterdir()} if root.is_dir() else set()
 
 
 def new_job(client: httpx.Client, **fields: str) -> str:
+    """A new sleep job (0.1 s); its id."""
     r = client.post("/jobs", data={"MODEL": "sleep", "DURATION": "0.1", **fields})
     assert r.status_code == 303, r.text
     return r.headers["location"].rsplit("/", 1)[-1]
@@ -125,7 +147,7 @@ def list_ok(client: httpx.Client) -> None:
 
 
 def test_header_declaring_a_huge_image_is_refused_at_upload(
-    client: httpx.Client, server: ServerProcess
+    client: httpx.Client, server: InProcessService
 ) -> None:
     """The campaign's 5.7 kB FITS declaring 1 000 000 x 1 000 000 pixels: refused before a job
     exists (the scheduler never sees it), naming IMAGE and the pixel cap."""
@@ -143,8 +165,10 @@ def test_header_declaring_a_huge_image_is_refused_at_upload(
 
 
 def test_header_declaring_more_data_than_the_file_holds_is_400(
-    client: httpx.Client, server: ServerProcess
+    client: httpx.Client, server: InProcessService
 ) -> None:
+    """A header that declares more pixels than the file holds is 400 naming IMAGE and the
+    truncation; no job folder stays."""
     before = job_dirs(server)
     r = post_image(client, lying_fits(3000, 3000))
     assert r.status_code == 400, r.text
@@ -155,6 +179,7 @@ def test_header_declaring_more_data_than_the_file_holds_is_400(
 def test_replacing_the_image_with_a_lying_one_is_refused_and_keeps_the_old(
     client: httpx.Client, test_data: Path
 ) -> None:
+    """A lying image sent to a PENDING job's parameters is refused and the job keeps its image."""
     good = (test_data / "image2d.fits").read_bytes()
     r = post_image(client, good)
     assert r.status_code == 303, r.text
@@ -167,8 +192,9 @@ def test_replacing_the_image_with_a_lying_one_is_refused_and_keeps_the_old(
     client.delete(url)
 
 
-def test_pixel_cap_is_configurable(capped_server: ServerProcess, test_data: Path) -> None:
-    with httpx.Client(base_url=capped_server.url, timeout=60) as c:
+def test_pixel_cap_is_configurable(capped_server: InProcessService, test_data: Path) -> None:
+    """max_image_pixels moves the cap: a 64 x 64 image passes, a 128 x 128 one is 413 saying so."""
+    with capped_server.client() as c:
         small = post_image(c, (test_data / "image2d.fits").read_bytes())
         assert small.status_code == 303, small.text
         big = post_image(c, real_fits(128))
@@ -186,12 +212,13 @@ def test_tile_compressed_fits_is_accepted(client: httpx.Client, test_data: Path)
 
 
 def test_tile_compressed_fits_over_the_cap_is_413(
-    capped_server: ServerProcess, tmp_path: Path
+    capped_server: InProcessService, tmp_path: Path
 ) -> None:
+    """A tile-compressed image is held to the pixel cap by its ZNAXISn."""
     path = tmp_path / "big_compressed.fits"
     data = np.zeros((200, 200), dtype=np.float32)
     fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, image_header(200, 200))]).writeto(path)
-    with httpx.Client(base_url=capped_server.url, timeout=60) as c:
+    with capped_server.client() as c:
         r = post_image(c, path.read_bytes())
     assert r.status_code == 413, r.text
     assert "IMAGE" in r.text and "200 x 200" in r.text
@@ -210,7 +237,12 @@ def test_compressed_upload_is_inflated_and_stored_uncompressed(
     import lzma
 
     raw = real_fits(64)
-    body = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}[kind](raw)
+    compressors: dict[str, Callable[[bytes], bytes]] = {
+        "gzip": gzip.compress,
+        "bzip2": bz2.compress,
+        "xz": lzma.compress,
+    }
+    body = compressors[kind](raw)
     r = post_image(client, body, name="i.fits.gz")
     assert r.status_code == 303, r.text
     url = r.headers["location"]
@@ -219,7 +251,7 @@ def test_compressed_upload_is_inflated_and_stored_uncompressed(
 
 
 def test_gzip_bomb_is_held_to_the_upload_limit(
-    capped_server: ServerProcess, test_data: Path
+    capped_server: InProcessService, test_data: Path
 ) -> None:
     """A few kB of gzip inflating past max_upload_bytes: 413 naming IMAGE and the limit,
     nothing stored."""
@@ -227,7 +259,7 @@ def test_gzip_bomb_is_held_to_the_upload_limit(
     body = gzip.compress(raw)
     assert len(body) < SMALL_UPLOAD_LIMIT < len(raw)
     before = job_dirs(capped_server)
-    with httpx.Client(base_url=capped_server.url, timeout=60) as c:
+    with capped_server.client() as c:
         r = post_image(c, body, {"PHASE": "RUN"}, name="bomb.fits.gz")
         assert r.status_code == 413, r.text
         assert "IMAGE" in r.text and "gzip" in r.text and str(SMALL_UPLOAD_LIMIT) in r.text
@@ -252,8 +284,10 @@ def test_gzip_bomb_is_held_to_the_upload_limit(
     ],
 )
 def test_damaged_or_unsupported_compression_is_400(
-    client: httpx.Client, server: ServerProcess, body: bytes, words: str
+    client: httpx.Client, server: InProcessService, body: bytes, words: str
 ) -> None:
+    """Broken gzip, zip and Unix compress are 400 naming IMAGE and asking for an uncompressed file;
+    nothing is stored."""
     before = job_dirs(server)
     r = post_image(client, body, {"PHASE": "RUN"})
     assert r.status_code == 400, r.text
@@ -266,6 +300,7 @@ def test_damaged_or_unsupported_compression_is_400(
 
 @pytest.mark.parametrize("run_id", ["x\x01y", "a\x00b", "tab\there", "line\nbreak", "c1\x85"])
 def test_control_characters_in_runid_are_refused(client: httpx.Client, run_id: str) -> None:
+    """A RUNID with a control character is 400 naming RUNID; the listings still answer."""
     r = client.post("/jobs", data={"MODEL": "sleep", "DURATION": "0.1", "RUNID": run_id})
     assert r.status_code == 400, r.text
     assert "RUNID" in r.text and "character" in r.text
@@ -273,6 +308,7 @@ def test_control_characters_in_runid_are_refused(client: httpx.Client, run_id: s
 
 
 def test_percent_encoded_control_character_in_runid_is_refused(client: httpx.Client) -> None:
+    """A control character percent-encoded in a form body is refused the same way."""
     r = client.post(
         "/jobs",
         content=b"MODEL=sleep&DURATION=0.1&RUNID=x%01y",
@@ -283,6 +319,7 @@ def test_percent_encoded_control_character_in_runid_is_refused(client: httpx.Cli
 
 
 def test_runid_length_is_limited_identically_on_both_stores(client: httpx.Client) -> None:
+    """RUNID takes 255 characters on both databases, and 256 or more is 400 naming the limit."""
     ok = new_job(client, RUNID="r" * 255)
     assert client.get(f"/jobs/{ok}", headers=JSON).json()["runId"] == "r" * 255
     for length in (256, 100_000):
@@ -293,6 +330,7 @@ def test_runid_length_is_limited_identically_on_both_stores(client: httpx.Client
 
 
 def wait_final(client: httpx.Client, job_id: str, timeout: float = 30) -> dict[str, Any]:
+    """The job's JSON document once it has ended, or after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         doc: dict[str, Any] = client.get(f"/jobs/{job_id}", params={"WAIT": 5}, headers=JSON).json()
@@ -301,6 +339,7 @@ def wait_final(client: httpx.Client, job_id: str, timeout: float = 30) -> dict[s
 
 
 def test_runid_of_a_rerun_is_checked(client: httpx.Client) -> None:
+    """A rerun's RUNID is checked like a creation's."""
     job_id = new_job(client, PHASE="RUN")
     assert wait_final(client, job_id)["phase"] == "COMPLETED"
     r = client.post(f"/jobs/{job_id}/rerun", data={"RUNID": "bad\x07bell"})
@@ -311,6 +350,8 @@ def test_runid_of_a_rerun_is_checked(client: httpx.Client) -> None:
 
 
 def test_control_characters_in_parameters_are_refused(client: httpx.Client) -> None:
+    """Control characters and over-long values in parameters are 400 naming them; the job keeps its
+    values."""
     r = client.post("/jobs", data={"MODEL": "sleep\x00", "DURATION": "0.1"})
     assert r.status_code == 400 and "MODEL" in r.text, r.text
     job_id = new_job(client)
@@ -339,6 +380,8 @@ def test_control_characters_in_parameters_are_refused(client: httpx.Client) -> N
     ],
 )
 def test_list_filters_out_of_range_are_400(client: httpx.Client, name: str, value: str) -> None:
+    """LAST, AFTER and PHASE out of range are 400 naming the filter, in XML and JSON, on both
+    databases."""
     for headers in ({}, JSON):
         r = client.get("/jobs", params={name: value}, headers=headers)
         assert r.status_code == 400, r.text[:300]
@@ -346,6 +389,7 @@ def test_list_filters_out_of_range_are_400(client: httpx.Client, name: str, valu
 
 
 def test_large_but_sane_last_is_accepted(client: httpx.Client) -> None:
+    """A big LAST within the limit is served."""
     assert client.get("/jobs", params={"LAST": "1000000"}).status_code == 200
 
 
@@ -356,6 +400,7 @@ def test_large_but_sane_last_is_accepted(client: httpx.Client) -> None:
     "path", ["a%00b", "%00", "x" * 300, "%C3%A9t%C3%A9", "..%2F..", "0123456789abcdeg"]
 )
 def test_impossible_job_ids_are_404(client: httpx.Client, path: str) -> None:
+    """Ids that cannot be job ids are 404 on every job resource, never a database error."""
     for method, suffix in (
         ("GET", ""),
         ("GET", "/phase"),
@@ -386,7 +431,7 @@ def test_text_fields_over_the_form_cap_are_413(client: httpx.Client) -> None:
     assert "max_form_bytes" in r.text and str(1024 * 1024) in r.text
 
 
-def test_form_cap_holds_while_streaming(capped_server: ServerProcess) -> None:
+def test_form_cap_holds_while_streaming(capped_server: InProcessService) -> None:
     """No Content-Length: the cap must hold while the text parts arrive."""
     boundary = secrets.token_hex(8)
     sent: list[int] = []
@@ -402,9 +447,9 @@ def test_form_cap_holds_while_streaming(capped_server: ServerProcess) -> None:
             yield part
         yield f"--{boundary}--\r\n".encode()
 
-    with httpx.Client(timeout=30) as c:
+    with capped_server.client() as c:
         r = c.post(
-            f"{capped_server.url}/jobs",
+            "/jobs",
             content=body(),
             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
         )
@@ -412,11 +457,10 @@ def test_form_cap_holds_while_streaming(capped_server: ServerProcess) -> None:
     assert str(SMALL_FORM_CAP) in r.text
 
 
-def test_form_encoded_body_over_the_form_cap_is_413(capped_server: ServerProcess) -> None:
-    r = httpx.post(
-        f"{capped_server.url}/jobs",
-        data={"MODEL": "sleep", "PADDING": "x" * (SMALL_FORM_CAP + 10)},
-        timeout=30,
+def test_form_encoded_body_over_the_form_cap_is_413(capped_server: InProcessService) -> None:
+    """A form-encoded body over max_form_bytes is 413 naming the cap."""
+    r = capped_server.client().post(
+        "/jobs", data={"MODEL": "sleep", "PADDING": "x" * (SMALL_FORM_CAP + 10)}
     )
     assert r.status_code == 413, r.text[:300]
     assert str(SMALL_FORM_CAP) in r.text

@@ -19,6 +19,8 @@ import pytest
 from tests.conftest import PostgresDatabases, ServerProcess
 from tests.integration.test_uws_api import create, job_json, sleep_job, wait_final
 
+pytestmark = pytest.mark.postgres
+
 
 def replica(data_dir: Path, url: str, name: str) -> ServerProcess:
     proc = ServerProcess(data_dir, url)

@@ -78,7 +78,8 @@ def test_abort_before_the_batch_task_starts_frees_its_slot(tmp_path: Path) -> No
             await scheduler._fill()
             assert store.get("aaaa000000000001").phase == Phase.EXECUTING
             # the ABORT lands now, as JobService.abort does it
-            assert store.transition("aaaa000000000001", [Phase.EXECUTING], Phase.ABORTED)
+            now = datetime.now(UTC)
+            assert store.mark_aborted("aaaa000000000001", [Phase.EXECUTING], end_time=now)
             await scheduler.cancel("aaaa000000000001")
             # the only slot is free again: the next job runs to the end
             scheduler._task = asyncio.create_task(scheduler._loop())
@@ -130,7 +131,7 @@ def test_two_cancels_of_one_run_both_return_after_the_worker_is_gone(tmp_path: P
                 await asyncio.sleep(0.05)
             busy = [w for w in executor._workers if w.future is not None]
             assert len(busy) == 1
-            store.transition(job_id, [Phase.EXECUTING], Phase.ABORTED)
+            store.mark_aborted(job_id, [Phase.EXECUTING], end_time=datetime.now(UTC))
             alive_after: list[bool] = []
 
             async def cancel() -> None:

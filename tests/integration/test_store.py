@@ -7,13 +7,14 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from astro_otf.domain.errors import JobNotFound
-from astro_otf.domain.job import Job, JobParameter, JobResult
+from astro_otf.domain.job import ErrorSummary, ErrorType, Job, JobParameter, JobResult
 from astro_otf.domain.phases import Phase
 from astro_otf.store.cache import JobCache
 from astro_otf.store.database import alembic_config, has_schema, make_engine, migrate
@@ -21,7 +22,14 @@ from astro_otf.store.files import JobFolders
 from astro_otf.store.repository import JobStore
 
 
-@pytest.fixture(params=["sqlite", "postgres", "sqlite-cached", "postgres-cached"])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        "sqlite-cached",
+        pytest.param("postgres-cached", marks=pytest.mark.postgres),
+    ]
+)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
     """Every store test also runs with the job cache: what it reads must be what the
     database holds after each write."""
@@ -104,19 +112,16 @@ def test_owner_check_hides_other_owners_jobs(store: JobStore) -> None:
 
 def test_transition_is_conditional(store: JobStore) -> None:
     store.create(make_job("t1"))
-    assert not store.transition("t1", [Phase.QUEUED], Phase.EXECUTING)
-    assert store.transition("t1", [Phase.PENDING], Phase.QUEUED)
-    assert store.transition("t1", [Phase.QUEUED], Phase.EXECUTING, start_time=T0)
+    assert not store.mark_executing("t1", start_time=T0, run_token="r")
+    assert store.mark_queued("t1", [Phase.PENDING], queue_time=T0, quote=None)
+    assert store.mark_executing("t1", start_time=T0, run_token="r")
     results = [JobResult("result", "catalogue.vot", "application/x-votable+xml", 1234)]
-    assert store.transition(
-        "t1",
-        [Phase.EXECUTING],
-        Phase.COMPLETED,
-        results=results,
-        end_time=T0 + timedelta(seconds=3),
+    assert store.mark_completed(
+        "t1", results, info={}, end_time=T0 + timedelta(seconds=3), owner_token="r"
     )
     # a late ABORT loses the race and changes nothing
-    assert not store.transition("t1", [Phase.PENDING, Phase.QUEUED, Phase.EXECUTING], Phase.ABORTED)
+    active = [Phase.PENDING, Phase.QUEUED, Phase.EXECUTING]
+    assert not store.mark_aborted("t1", active, end_time=T0)
     job = store.get("t1")
     assert job.phase is Phase.COMPLETED
     assert job.results == results
@@ -125,10 +130,10 @@ def test_transition_is_conditional(store: JobStore) -> None:
 
 def test_moves_outside_the_phase_machine_are_refused(store: JobStore) -> None:
     store.create(make_job("m1"))
-    with pytest.raises(ValueError, match="PENDING -> EXECUTING"):
-        store.transition("m1", [Phase.PENDING], Phase.EXECUTING)
+    with pytest.raises(ValueError, match=r"^QUEUED -> COMPLETED is not"):
+        store.mark_reused("m1", [Phase.PENDING, Phase.QUEUED], [], info={}, at=T0)
     with pytest.raises(ValueError, match="COMPLETED -> QUEUED"):
-        store.transition("m1", [Phase.PENDING, Phase.COMPLETED], Phase.QUEUED)
+        store.mark_queued("m1", [Phase.PENDING, Phase.COMPLETED], queue_time=T0, quote=None)
     assert store.get("m1").phase is Phase.PENDING
 
 
@@ -139,10 +144,15 @@ def test_only_one_of_racing_transitions_wins(store: JobStore) -> None:
 
     def race(target: Phase) -> None:
         barrier.wait()
-        if store.transition("r1", [Phase.EXECUTING], target):
+        if target == Phase.ABORTED:
+            moved = store.mark_aborted("r1", [Phase.EXECUTING], end_time=T0)
+        else:
+            error = ErrorSummary(ErrorType.FATAL, "it failed")
+            moved = store.mark_failed("r1", [Phase.EXECUTING], error, end_time=T0)
+        if moved:
             wins.append(target)
 
-    threads = [threading.Thread(target=race, args=(p,)) for p in (Phase.ABORTED, Phase.COMPLETED)]
+    threads = [threading.Thread(target=race, args=(p,)) for p in (Phase.ABORTED, Phase.ERROR)]
     for t in threads:
         t.start()
     for t in threads:
@@ -154,10 +164,10 @@ def test_only_one_of_racing_transitions_wins(store: JobStore) -> None:
 def test_list_filters_and_orders_newest_first(store: JobStore) -> None:
     for i in range(5):
         store.create(make_job(f"l{i}", created=T0 + timedelta(minutes=i)))
-    store.transition("l1", [Phase.PENDING], Phase.QUEUED)
+    store.mark_queued("l1", [Phase.PENDING], queue_time=T0, quote=None)
     store.delete("l4")
     store.create(make_job("l4", created=T0 + timedelta(minutes=4), phase=Phase.ARCHIVED))
-    kw = {"owner": None, "check_owner": False}
+    kw: dict[str, Any] = {"owner": None, "check_owner": False}
     ids = [j.job_id for j in store.list_jobs(**kw)]
     assert ids == ["l3", "l2", "l1", "l0"]  # ARCHIVED left out unless asked for
     assert [j.job_id for j in store.list_jobs(**kw, phases=[Phase.ARCHIVED])] == ["l4"]
@@ -189,7 +199,7 @@ def test_parameters_replace_only_while_pending(store: JobStore) -> None:
     assert store.replace_parameters("p1", new, priority=3, model_id="sep")
     job = store.get("p1")
     assert job.parameter_values() == {"thresh": "7"} and job.priority == 3
-    store.transition("p1", [Phase.PENDING], Phase.QUEUED)
+    store.mark_queued("p1", [Phase.PENDING], queue_time=T0, quote=None)
     assert not store.replace_parameters("p1", [], priority=0, model_id="sep")
     assert store.get("p1").parameter_values() == {"thresh": "7"}
 
@@ -199,13 +209,14 @@ def test_expiry_and_delete(store: JobStore) -> None:
     store.create(make_job("e2"))
     assert store.next_destruction() == T0 - timedelta(days=1)
     assert store.expired(T0) == ["e1"]
-    for src, dst in ((Phase.PENDING, Phase.QUEUED), (Phase.QUEUED, Phase.EXECUTING)):
-        assert store.transition("e1", [src], dst)
-    assert store.transition(
+    assert store.mark_queued("e1", [Phase.PENDING], queue_time=T0, quote=None)
+    assert store.mark_executing("e1", start_time=T0, run_token="r")
+    assert store.mark_completed(
         "e1",
-        [Phase.EXECUTING],
-        Phase.COMPLETED,
-        results=[JobResult("result", "x.vot", "text/xml", 1)],
+        [JobResult("result", "x.vot", "text/xml", 1)],
+        info={},
+        end_time=T0,
+        owner_token="r",
     )
     assert store.delete("e1")
     assert not store.delete("e1")
@@ -259,16 +270,16 @@ def test_reads_follow_every_write(store: JobStore) -> None:
     assert created == store.get("c1")
     assert [p.name for p in created.parameters] == ["image", "thresh"]  # name order
     assert store.get("c1").phase == Phase.PENDING
-    assert store.update_fields("c1", [Phase.PENDING], execution_duration=60)
+    assert store.set_execution_duration("c1", 60)
     assert store.get("c1").execution_duration == 60
     assert store.replace_parameters("c1", [JobParameter("thresh", "7")], priority=3, model_id="sep")
     again = store.get("c1")
     assert (again.parameter_values(), again.priority) == ({"thresh": "7"}, 3)
-    assert store.transition("c1", [Phase.PENDING], Phase.QUEUED, queue_time=T0)
+    assert store.mark_queued("c1", [Phase.PENDING], queue_time=T0, quote=None)
     assert store.get("c1").phase == Phase.QUEUED
-    assert store.transition("c1", [Phase.QUEUED], Phase.EXECUTING, start_time=T0)
+    assert store.mark_executing("c1", start_time=T0, run_token="r")
     result = JobResult("result", "catalogue.xml", "application/x-votable+xml", 12)
-    assert store.transition("c1", [Phase.EXECUTING], Phase.COMPLETED, results=[result], end_time=T0)
+    assert store.mark_completed("c1", [result], info={}, end_time=T0, owner_token="r")
     done = store.get("c1")
     assert (done.phase, done.results, done.end_time) == (Phase.COMPLETED, [result], T0)
     assert done == store.get_many(["c1"])[0]
@@ -280,10 +291,10 @@ def test_reads_follow_every_write(store: JobStore) -> None:
 def test_a_refused_write_leaves_reads_right(store: JobStore) -> None:
     store.create(make_job("r1"))
     store.get("r1")
-    assert not store.transition("r1", [Phase.QUEUED], Phase.EXECUTING)
-    assert not store.update_fields("r1", [Phase.QUEUED], execution_duration=1)
+    assert not store.mark_executing("r1", start_time=T0, run_token="r")
+    assert not store.set_progress("r1", {"progress": {"stage": "reading"}}, quote=T0)
     assert store.get("r1").phase == Phase.PENDING
-    assert store.get("r1").execution_duration == 600
+    assert store.get("r1").info == {} and store.get("r1").quote is None
 
 
 def test_a_cached_job_of_another_owner_is_not_found(store: JobStore) -> None:
@@ -306,8 +317,8 @@ def test_writes_from_many_threads_all_land(store: JobStore) -> None:
         job_id = f"w{n}"
         for seconds in range(1, 6):
             store.get(job_id)
-            assert store.update_fields(job_id, [Phase.PENDING], execution_duration=seconds)
-        assert store.transition(job_id, [Phase.PENDING], Phase.QUEUED, queue_time=T0)
+            assert store.set_execution_duration(job_id, seconds)
+        assert store.mark_queued(job_id, [Phase.PENDING], queue_time=T0, quote=None)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
     for t in threads:

@@ -23,10 +23,10 @@ from PIL import Image
 from astro_otf.config import Settings
 from astro_otf.data import __file__ as data_init
 from astro_otf.domain.errors import ParameterError
+from astro_otf.domain.forms import Form, Sink
 from astro_otf.service.uploads import UnknownUpload, UploadService
 from astro_otf.store.database import make_engine, migrate
-from astro_otf.uws.uploads import Form, Sink
-from tests.conftest import ServerProcess
+from tests.conftest import BACKENDS, ServerProcess
 from tests.integration.test_auth import ALICE, BOB, TOKENS
 
 SAMPLE = Path(data_init).parent / "sample.fits"
@@ -34,7 +34,7 @@ MAX_UPLOAD = 600_000
 QUOTA = 1_000_000
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:

@@ -34,12 +34,24 @@ def test_toml_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     )
     monkeypatch.setenv("OTF_CONFIG", str(cfg))
     s = Settings()
-    assert (s.data_dir, s.workers, s.tokens) == (Path("/srv/otf"), 6, {"secret-a": "alice"})
+    tokens = {k.get_secret_value(): v for k, v in s.tokens.items()}
+    assert (s.data_dir, s.workers, tokens) == (Path("/srv/otf"), 6, {"secret-a": "alice"})
     monkeypatch.setenv("OTF_WORKERS", "3")
-    monkeypatch.setenv("OTF_DATABASE_URL", "postgresql://otf@db/otf")
+    monkeypatch.setenv("OTF_DATABASE_URL", "postgresql://otf:pw-b@db/otf")
     s = Settings()
-    assert s.workers == 3 and s.effective_database_url == "postgresql://otf@db/otf"
+    assert s.workers == 3 and s.effective_database_url == "postgresql://otf:pw-b@db/otf"
     assert s.redacted()["tokens"] == "<1 tokens>"
+
+
+def test_secrets_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bearer tokens and the database URL (its password) are SecretStr: a repr, a dump for
+    a log or an error message shows neither."""
+    monkeypatch.setenv("OTF_TOKENS", '{"secret-a": "alice"}')
+    monkeypatch.setenv("OTF_DATABASE_URL", "postgresql://otf:pw-b@db/otf")
+    s = Settings()
+    for shown in (repr(s), str(s), str(s.model_dump(mode="json")), str(s.redacted())):
+        assert "secret-a" not in shown and "pw-b" not in shown
+    assert "alice" in repr(s)  # the owner is no secret
 
 
 def test_shipped_sample_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,7 +21,6 @@ from pydantic import ValidationError
 from astro_otf.config import Settings
 from astro_otf.domain.errors import InvalidToken, NotAuthenticated, ServiceBusy
 from astro_otf.domain.job import Operator, sees_every_owner
-from astro_otf.uws.auth import bearer_challenge
 from astro_otf.uws.oidc import FileKeys, OidcRules, OidcVerifier, UrlKeys
 from tests.oidc_provider import AUDIENCE, ISSUER, JwksServer, SigningKey, claims, jwks_document
 
@@ -369,8 +368,10 @@ def test_broken_jwks_file_stops_the_start(tmp_path: Path) -> None:
 
 
 def test_bearer_challenge() -> None:
-    assert bearer_challenge(NotAuthenticated("send a token")) == "Bearer"
-    challenge = bearer_challenge(InvalidToken('the token "x\\y" expired — get a new one'))
+    assert NotAuthenticated("send a token").headers == {"WWW-Authenticate": "Bearer"}
+    refused = InvalidToken('the token "x\\y" expired — get a new one')
+    challenge = refused.challenge
+    assert refused.headers == {"WWW-Authenticate": challenge}
     assert challenge.startswith('Bearer error="invalid_token", error_description="')
     description = challenge.split('error_description="', 1)[1]
     assert description.endswith('"')

@@ -163,19 +163,16 @@ def test_ledger_row_per_final_job_survives_deletion(tmp_path: Path) -> None:
     now = datetime.now(UTC)
     store.create(_job("a" * 16, "alice", Phase.QUEUED, now))
     assert usage.active_jobs("alice") == [("a" * 16, None)]
-    assert store.transition(
-        "a" * 16, [Phase.QUEUED], Phase.EXECUTING, start_time=now, run_token="t"
-    )
-    assert store.transition(
+    assert store.mark_executing("a" * 16, start_time=now, run_token="t")
+    assert store.mark_completed(
         "a" * 16,
-        [Phase.EXECUTING],
-        Phase.COMPLETED,
-        end_time=now + timedelta(seconds=2.5),
-        results=[JobResult("result", "r.txt", "text/plain", 234)],
+        [JobResult("result", "r.txt", "text/plain", 234)],
         info={"input": {"bytes": 1000}, "cpu_seconds": 1.25},
+        end_time=now + timedelta(seconds=2.5),
+        owner_token="t",
     )
     store.create(_job("b" * 16, "bob", Phase.PENDING, now))
-    assert store.transition("b" * 16, [Phase.PENDING], Phase.ABORTED, end_time=now)
+    assert store.mark_aborted("b" * 16, [Phase.PENDING], end_time=now)
     assert usage.active_jobs("alice") == []
     assert usage.stored_bytes() == {"alice": 1234, "bob": 1000}
     store.delete("a" * 16)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -48,7 +49,7 @@ def test_csrf_token_is_bound_to_session_and_secret(tmp_path: Path) -> None:
 
 
 def test_session_of_prefers_the_login_cookie(tmp_path: Path) -> None:
-    token_mode = Settings(data_dir=tmp_path, auth_mode="token", tokens={"t": "alice"})
+    token_mode = Settings(data_dir=tmp_path, auth_mode="token", tokens={SecretStr("t"): "alice"})
     anon = Settings(data_dir=tmp_path)
     cookies = {"otf_token": "t", "otf_csrf": "nonce"}
     assert session_of(cookies, token_mode) == "t"

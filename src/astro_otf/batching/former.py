@@ -44,6 +44,8 @@ class BatchKey:
 
 @dataclass(frozen=True)
 class QueuedJob:
+    """One QUEUED job as the former sees it: its batch key, owner, priority, age and size."""
+
     job_id: str
     key: BatchKey
     owner: str | None
@@ -57,6 +59,9 @@ class QueuedJob:
 
 @dataclass(frozen=True)
 class BatchRules:
+    """When a key's batch is closed without an idle worker: by job count, by tiles (the memory
+    budget of one forward) or by the oldest job's wait."""
+
     max_jobs: int = 32
     max_tiles: int = 256
     max_wait: float = 0.25  # seconds the oldest job may wait for company
@@ -68,17 +73,23 @@ class BatchRules:
 
 @dataclass(frozen=True)
 class Batch:
+    """The jobs chosen to run together in one forward pass, and what closed the batch."""
+
     key: BatchKey
     jobs: tuple[QueuedJob, ...]
     reason: str  # "jobs", "tiles", "wait", "idle" or "alone": what closed it
 
     @property
     def tiles(self) -> int:
+        """The tiles of all its jobs: what the forward pass must hold."""
         return sum(j.tiles for j in self.jobs)
 
 
 @dataclass
 class BatchFormer:
+    """Chooses the next batches from a snapshot of the queue (see the module's docstring); it
+    remembers only its round-robin position among keys."""
+
     rules: BatchRules = field(default_factory=BatchRules)
     _last_key: BatchKey | None = None  # round-robin position among keys
 

@@ -1,17 +1,26 @@
-"""Errors of the service. Each one a client can cause carries its HTTP status, so that the
-HTTP layer only renders it (the safir pattern); their messages name what is wrong."""
+"""Errors of the service. Each one a client can cause carries its HTTP status and the headers
+its answer needs (Retry-After, WWW-Authenticate), so that the HTTP layer only renders it (the
+safir pattern); their messages name what is wrong."""
 
 from __future__ import annotations
 
+from astro_otf.domain.job import ErrorType
+
 
 class OTFError(Exception):
-    """Base of the errors a client sees. ``status_code`` is the HTTP answer."""
+    """Base of the errors a client sees. ``status_code`` is the HTTP answer, ``headers``
+    what it carries besides the message."""
 
     status_code = 400
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The HTTP headers the answer carries (none, unless a subclass says what to do next)."""
+        return {}
 
 
 class ParameterError(OTFError):
@@ -44,6 +53,27 @@ class NotAuthenticated(OTFError):
     #: RFC 6750's error code for the challenge: none when no credentials were sent.
     error_code: str | None = None
 
+    @property
+    def challenge(self) -> str:
+        """The ``WWW-Authenticate`` value (RFC 6750 section 3): ``Bearer`` alone when no
+        token was sent, with the error code and the message as its description when one
+        was refused."""
+        if self.error_code is None:
+            return "Bearer"
+        # error_description may hold %x20-21 / %x23-5B / %x5D-7E only
+        text = "".join(
+            c if " " <= c <= "~" and c not in '"\\' else "'" if c == '"' else "?"
+            for c in self.message
+        )
+        if len(text) > 400:
+            text = text[:397] + "..."
+        return f'Bearer error="{self.error_code}", error_description="{text}"'
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Bearer challenge."""
+        return {"WWW-Authenticate": self.challenge}
+
 
 class InvalidToken(NotAuthenticated):
     """A bearer token was sent and is refused (unknown, expired, wrongly signed ...): the
@@ -64,6 +94,8 @@ class JobNotFound(OTFError):
 
 
 class NotFound(OTFError):
+    """A resource other than a job that is not there (a model, a result, a dataset ...)."""
+
     status_code = 404
 
 
@@ -74,14 +106,20 @@ class PhaseConflict(OTFError):
 
 
 class NotAcceptable(OTFError):
+    """None of the forms the client accepts (Accept) can be sent."""
+
     status_code = 406
 
 
 class UploadTooLarge(OTFError):
+    """A request body over the service's size limits."""
+
     status_code = 413
 
 
 class UnsupportedMediaType(OTFError):
+    """A request body of a type the resource does not read."""
+
     status_code = 415
 
 
@@ -94,6 +132,11 @@ class ServiceBusy(OTFError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """When to try again."""
+        return {"Retry-After": str(self.retry_after)}
 
 
 class QueueFull(ServiceBusy):
@@ -109,6 +152,11 @@ class QuotaExceeded(OTFError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = max(1, retry_after)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """When the request may succeed."""
+        return {"Retry-After": str(self.retry_after)}
 
 
 class StorageQuotaExceeded(OTFError):
@@ -128,7 +176,7 @@ class JobFailure(Exception):
     """Raised by an app when a job cannot be done: the message becomes the job's errorSummary,
     so it must tell a scientist what is wrong with the input and what to do about it."""
 
-    def __init__(self, message: str, error_type: str = "fatal") -> None:
+    def __init__(self, message: str, error_type: ErrorType = ErrorType.FATAL) -> None:
         super().__init__(message)
         self.message = message
         self.error_type = error_type

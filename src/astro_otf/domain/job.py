@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from astro_otf.domain.phases import Phase
@@ -61,6 +62,8 @@ def computation_key(inputs: Mapping[str, str], parameters: Mapping[str, str]) ->
 
 @dataclass(frozen=True)
 class JobParameter:
+    """One stored parameter of a job, by its canonical (lower-case) name."""
+
     name: str
     value: str
     is_file: bool = False  # an uploaded file: value is the file name in the job's inputs/
@@ -68,20 +71,42 @@ class JobParameter:
 
 @dataclass(frozen=True)
 class JobResult:
+    """One listed result of a job: a file in its ``results/`` folder."""
+
     result_id: str
     filename: str
     mime_type: str
     size: int
 
 
+class ErrorType(StrEnum):
+    """The type of a job's errorSummary, as UWS 1.1 names it: ``transient`` says the same job
+    may succeed if run again (its worker died, its results could not be stored); ``fatal``
+    says it will not (the input or the parameters are wrong)."""
+
+    FATAL = "fatal"
+    TRANSIENT = "transient"
+
+    @classmethod
+    def of(cls, text: str | None) -> ErrorType:
+        """The type a stored or raised string names. Anything but ``transient`` is fatal: a
+        job is said to be worth running again only when its error says so (and UWS knows no
+        third type)."""
+        return cls.TRANSIENT if text == cls.TRANSIENT.value else cls.FATAL
+
+
 @dataclass(frozen=True)
 class ErrorSummary:
-    error_type: str  # "fatal" or "transient", as UWS says
+    """Why a job ended in ERROR (or was stopped), as the scientist reads it."""
+
+    error_type: ErrorType
     message: str
 
 
 @dataclass
 class Job:
+    """A job as the store holds it: its UWS attributes, parameters, results and jobInfo."""
+
     job_id: str
     owner: str | None
     run_id: str | None

@@ -65,7 +65,7 @@ def text_problem(text: str, limit: int) -> str | None:
     return None
 
 
-def check_text(name: str, text: str, limit: int = MAX_TEXT_CHARS) -> None:
+def _check_text(name: str, text: str, limit: int = MAX_TEXT_CHARS) -> None:
     """Raise :class:`ParameterError` naming ``name`` unless ``text`` is printable and at
     most ``limit`` characters long."""
     problem = text_problem(text, limit)
@@ -76,7 +76,7 @@ def check_text(name: str, text: str, limit: int = MAX_TEXT_CHARS) -> None:
 def check_run_id(run_id: str) -> None:
     """RUNID, the client's label: printable (no tab or newline either), at most
     :data:`MAX_RUN_ID_CHARS` characters."""
-    check_text("runid", run_id, MAX_RUN_ID_CHARS)
+    _check_text("runid", run_id, MAX_RUN_ID_CHARS)
 
 
 def check_texts(raw: Mapping[str, str]) -> None:
@@ -89,7 +89,7 @@ def check_texts(raw: Mapping[str, str]) -> None:
                 shown,
                 f"is not a parameter name: names are at most {MAX_NAME_CHARS} printable characters",
             )
-        check_text(name, text.strip())
+        _check_text(name, text.strip())
 
 
 @dataclass(frozen=True)
@@ -216,10 +216,12 @@ class Extent:
 
     @property
     def is_pixels(self) -> bool:
+        """True when the size is a pixel count rather than an angle."""
         return self.unit == "pix"
 
     @property
     def arcsec(self) -> float:
+        """The angle in arcseconds (only for an angle: a pixel size raises KeyError)."""
         return self.value * ANGLE_UNITS[self.unit]
 
     def __str__(self) -> str:

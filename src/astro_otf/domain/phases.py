@@ -6,6 +6,8 @@ from enum import StrEnum
 
 
 class Phase(StrEnum):
+    """A UWS 1.1 execution phase; its value is the name UWS writes."""
+
     PENDING = "PENDING"
     QUEUED = "QUEUED"
     EXECUTING = "EXECUTING"
@@ -48,6 +50,7 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
 
 
 def can_move(src: Phase, dst: Phase) -> bool:
+    """Whether the phase machine allows a job in ``src`` to move to ``dst``."""
     return dst in TRANSITIONS.get(src, frozenset())
 
 

@@ -7,6 +7,8 @@ from typing import Protocol
 
 from astro_otf.execution.task import BatchTask, JobProgress, TaskOutcome
 
+__all__ = ["BatchInterrupted", "Executor", "JobCancelled", "NoCapableWorker", "WorkerDied"]
+
 
 class WorkerDied(Exception):
     """The process running a job ended without answering (killed, crashed, out of memory).
@@ -36,6 +38,10 @@ class JobCancelled(Exception):
 
 
 class Executor(Protocol):
+    """Where the scheduler's batches run (local worker processes, a Dask cluster): it
+    starts and stops the workers, runs one batch per call and says whether it can take one now.
+    ``name`` names it in the log and in ``/health/ready``."""
+
     name: str
     #: How many jobs may run at once.
     capacity: int
@@ -74,4 +80,7 @@ class Executor(Protocol):
         """Why the executor is not alive, in one line for the log and /health/ready."""
         ...
 
-    async def shutdown(self) -> None: ...
+    async def shutdown(self) -> None:
+        """Stop the workers and let go of the cluster, if any (in the event loop, at server
+        shutdown); no batch is run after."""
+        ...

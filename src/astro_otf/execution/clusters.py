@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = ["SlurmOptions", "SlurmUnavailable", "check_slurm", "slurm_cluster"]
+
 
 @dataclass(frozen=True)
 class SlurmOptions:
@@ -66,13 +68,14 @@ def check_slurm() -> None:
 def slurm_cluster(options: SlurmOptions) -> Any:
     """A started dask-jobqueue SLURMCluster, scaled to ``options.jobs`` Slurm jobs."""
     import dask
-    from dask_jobqueue import SLURMCluster
+    from dask_jobqueue.slurm import SLURMCluster  # where it is defined: not re-exported
 
     resources = [f"{k}={v:g}" for k, v in sorted(options.resources.items())]
     extra_args = ["--resources", ",".join(resources)] if resources else []
     directives = [f"--gres={options.gres}"] if options.gres else []
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        cluster = SLURMCluster(
+        # Any: dask-jobqueue's cluster methods (scale) are untyped
+        cluster: Any = SLURMCluster(
             queue=options.queue,
             account=options.account,
             cores=options.processes,

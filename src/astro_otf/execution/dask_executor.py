@@ -38,6 +38,8 @@ from astro_otf.execution.task import BatchTask, JobProgress, TaskOutcome
 from astro_otf.execution.worker import process_cpu, run_batch, thread_cpu
 from astro_otf.models.registry import RegistryConfig
 
+__all__ = ["DaskExecutor"]
+
 log = logging.getLogger(__name__)
 
 #: Seconds between checks of the connection and of the workers while not ready.
@@ -77,6 +79,10 @@ def run_batch_on_dask(task: BatchTask) -> list[TaskOutcome]:
 
 
 class DaskExecutor:
+    """Runs each batch as one task on the Dask scheduler at ``address``, asking for
+    ``resources`` (Dask worker resources, e.g. GPU=1); ``capacity`` batches at once. It
+    connects in the background and reconnects while the scheduler is unreachable."""
+
     name = "dask"
 
     def __init__(
@@ -102,17 +108,20 @@ class DaskExecutor:
     # -- connection ----------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start connecting to the scheduler in the background (in the event loop)."""
         self._watch = asyncio.create_task(self._keep_connected(), name="otf-dask-watch")
 
     async def _keep_connected(self) -> None:
         from distributed import Client
 
+        # distributed's Client is untyped: called through a typed name (it answers Any)
+        connect: Callable[..., Any] = Client
         reported: str | None = None
         while not self._closed:
             if self._client is None or self._client.status not in ("running", "connecting"):
                 await self._drop_client()
                 try:
-                    self._client = await Client(
+                    self._client = await connect(
                         self.address, asynchronous=True, timeout="5s", set_as_default=False
                     )
                     self._client.subscribe_topic(PROGRESS_TOPIC, self._on_progress)
@@ -185,6 +194,7 @@ class DaskExecutor:
         return self._problem
 
     def alive(self) -> bool:
+        """True while connected to a scheduler that has workers, and not shut down."""
         return not self._closed and self._problem is None
 
     # -- the executor contract ---------------------------------------------------------
@@ -260,6 +270,8 @@ class DaskExecutor:
             await self._client.cancel([future], force=True)
 
     async def shutdown(self) -> None:
+        """Stop reconnecting and close the client; the cluster itself, not ours, keeps
+        running."""
         self._closed = True
         if self._watch is not None:
             self._watch.cancel()

@@ -7,6 +7,8 @@ from astro_otf.config import Settings
 from astro_otf.execution.base import Executor
 from astro_otf.models.registry import RegistryConfig
 
+__all__ = ["make_executor"]
+
 
 def make_executor(settings: Settings, registry: RegistryConfig) -> Executor:
     """The executor ``settings.executor`` names: local worker processes or a Dask cluster."""

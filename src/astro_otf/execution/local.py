@@ -43,6 +43,8 @@ from astro_otf.execution.base import JobCancelled, WorkerDied
 from astro_otf.execution.task import BatchTask, JobProgress, TaskOutcome
 from astro_otf.models.registry import RegistryConfig
 
+__all__ = ["LocalExecutor"]
+
 log = logging.getLogger(__name__)
 
 
@@ -64,7 +66,7 @@ IDLE_EXIT_S = 0.3
 BATCH_DONE = "batch"
 
 
-def die_with_parent(parent_pid: int) -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """End this process when ``parent_pid`` (the server) dies: the kernel's parent-death
     signal on Linux, and a watcher thread everywhere (and as a second line on Linux)."""
     if sys.platform.startswith("linux"):
@@ -89,7 +91,7 @@ def die_with_parent(parent_pid: int) -> None:
 def worker_main(conn: Connection, registry: RegistryConfig, parent_pid: int | None = None) -> None:
     """A worker's life: warm up, then run one task at a time until told to stop."""
     if parent_pid is not None:
-        die_with_parent(parent_pid)
+        _die_with_parent(parent_pid)
     from astro_otf.execution.worker import run_batch, warm_up
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the server, which stops us
@@ -129,6 +131,9 @@ class _Worker:
 
 
 class LocalExecutor:
+    """``workers`` spawned worker processes on this machine, each running one batch
+    at a time and warming ``registry``'s models at start; one that dies is replaced."""
+
     name = "local"
 
     def __init__(self, workers: int, registry: RegistryConfig) -> None:
@@ -144,6 +149,7 @@ class LocalExecutor:
     # -- pool upkeep ---------------------------------------------------------------------
 
     def start(self) -> None:
+        """Spawn the worker processes (in the event loop, whose readers serve them)."""
         self._loop = asyncio.get_running_loop()
         self._freed = asyncio.Event()
         for _ in range(self.capacity):
@@ -293,9 +299,11 @@ class LocalExecutor:
         return next((w for w in self._workers if w.future is None and not w.retired), None)
 
     def alive(self) -> bool:
+        """True while not shut down and at least one worker process is alive."""
         return not self._closed and sum(w.process.is_alive() for w in self._workers) > 0
 
     def problem(self) -> str | None:
+        """Why the executor is not alive (shut down, no worker alive), or None."""
         if self._closed:
             return "the executor is shut down"
         return None if self.alive() else "no worker process is alive"

@@ -5,11 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from astro_otf.domain.job import ErrorType
 from astro_otf.models.registry import RegistryConfig
+
+__all__ = ["BatchTask", "JobProgress", "JobTask", "ProducedResult", "TaskOutcome"]
 
 
 @dataclass(frozen=True)
 class JobTask:
+    """One job of a batch, as its worker needs it: where its input and folder are, and its
+    validated parameters."""
+
     job_id: str
     model_id: str
     parameters: dict[str, str]  # stored (validated) strings, canonical names
@@ -40,6 +46,8 @@ class BatchTask:
 
 @dataclass(frozen=True)
 class ProducedResult:
+    """One result file a worker wrote for a job (in its run's staging folder)."""
+
     result_id: str
     filename: str
     mime_type: str
@@ -48,12 +56,15 @@ class ProducedResult:
 
 @dataclass
 class TaskOutcome:
+    """How one job of a batch ended in its worker: its results and jobInfo, or, when not
+    ``ok``, the error the scientist reads and whether running it again may help."""
+
     job_id: str
     ok: bool
     results: list[ProducedResult] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     error_message: str | None = None
-    error_type: str = "fatal"
+    error_type: ErrorType = ErrorType.FATAL
 
 
 @dataclass(frozen=True)

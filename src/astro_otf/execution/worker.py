@@ -46,11 +46,14 @@ from pathlib import Path
 from typing import Any
 
 from astro_otf.domain.errors import JobFailure, OTFError
+from astro_otf.domain.job import ErrorType
 from astro_otf.domain.parameters import roi_from, validate
 from astro_otf.execution.task import BatchTask, JobProgress, JobTask, ProducedResult, TaskOutcome
 from astro_otf.models.base import App, AppOutput, AppRequest, BatchableApp, ResultFile
 from astro_otf.models.registry import Registry, RegistryConfig, build_registry
 from astro_otf.results.products import JobContext, write_products
+
+__all__ = ["CpuMeter", "ProgressSender", "process_cpu", "run_batch", "thread_cpu", "warm_up"]
 
 _registries: dict[RegistryConfig, Registry] = {}
 
@@ -88,6 +91,7 @@ class ProgressSender:
     def __call__(
         self, job_id: str, stage: str, tiles_done: int | None = None, tiles_total: int | None = None
     ) -> None:
+        """What an app calls to report a job's progress: :meth:`send`, its answer dropped."""
         self.send(job_id, stage, tiles_done, tiles_total)
 
     def send(
@@ -151,6 +155,7 @@ class CpuMeter:
             self.used[job_id] += spent * self.weights[job_id] / total
 
     def seconds(self, job_id: str) -> float:
+        """The CPU seconds charged to ``job_id`` so far (to 0.1 ms)."""
         return round(self.used[job_id], 4)
 
 
@@ -373,7 +378,7 @@ def _failure(job: _Job, exc: BaseException, batch: BatchTask) -> TaskOutcome:
     info = {"worker": _where(), "batch_id": batch.batch_id, "batch_jobs": len(batch.tasks)}
     if isinstance(exc, JobFailure | OTFError):
         job.log.error("job %s failed: %s", job.task.job_id, exc.message)
-        kind = exc.error_type if isinstance(exc, JobFailure) else "fatal"
+        kind = exc.error_type if isinstance(exc, JobFailure) else ErrorType.FATAL
         return TaskOutcome(
             job.task.job_id, False, info=info, error_message=exc.message, error_type=kind
         )

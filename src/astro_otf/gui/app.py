@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,9 @@ from astro_otf.gui.image import (
 from astro_otf.gui.platform import platform_problem
 from astro_otf.gui.samp import SAMPSender, SAMPSendError, catalogue_name
 from astro_otf.gui.worker import JobWorker, describe_error
+
+#: matplotlib's Qt canvas class, called through a typed name (its Qt backend is untyped).
+_new_canvas: Callable[[Figure], FigureCanvasQTAgg] = FigureCanvasQTAgg
 
 #: Parameters the window sets itself (file, model, ROI) and so leaves out of the form.
 SKIPPED_PARAMETERS = frozenset({"image", "model", "ra", "dec", "width", "height", "precision"})
@@ -247,7 +250,7 @@ class MainWindow(QMainWindow):
 
     def _build_ui(self) -> None:
         self.figure = Figure(figsize=(7, 6), layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas = _new_canvas(self.figure)
         self.canvas.mpl_connect("button_press_event", self._on_click)
 
         self.stretch_combo = QComboBox()
@@ -340,6 +343,11 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(splitter)
         self.statusBar().showMessage(f"Service: {self.client.url}")
 
+    def _redraw(self) -> None:
+        """Redraw the figure when Qt next paints. Through ``self.figure.canvas``, which is
+        ``self.canvas`` typed by matplotlib's stubs (its Qt backend is untyped)."""
+        self.figure.canvas.draw_idle()
+
     def _build_menu(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
         self.open_action = QAction("&Open FITS…", self)
@@ -376,6 +384,7 @@ class MainWindow(QMainWindow):
         self.errorShown.emit(message)
 
     def show_info(self, message: str) -> None:
+        """Show a passing note in the status bar, clearing the last error message."""
         self.message_label.setText("")
         self.statusBar().showMessage(message)
 
@@ -419,6 +428,8 @@ class MainWindow(QMainWindow):
         self.form_layout.addWidget(self.form)
 
     def select_model(self, model_id: str) -> None:
+        """Choose the model ``model_id`` (its form replaces the current one); KeyError when
+        the service has no such model."""
         index = self.model_combo.findText(model_id)
         if index < 0:
             raise KeyError(model_id)
@@ -495,7 +506,7 @@ class MainWindow(QMainWindow):
             interactive=True,
             props={"edgecolor": "cyan", "fill": False, "linewidth": 1.5},
         )
-        self.canvas.draw_idle()
+        self._redraw()
 
     @Slot()
     def update_stretch(self) -> None:
@@ -503,7 +514,7 @@ class MainWindow(QMainWindow):
         if self.image is None or self.image_artist is None:
             return
         self.image_artist.set_norm(self._norm())
-        self.canvas.draw_idle()
+        self._redraw()
 
     # ------------------------------------------------------------------ ROI
 
@@ -538,7 +549,7 @@ class MainWindow(QMainWindow):
             self.selector.extents = (x0, x1, y0, y1)
             self.selector.set_visible(True)
         self._set_roi(x0, y0, x1, y1)
-        self.canvas.draw_idle()
+        self._redraw()
 
     @Slot()
     def clear_roi(self) -> None:
@@ -547,9 +558,10 @@ class MainWindow(QMainWindow):
         if self.selector is not None:
             self.selector.clear()
         self.roi_label.setText("ROI: whole image")
-        self.canvas.draw_idle()
+        self._redraw()
 
     def roi_pixels(self) -> tuple[float, float, float, float] | None:
+        """The ROI as drawn, in image pixels (x0, y0, x1, y1); None for the whole image."""
         return self._roi
 
     def roi_parameters(self) -> dict[str, str]:
@@ -562,6 +574,7 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ jobs
 
     def is_busy(self) -> bool:
+        """True while a submission runs in its background thread."""
         return self._thread is not None
 
     @Slot()
@@ -779,13 +792,14 @@ class MainWindow(QMainWindow):
             markeredgewidth=2.5,
             linestyle="none",
         )
-        self.canvas.draw_idle()
+        self._redraw()
 
     def select_source(self, row: int) -> None:
         """Select catalogue row ``row`` in the table (and so highlight it)."""
         self.table.selectRow(row)
 
     def selected_source(self) -> int | None:
+        """The selected catalogue row (0-based), or None."""
         rows = self.table.selectionModel().selectedRows()
         return rows[0].row() if rows else None
 
@@ -801,7 +815,7 @@ class MainWindow(QMainWindow):
             x, y = xy[row]
             self.highlight_artist.set_data([x], [y])
             self.statusBar().showMessage(f"Source row {row + 1}: x={x:.2f}, y={y:.2f}")
-        self.canvas.draw_idle()
+        self._redraw()
 
     def _on_click(self, event: Event) -> None:
         """A right-click on the image selects the nearest source within reach."""
@@ -896,6 +910,8 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ lifecycle
 
     def closeEvent(self, event: Any) -> None:
+        """Qt's close handler: stop a running submission's thread (waiting up to 2 s) and
+        leave the SAMP hub before the window closes."""
         if self._thread is not None:
             self._thread.quit()
             self._thread.wait(2000)

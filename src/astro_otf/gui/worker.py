@@ -118,6 +118,8 @@ class JobWorker(QObject):
 
     @Slot()
     def run(self) -> None:
+        """The whole submission, in the worker's thread: submit, poll until the job ends (or
+        ``timeout`` seconds pass), fetch the catalogue; it reports only through the signals."""
         job_id = ""
         try:
             job_id = self._submit()

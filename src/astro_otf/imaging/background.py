@@ -55,6 +55,7 @@ class NoiseMap:
 
     @property
     def global_bg(self) -> float:
+        """The median of the mesh's background: one number for the image (image units)."""
         return float(np.median(self.bg))
 
     def _weights(self, coords: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -224,4 +225,5 @@ def _median3(mesh: np.ndarray) -> np.ndarray:
             for dx in (0, 1, 2)
         ]
     )
-    return np.nanmedian(stack, axis=0).astype(np.float32)
+    median: np.ndarray = np.nanmedian(stack, axis=0).astype(np.float32)
+    return median

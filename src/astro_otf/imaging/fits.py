@@ -82,6 +82,7 @@ class SkyImage:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """The plane's (rows, columns): (ny, nx) in pixels."""
         ny, nx = self.data.shape
         return int(ny), int(nx)
 
@@ -120,16 +121,19 @@ class SkyImage:
 
     @property
     def bmaj_deg(self) -> float | None:
+        """The beam's major axis (FWHM) in degrees, or None without a beam."""
         beam = self.beam
         return beam.major_deg if beam else None
 
     @property
     def bmin_deg(self) -> float | None:
+        """The beam's minor axis (FWHM) in degrees, or None without a beam."""
         beam = self.beam
         return beam.minor_deg if beam else None
 
     @property
     def bpa_deg(self) -> float | None:
+        """The beam's position angle in degrees (BPA, 0 when absent), or None without a beam."""
         beam = self.beam
         return beam.pa_deg if beam else None
 
@@ -205,10 +209,12 @@ class DeclaredImage:
 
     @property
     def pixels(self) -> int:
+        """The pixel count the header declares (all axes, planes included)."""
         return math.prod(self.axes)
 
     @property
     def shape_text(self) -> str:
+        """The axis lengths for a message, in FITS order: ``4096 x 4096 x 1``."""
         return " x ".join(str(n) for n in self.axes)
 
 
@@ -632,10 +638,12 @@ class Region:
 
     @property
     def width(self) -> int:
+        """The searched box's width in pixels (after clipping at the image edge)."""
         return self.box[2] - self.box[0]
 
     @property
     def height(self) -> int:
+        """The searched box's height in pixels (after clipping at the image edge)."""
         return self.box[3] - self.box[1]
 
     @property

@@ -240,9 +240,10 @@ def _gaussians(p: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
     """Values (N, P) of single Gaussians p (N, 6) on grids (N, P)."""
     dx = gx - p[:, 1:2]
     dy = gy - p[:, 2:3]
-    return p[:, 0:1] * np.exp(
+    values: np.ndarray = p[:, 0:1] * np.exp(
         -0.5 * (p[:, 3:4] * dx * dx + 2 * p[:, 4:5] * dx * dy + p[:, 5:6] * dy * dy)
     )
+    return values
 
 
 def fit_gaussians(
@@ -462,7 +463,8 @@ def _valid_pixels(image: np.ndarray, x: np.ndarray, y: np.ndarray, half: int) ->
     ix, iy = np.broadcast_arrays(ix, iy)
     inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
     values = np.asarray(image[np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)])
-    return (inside & np.isfinite(values)).sum(axis=(1, 2))
+    counts: np.ndarray = (inside & np.isfinite(values)).sum(axis=(1, 2))
+    return counts
 
 
 def _inverse_cov(p: np.ndarray) -> np.ndarray:
@@ -511,7 +513,7 @@ def condon_errors(
     with np.errstate(divide="ignore", invalid="ignore"):
 
         def rho2(a_maj: float, a_min: float) -> np.ndarray:
-            return (
+            rho: np.ndarray = (
                 maj
                 * mn
                 / (4 * noise_fwhm**2)
@@ -519,6 +521,7 @@ def condon_errors(
                 * (1 + (noise_fwhm / mn) ** 2) ** a_min
                 * snr2
             )
+            return rho
 
         r_amp = rho2(1.5, 1.5)
         r_maj = rho2(2.5, 0.5)

@@ -61,7 +61,7 @@ def describe_header(header: fits.Header) -> dict[str, Any]:
         "object": _text(header, "OBJECT"),
         "telescope": _text(header, "TELESCOP"),
         "frequency_hz": frequency_hz(header),
-        "shape": celestial_shape(header),
+        "shape": _celestial_shape(header),
     }
 
 
@@ -108,7 +108,7 @@ def frequency_hz(header: fits.Header) -> float | None:
     return None
 
 
-def celestial_shape(header: fits.Header) -> list[int]:
+def _celestial_shape(header: fits.Header) -> list[int]:
     """``[ny, nx]``: the lengths of the two celestial axes (x the lower-numbered one), found
     from their CTYPEs (RA/DEC, GLON/GLAT, ELON/ELAT, ...); the first two axes when the
     header names none. A missing length is 1."""
@@ -197,8 +197,8 @@ _SEPARATORS = re.compile(r"[/\\]")
 
 
 def sanitise_filename(name: str) -> str:
-    """The base name of a client's file name, fit to keep and show: no folders (``/`` or
-    ``\\``), no control characters, no leading dots or spaces, at most
+    r"""The base name of a client's file name, fit to keep and show: no folders (``/`` or
+    ``\``), no control characters, no leading dots or spaces, at most
     :data:`MAX_FILENAME` characters (the extension kept); ``image.fits`` when nothing is
     left."""
     base = _SEPARATORS.split(name or "")[-1]

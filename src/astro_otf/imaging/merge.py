@@ -156,7 +156,8 @@ def _one_peak(
     wing = value[a] * np.exp(-0.5 * r2)
     no_excess = value[b] - wing < excess_sigma * sigma
     close = np.hypot(dx, dy) < near * beam
-    return no_saddle & (close | no_excess)
+    same: np.ndarray = no_saddle & (close | no_excess)
+    return same
 
 
 def close_pairs(x: np.ndarray, y: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray]:

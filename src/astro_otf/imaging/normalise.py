@@ -165,6 +165,7 @@ class NormStep:
 
     @property
     def label(self) -> str:
+        """How error messages name the step: its place in the chain and its op."""
         return f"normalisation step {self.index} ({self.op})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -359,6 +360,7 @@ class Chain:
 
     @property
     def is_data_dependent(self) -> bool:
+        """Whether any step has a value to compute from the image (see :meth:`fit`)."""
         return any(step.is_data_dependent for step in self.steps)
 
     def fit(
@@ -401,6 +403,7 @@ class Chain:
         return self.fit(array).apply(array, (0, 0))
 
     def to_dicts(self) -> list[dict[str, Any]]:
+        """The steps as specified, as manifest tables (the inverse of ``parse_chain``)."""
         return [step.to_dict() for step in self.steps]
 
 

@@ -27,4 +27,5 @@ def block_mean(data: np.ndarray, factor: int) -> np.ndarray:
     blocks = padded.reshape(by, factor, bx, factor)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
-        return np.nanmean(blocks, axis=(1, 3)).astype(np.float32)
+        means: np.ndarray = np.nanmean(blocks, axis=(1, 3)).astype(np.float32)
+    return means

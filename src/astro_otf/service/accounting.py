@@ -18,6 +18,8 @@ from astro_otf.service.quotas import Quotas
 from astro_otf.service.threads import in_thread
 from astro_otf.store.usage import OwnerUsage, UsageStore
 
+__all__ = ["EVERY_OWNER", "Accounting"]
+
 #: The period ``GET /accounting`` covers when SINCE is not given: this many days to UNTIL.
 DEFAULT_DAYS = 30
 
@@ -30,6 +32,9 @@ def _iso(when: datetime) -> str:
 
 
 class Accounting:
+    """Answers ``GET /accounting``: the ledger's figures for a period per owner, with
+    what each holds now and its quota standing (see the module's docstring)."""
+
     def __init__(self, usage: UsageStore, quotas: Quotas) -> None:
         self.usage = usage
         self.quotas = quotas

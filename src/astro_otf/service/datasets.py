@@ -28,6 +28,8 @@ from astro_otf.domain.errors import NotFound, ParameterError
 from astro_otf.imaging.fits import UploadRefused, declared_image, stream_compression
 from astro_otf.imaging.identity import _image_header, describe_header
 
+__all__ = ["DATASET_PREFIX", "Dataset", "DatasetFile", "Datasets", "glob_regex", "incomplete"]
+
 log = logging.getLogger(__name__)
 
 #: What a folder dataset offers: its files with these endings, in every subfolder.
@@ -75,7 +77,7 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
-def split_glob(path: str) -> tuple[Path, str | None]:
+def _split_glob(path: str) -> tuple[Path, str | None]:
     """The folder a configured path names and the glob under it (None: a plain folder)."""
     if not glob.has_magic(path):
         return Path(path).expanduser(), None
@@ -98,7 +100,9 @@ class Dataset:
 
     @classmethod
     def from_config(cls, config: DatasetConfig) -> Dataset:
-        folder, pattern = split_glob(config.path)
+        """The dataset an operator declared: its path split into the folder (resolved,
+        links followed) and the glob under it."""
+        folder, pattern = _split_glob(config.path)
         return cls(
             config.name,
             Path(os.path.realpath(folder)),
@@ -108,11 +112,15 @@ class Dataset:
         )
 
     def matches(self, relative: str) -> bool:
+        """Whether a path relative to ``root`` (``/``-separated) is one of the dataset's
+        files by name: it fits the glob, or is a FITS file when there is none."""
         if self.pattern is None:
             return relative.lower().endswith(FITS_SUFFIXES)
         return _regex(self.pattern).fullmatch(relative) is not None
 
     def inside(self, real: str) -> bool:
+        """Whether a resolved path (links followed) lies under ``root``: a link must not
+        lead a job out of the dataset."""
         root = str(self.root)
         return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
@@ -152,6 +160,7 @@ class DatasetFile:
 
     @property
     def ref(self) -> str:
+        """The reference a job gives as IMAGE: ``dataset:<name>/<relative path>``."""
         return f"{DATASET_PREFIX}{self.dataset.name}/{self.relative}"
 
 
@@ -240,6 +249,7 @@ class Datasets:
                 log.warning("dataset %s: folder %s does not exist (yet)", d.name, d.root)
 
     def get(self, name: str) -> Dataset:
+        """The dataset called ``name``; NotFound (listing the known ones) otherwise."""
         found = self.by_name.get(name)
         if found is None:
             raise NotFound(f"no dataset named {name[:64]!r}; datasets: {self._known()}")

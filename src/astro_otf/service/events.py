@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+__all__ = ["JobEvents"]
+
 
 class JobEvents:
     """One asyncio.Event per watched job, replaced after each notification.
@@ -21,6 +23,8 @@ class JobEvents:
         self.listeners: list[Callable[[str], None]] = []
 
     def watch(self, job_id: str) -> asyncio.Event:
+        """The event set at the job's next change (shared by everyone watching it); see the
+        class's docstring for when to call it."""
         event = self._events.get(job_id)
         if event is None:
             event = self._events[job_id] = asyncio.Event()
@@ -40,4 +44,5 @@ class JobEvents:
 
     @property
     def watched(self) -> int:
+        """How many jobs have a watch now (each is dropped when its job next changes)."""
         return len(self._events)

@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = ["FeedEvent", "JobFeed"]
+
 #: Events kept for clients that reconnect (a few minutes of a busy service).
 KEEP_EVENTS = 4096
 #: The most subscribers at once (each holds a connection); more are refused with 503.
@@ -28,6 +30,9 @@ MAX_SUBSCRIBERS = 256
 
 @dataclass(frozen=True)
 class FeedEvent:
+    """One change of a job as the feed sends it: ``number`` orders the feed, ``owner``
+    decides who may see it, ``data`` is the event's JSON body."""
+
     number: int
     kind: str  # "phase", "progress", "deleted"; "reset" is made for one subscriber only
     job_id: str
@@ -47,9 +52,12 @@ class JobFeed:
         self.subscribers = 0
 
     def event_id(self, event: FeedEvent) -> str:
+        """The SSE id of ``event``, which a client gives back as ``Last-Event-ID``."""
         return f"{self.boot}-{event.number}"
 
     def publish(self, kind: str, job_id: str, owner: str | None, data: dict[str, Any]) -> None:
+        """Append an event (``phase``, ``progress`` or ``deleted``) of ``job_id`` to the ring
+        and wake every subscriber."""
         self._events.append(FeedEvent(self._next, kind, job_id, owner, data))
         self._next += 1
         changed, self._changed = self._changed, asyncio.Event()

@@ -30,15 +30,18 @@ from typing import TYPE_CHECKING, Any
 from watchfiles import awatch
 
 from astro_otf.domain.errors import JobNotFound, ParameterError, PhaseConflict
-from astro_otf.domain.job import Job, computation_key
+from astro_otf.domain.job import ErrorSummary, ErrorType, Job, computation_key
 from astro_otf.domain.phases import Phase
 from astro_otf.imaging.identity import sanitise_filename
 from astro_otf.service.datasets import DATASET_PREFIX, DatasetFile, Datasets, incomplete
-from astro_otf.service.scheduler import utcnow
+from astro_otf.service.lifecycle import utcnow
 from astro_otf.service.threads import in_thread
+from astro_otf.store.repository import Arrival
 
 if TYPE_CHECKING:
     from astro_otf.service.jobs import JobService
+
+__all__ = ["Holds", "is_held_ref", "parse_hold"]
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +200,10 @@ class Holds:
             return
         held = {**held, "until": _iso(destruction), "deadline": "DESTRUCTION"}
         moved = await in_thread(
-            self.service.store.update_fields,
+            self.service.store.set_hold_until,
             job.job_id,
-            [Phase.HELD],
+            destruction,
             info={**job.info, "held": held},
-            hold_until=destruction,
         )
         if moved:
             self.service.events.notify(job.job_id)
@@ -228,13 +230,7 @@ class Holds:
         if until is not None and until <= utcnow():
             await self._expire(job.job_id, Phase.PENDING)
             return
-        moved = await in_thread(
-            self.service.store.transition,
-            job.job_id,
-            [Phase.PENDING],
-            Phase.HELD,
-            hold_until=until,
-        )
+        moved = await in_thread(self.service.store.mark_held, job.job_id, until=until)
         if moved:
             await in_thread(
                 self.service._journal, job.job_id, f"RUN: HELD, waiting for {held.get('ref')}"
@@ -328,38 +324,32 @@ class Holds:
                 "cache_key": computation_key({"image": identity["sha256"]}, values),
             }
         )
-        columns: dict[str, Any] = {
-            "info": info,
-            "image_name": ready.image_name,
-            "cache_key": ready.cache_key,
-            "hold_until": None,
-        }
+        arrival = Arrival(ready.image_name, ready.cache_key)
         reusable = await service._reusable(ready)
         now = utcnow()
         if reusable is not None:
             found, reused_info = reusable
             moved = await in_thread(
-                service.store.transition,
+                service.store.mark_reused,
                 job.job_id,
                 [phase],
-                Phase.COMPLETED,
-                results=list(found.results),
-                start_time=now,
-                end_time=now,
-                **{**columns, "info": reused_info},
+                list(found.results),
+                info=reused_info,
+                at=now,
+                arrival=arrival,
             )
             if not moved:
                 await in_thread(service.folders.clear_results, job.job_id)
         else:
             async with service._queue_lock:  # taken before: the queue's room is not checked
                 moved = await in_thread(
-                    service.store.transition,
+                    service.store.mark_queued,
                     job.job_id,
                     [phase],
-                    Phase.QUEUED,
                     queue_time=now,
                     quote=service.scheduler.estimate_end(ready),
-                    **columns,
+                    info=info,
+                    arrival=arrival,
                 )
         if not moved:
             return False
@@ -398,14 +388,11 @@ class Holds:
             return
         message = self._expiry_message(job)
         moved = await in_thread(
-            service.store.transition,
+            service.store.mark_failed,
             job_id,
             [phase],
-            Phase.ERROR,
+            ErrorSummary(ErrorType.FATAL, message),
             end_time=utcnow(),
-            error_type="fatal",
-            error_message=message,
-            hold_until=None,
         )
         self.forget(job_id)
         if moved:
@@ -452,6 +439,7 @@ class Holds:
             await self.watch(job_id)
 
     async def stop(self) -> None:
+        """Stop watching for data (every folder watcher and pending check ends)."""
         self.active = False
         me = asyncio.current_task()
         tasks = [t for t, _ in self._watchers.values()] + [t for t in self._tasks if t is not me]
@@ -472,10 +460,12 @@ class Holds:
 
     @property
     def waiting(self) -> int:
+        """How many HELD jobs this server watches for."""
         return len(self._waits)
 
     @property
     def watched_folders(self) -> list[Path]:
+        """The folders watched now, in order."""
         return sorted(self._watchers)
 
     def watch_soon(self, job_id: str) -> None:
@@ -519,6 +509,8 @@ class Holds:
             await self._try_dataset(job, Phase.HELD)
 
     def forget(self, job_id: str) -> None:
+        """Stop watching for the job's data (it left HELD); a folder no other job waits in
+        is no longer watched."""
         wait = self._waits.pop(job_id, None)
         if wait is None or wait.root is None:
             return

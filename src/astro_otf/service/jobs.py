@@ -52,7 +52,8 @@ from astro_otf.service.datasets import Datasets
 from astro_otf.service.events import JobEvents
 from astro_otf.service.feed import JobFeed
 from astro_otf.service.held import Holds, is_held_ref
-from astro_otf.service.scheduler import Scheduler, utcnow
+from astro_otf.service.lifecycle import utcnow
+from astro_otf.service.scheduler import Scheduler
 from astro_otf.service.threads import in_thread
 from astro_otf.service.webhooks import WebhookSender, check_webhook
 from astro_otf.store.files import JobFolders
@@ -61,6 +62,8 @@ from astro_otf.store.repository import JobStore
 if TYPE_CHECKING:
     from astro_otf.service.quotas import Quotas
     from astro_otf.service.uploads import UploadService
+
+__all__ = ["MAX_LIST_LAST", "UPLOAD_NAMES", "HashingWriter", "JobService"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,7 @@ REAPER_HORIZON = timedelta(hours=1)
 
 
 def file_sha256(path: Path) -> str:
+    """The file's sha256 in hex, read in 1 MiB pieces."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
@@ -96,10 +100,12 @@ class HashingWriter:
         self.digest = hashlib.sha256()
 
     def write(self, data: bytes) -> int:
+        """Write ``data`` to the file, hashing it on the way."""
         self.digest.update(data)
         return self.raw.write(data)
 
     def close(self) -> None:
+        """Close the file (the digest stays readable)."""
         self.raw.close()
 
     def __getattr__(self, name: str) -> Any:
@@ -135,6 +141,9 @@ def _read_log(path: Path, tail: int | None) -> str:
 
 
 class JobService:
+    """What the HTTP layer asks of jobs: create, read, run, abort, delete and change them,
+    each decision made here (see the module's docstring)."""
+
     def __init__(
         self,
         settings: Settings,
@@ -184,6 +193,7 @@ class JobService:
 
     @staticmethod
     def new_job_id() -> str:
+        """A fresh job id, for a job whose upload streams in before it is created."""
         return new_job_id()
 
     def prepare(self, job_id: str) -> None:
@@ -220,6 +230,7 @@ class JobService:
             os.replace(staged_identity, self.folders.input_file(job_id, IDENTITY_FILE))
 
     def drop_staged_upload(self, job_id: str) -> None:
+        """Remove an upload staged for the job (and its recorded identity), if any."""
         self._staged(job_id).unlink(missing_ok=True)
         self._staged_identity(job_id).unlink(missing_ok=True)
 
@@ -655,6 +666,8 @@ class JobService:
         image_names: Collection[str] = (),
         details: bool = False,
     ) -> list[JobSummary]:
+        """The jobs ``owner`` may see, newest first, filtered as UWS's job list allows;
+        ``last`` outside 1..MAX_LIST_LAST is refused."""
         if last is not None and not 1 <= last <= MAX_LIST_LAST:
             raise ParameterError(
                 "last", f"{last} is out of range: give a number of jobs from 1 to {MAX_LIST_LAST}"
@@ -717,6 +730,8 @@ class JobService:
                 return job
 
     def result_file(self, job: Job, result_id: str) -> tuple[Path, str]:
+        """The file and media type of the job's result ``result_id`` (NotFound if it lists
+        none such)."""
         for r in job.results:
             if r.result_id == result_id:
                 return self.folders.result_file(job.job_id, r.filename), r.mime_type
@@ -773,6 +788,7 @@ class JobService:
             raise NotAcceptable(str(exc)) from None
 
     def parameter_file(self, job: Job, name: str) -> Path:
+        """The uploaded file of the job's file parameter ``name`` (NotFound if it has none)."""
         for p in job.parameters:
             if p.name == name.lower() and p.is_file:
                 return self.folders.input_file(job.job_id, p.value)
@@ -794,6 +810,8 @@ class JobService:
             )
 
     async def run(self, job_id: str, owner: str | None) -> None:
+        """PHASE=RUN: a PENDING job is queued (or HELD while its data is not there, or
+        COMPLETED at once with reused results); a job already on its way is left alone."""
         job = await self.get(job_id, owner)
         if job.phase in (Phase.QUEUED, Phase.EXECUTING, Phase.HELD):
             return  # already on its way: RUN is idempotent
@@ -813,10 +831,9 @@ class JobService:
             await self._check_queue_room()
             await self._check_active(job.owner)
             moved = await in_thread(
-                self.store.transition,
+                self.store.mark_queued,
                 job_id,
                 [Phase.PENDING],
-                Phase.QUEUED,
                 queue_time=utcnow(),
                 quote=self.scheduler.estimate_end(job),
             )
@@ -834,14 +851,12 @@ class JobService:
         found, info = reusable
         now = utcnow()
         moved = await in_thread(
-            self.store.transition,
+            self.store.mark_reused,
             job.job_id,
             [Phase.PENDING],
-            Phase.COMPLETED,
-            results=list(found.results),
-            start_time=now,
-            end_time=now,
+            list(found.results),
             info=info,
+            at=now,
         )
         if not moved:
             await in_thread(self.folders.clear_results, job.job_id)
@@ -851,13 +866,15 @@ class JobService:
         return True
 
     async def abort(self, job_id: str, owner: str | None) -> None:
+        """PHASE=ABORT: an active job is ABORTED and its run stopped; a finished one is a
+        PhaseConflict (an ABORTED one is left as it is)."""
         job = await self.get(job_id, owner)
         if job.phase == Phase.ABORTED:
             return
         if job.phase in FINAL_PHASES:
             raise PhaseConflict(f"job {job_id} is already {job.phase.value}; it cannot be aborted")
         moved = await in_thread(
-            self.store.transition, job_id, list(ACTIVE_PHASES), Phase.ABORTED, end_time=utcnow()
+            self.store.mark_aborted, job_id, list(ACTIVE_PHASES), end_time=utcnow()
         )
         if moved:
             await self.scheduler.cancel(job_id)
@@ -872,17 +889,14 @@ class JobService:
                 )
 
     async def delete(self, job_id: str, owner: str | None) -> None:
+        """DELETE: the job is stopped if it runs, then its rows and folder are removed."""
         job = await self.get(job_id, owner)
         await self._destroy(job)
 
     async def _destroy(self, job: Job) -> None:
         if job.phase in ACTIVE_PHASES:
             await in_thread(
-                self.store.transition,
-                job.job_id,
-                list(ACTIVE_PHASES),
-                Phase.ABORTED,
-                end_time=utcnow(),
+                self.store.mark_aborted, job.job_id, list(ACTIVE_PHASES), end_time=utcnow()
             )
             await self.scheduler.cancel(job.job_id)
         await in_thread(self.store.delete, job.job_id)
@@ -922,9 +936,7 @@ class JobService:
             raise ParameterError("executionduration", f"{seconds} is negative")
         cap = self.settings.max_execution_duration
         value = cap if seconds == 0 else min(seconds, cap)
-        if not await in_thread(
-            self.store.update_fields, job_id, [Phase.PENDING], execution_duration=value
-        ):
+        if not await in_thread(self.store.set_execution_duration, job_id, value):
             raise PhaseConflict(f"job {job_id} left PENDING; EXECUTIONDURATION was not changed")
 
     async def set_destruction(self, job_id: str, owner: str | None, when: datetime) -> None:
@@ -933,7 +945,7 @@ class JobService:
         now = utcnow()
         latest = now + timedelta(days=self.settings.max_destruction_days)
         value = min(max(when, now), latest)
-        await in_thread(self.store.update_fields, job_id, list(Phase), destruction_time=value)
+        await in_thread(self.store.set_destruction, job_id, value)
         if job.phase == Phase.HELD:  # its wait ends no later than the job
             await self.holds.cap(job, value)
         self._destruction_changed()

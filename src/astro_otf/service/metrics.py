@@ -16,6 +16,8 @@ from astro_otf.domain.phases import Phase
 from astro_otf.store.repository import JobStore
 from astro_otf.store.usage import UsageStore
 
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 _COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -98,6 +100,10 @@ class _OwnerCollector(Collector):
 
 
 class Metrics:
+    """The service's Prometheus metrics for ``GET /metrics``: histograms and counters the
+    scheduler feeds as batches start and jobs end, and collectors that read the queue and each
+    owner's usage from the store at each scrape."""
+
     def __init__(self, store: JobStore) -> None:
         self.registry = CollectorRegistry()
         self.queue_wait = Histogram(

@@ -26,6 +26,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+__all__ = [
+    "STAGES",
+    "TRUST_FRACTION",
+    "LiveBatch",
+    "LiveJob",
+    "RateModel",
+    "WriteThrottle",
+    "isotime",
+    "job_fraction",
+    "queue_etas",
+    "remaining_seconds",
+]
+
 #: The stages of a run, in order, and the share of the job's 0..1 each takes (measured on
 #: the shipped detectors: the forward passes are most of a job).
 STAGES: dict[str, tuple[float, float]] = {
@@ -181,6 +194,7 @@ class LiveJob:
 
     @property
     def fraction(self) -> float:
+        """How much of the job is done, 0..1 (1 once it has finished)."""
         return 1.0 if self.finished else job_fraction(self.stage, self.tiles_done, self.tiles_total)
 
 
@@ -205,6 +219,8 @@ class LiveBatch:
         return sum(max(1, j.weight) * j.fraction for j in self.jobs.values()) / total
 
     def remaining(self, now: float) -> float | None:
+        """Seconds left of the batch at ``now`` (the caller's monotonic clock), blending its
+        pace with its plan; None with neither."""
         return remaining_seconds(now - self.started, self.fraction, self.planned)
 
     def eta(self, now: float) -> datetime | None:
@@ -257,7 +273,9 @@ class WriteThrottle:
         return max(0.0, last[1] + self.interval - now)
 
     def wrote(self, job_id: str, stage: str, now: float) -> None:
+        """Note that the job's progress at ``stage`` was written at ``now``."""
         self._last[job_id] = (stage, now)
 
     def forget(self, job_id: str) -> None:
+        """Drop what is known of the job (it ended): its next write is due at once."""
         self._last.pop(job_id, None)

@@ -32,6 +32,8 @@ from astro_otf.domain.errors import QuotaExceeded, StorageQuotaExceeded
 from astro_otf.service.threads import in_thread
 from astro_otf.store.usage import UsageStore
 
+__all__ = ["Quotas", "TokenBucket"]
+
 #: Retry-After (seconds) for a refused RUN when no active job of the owner has an estimated
 #: end in the future.
 ACTIVE_RETRY_S = 5
@@ -52,6 +54,7 @@ class TokenBucket:
 
     @classmethod
     def full(cls, rate: float, burst: int, now: float) -> TokenBucket:
+        """A bucket holding all its ``burst`` tokens at ``now`` (an owner not seen before)."""
         return cls(rate, burst, float(burst), now)
 
     def _refill(self, now: float) -> None:
@@ -75,6 +78,8 @@ class TokenBucket:
         return wait
 
     def is_full(self, now: float) -> bool:
+        """Whether the bucket is back to ``burst`` tokens at ``now``: its owner has been idle
+        long enough for the bucket to be forgotten without changing any answer."""
         self._refill(now)
         return self.tokens >= self.burst
 
@@ -106,6 +111,7 @@ class Quotas:
 
     @property
     def rate_per_s(self) -> float:
+        """The configured job creation rate, per second (it is set per minute)."""
         return self.settings.job_creation_rate / 60.0
 
     def _bucket(self, owner: str | None, now: float) -> TokenBucket:

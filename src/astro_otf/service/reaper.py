@@ -12,8 +12,10 @@ import contextlib
 import logging
 
 from astro_otf.service.jobs import JobService
-from astro_otf.service.scheduler import utcnow
+from astro_otf.service.lifecycle import utcnow
 from astro_otf.service.threads import in_thread
+
+__all__ = ["Reaper"]
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +23,9 @@ MAX_SLEEP = 3600.0
 
 
 class Reaper:
+    """Removes each job (and the stored uploads) whose time is up: one task in the event
+    loop."""
+
     def __init__(self, service: JobService) -> None:
         self.service = service
         self._wake = asyncio.Event()
@@ -28,18 +33,22 @@ class Reaper:
         service.on_destruction_change = self.wake
 
     def wake(self) -> None:
+        """A destruction time changed: look again now."""
         self._wake.set()
 
     def start(self) -> None:
+        """Start the reaper's task (in the running event loop)."""
         self._task = asyncio.create_task(self._loop(), name="otf-reaper")
 
     async def stop(self) -> None:
+        """Stop the reaper's task and wait for it."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
     @property
     def alive(self) -> bool:
+        """Whether the reaper's task runs (health check)."""
         return self._task is not None and not self._task.done()
 
     async def _loop(self) -> None:

@@ -26,6 +26,8 @@ import psycopg
 
 from astro_otf.store.repository import JOB_CHANNEL
 
+__all__ = ["Replicas"]
+
 log = logging.getLogger(__name__)
 
 #: The advisory lock whose holder leads (any fixed 64-bit number; "otf-lead").
@@ -53,18 +55,23 @@ class Replicas:
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
+        """Start listening for job changes and trying for the lead (tasks in the event loop,
+        both retrying every second after a failure)."""
         self._tasks = [
             asyncio.create_task(self._listen(), name="otf-listen"),
             asyncio.create_task(self._lead(), name="otf-lead"),
         ]
 
     async def stop(self) -> None:
+        """Stop listening and leading; closing the leader's connection frees the lock for
+        the next replica."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     @property
     def alive(self) -> bool:
+        """True while both background tasks run (``/health/ready``)."""
         return bool(self._tasks) and not any(t.done() for t in self._tasks)
 
     async def _listen(self) -> None:

@@ -1,5 +1,5 @@
-"""The scheduler: forms batches of QUEUED jobs, runs each in a free worker, and records how
-every job of it ended.
+"""The scheduler: forms batches of QUEUED jobs, claims their jobs and runs each batch in a free
+worker; how each job of it ended is recorded by :class:`astro_otf.service.lifecycle.RunEnds`.
 
 It is woken when a job is queued or a batch ends (no polling). The batch former decides what
 runs together: jobs of one ONNX model, precision and tile shape share forward passes; a
@@ -11,20 +11,13 @@ Each job ends when its own work ends: a local worker reports every job of its ba
 as that job's results are staged, and the job is recorded then (the Dask executor reports a
 batch's jobs together at its end). A job once reported is out of its batch's hands: a later
 death, time limit or ABORT of the batch concerns only the jobs it had not reported.
-Every way a run can end becomes one phase change per job: COMPLETED with its results, ERROR
-with an errorSummary, ABORTED when its executionDuration ran out, or QUEUED again when the
-batch was stopped because of another job (an ABORT, or a shorter time limit).
 
 Each run owns its job through a token, set when the job is claimed (QUEUED -> EXECUTING) and
 cleared when it is queued again: the end of a run is recorded, and its result files are moved
 from ``staging/<token>/`` into ``results/`` (in the same transaction), only while the token is
 still the job's. A run that lost its job (a restarted server or a new leader queued it again)
-changes nothing and its files are thrown away.
-
-A worker that dies blames no one at first: when it ran a batch of several jobs, nobody knows
-which of them (if any) killed it, so every job of the batch is queued again and will run
-alone; a job whose worker dies while it runs alone is queued again once, and ends in ERROR
-only when its worker dies a second time while it runs alone (``LONE_DEATHS_LIMIT``).
+changes nothing and its files are thrown away. A job whose worker died running it runs alone
+from then on (see :mod:`astro_otf.service.lifecycle` for who is blamed, and when).
 
 While a batch runs, its worker reports each job's progress; the scheduler keeps the latest in
 memory (:mod:`astro_otf.service.progress` turns it into a fraction done and an eta), passes
@@ -45,29 +38,22 @@ import inspect
 import logging
 import math
 import secrets
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any
 
 from astro_otf.batching.former import BatchFormer, BatchKey, BatchRules, QueuedJob, fair_order
 from astro_otf.domain.errors import JobNotFound, ParameterError
-from astro_otf.domain.job import Job, JobResult
+from astro_otf.domain.job import Job
 from astro_otf.domain.phases import Phase
-from astro_otf.execution.base import (
-    BatchInterrupted,
-    Executor,
-    JobCancelled,
-    NoCapableWorker,
-    WorkerDied,
-)
+from astro_otf.execution.base import Executor
 from astro_otf.execution.task import BatchTask, JobProgress, JobTask, TaskOutcome
 from astro_otf.models.base import BatchableApp
 from astro_otf.models.registry import Registry, RegistryConfig
 from astro_otf.service.events import JobEvents
+from astro_otf.service.lifecycle import RunEnds, image_path, utcnow, worker_deaths
 from astro_otf.service.metrics import Metrics
 from astro_otf.service.progress import (
     LiveBatch,
@@ -81,10 +67,9 @@ from astro_otf.service.threads import in_thread
 from astro_otf.store.files import JobFolders
 from astro_otf.store.repository import JobStore
 
-log = logging.getLogger(__name__)
+__all__ = ["Scheduler"]
 
-#: A job ends in ERROR when the worker running it alone has died this many times.
-LONE_DEATHS_LIMIT = 2
+log = logging.getLogger(__name__)
 
 #: Seconds between two writes of a running job's progress to the store (a new stage is
 #: written at once).
@@ -93,48 +78,6 @@ PROGRESS_WRITE_S = 1.0
 QUEUE_REFRESH_S = 0.5
 #: A change of place in the queue is passed to ``on_progress`` for this many first jobs.
 QUEUE_NOTIFY = 100
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _signal_name(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "exit status unknown"
-    if exitcode < 0:
-        try:
-            return f"signal {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"signal {-exitcode}"
-    return f"exit code {exitcode}"
-
-
-def worker_deaths(job: Job) -> dict[str, Any]:
-    """What the job's jobInfo says about workers that died running it: ``in_batch`` (deaths
-    while it ran in a batch of several jobs), ``alone`` (while it ran alone), ``how`` (each
-    death, in words)."""
-    stored = job.info.get("worker_deaths")
-    stored = stored if isinstance(stored, dict) else {}
-    counts = {k: stored.get(k) for k in ("in_batch", "alone")}
-    return {
-        **{k: v if isinstance(v, int) else 0 for k, v in counts.items()},
-        "how": str(stored.get("how") or ""),
-    }
-
-
-def _size(path: str | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        size = float(Path(path).stat().st_size)
-    except OSError:
-        return None
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1000
-    return None  # pragma: no cover
 
 
 @dataclass
@@ -161,6 +104,9 @@ class _Run:
 
 
 class Scheduler:
+    """Runs the QUEUED jobs of this process (the leader's, with replicas) in the executor's
+    workers, in batches, and keeps each job's live progress and place in the queue."""
+
     def __init__(
         self,
         store: JobStore,
@@ -218,15 +164,27 @@ class Scheduler:
         self._queue_refreshed = -math.inf
         # an executor written before progress reports (a test's) is not sent them
         self._send_progress = "progress" in inspect.signature(executor.run).parameters
+        #: records how each run ended (its progress writes stopped first)
+        self.ends = RunEnds(
+            store,
+            folders,
+            events,
+            end_live=self._end_live,
+            running_here=self._live.__contains__,
+            metrics=metrics,
+        )
 
     # -- life cycle ----------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the executor and the scheduling loop (in the running event loop)."""
         self.executor.start()
         self._task = asyncio.create_task(self._loop(), name="otf-scheduler")
         self.wake()
 
     async def stop(self) -> None:
+        """Stop scheduling and every running batch; their jobs are queued again for the next
+        start."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -241,10 +199,12 @@ class Scheduler:
         await asyncio.gather(*list(self._writing.values()), return_exceptions=True)
 
     def wake(self) -> None:
+        """Ask for a scheduling pass (a job was queued, a batch ended)."""
         self._wake.set()
 
     @property
     def alive(self) -> bool:
+        """Whether the scheduling loop runs and the executor can take work (health check)."""
         return self._task is not None and not self._task.done() and self.executor.alive()
 
     # -- dispatch ------------------------------------------------------------------------
@@ -428,10 +388,10 @@ class Scheduler:
             # the version stored at creation (None for older jobs: the default version)
             app = self.apps.get(job.model_id, job.model_version)
         except ParameterError as exc:
-            await self._unrunnable(job, exc)
+            await self.ends.unrunnable(job, exc)
             return None
         if "progress" in job.info:  # left by a run that ended without saying (a crash)
-            await in_thread(self._drop_progress, job.job_id)
+            await in_thread(self.ends.drop_progress, job.job_id)
         waited = (utcnow() - job.queue_time).total_seconds() if job.queue_time else 0.0
         if not isinstance(app, BatchableApp):  # a classical finder: runs alone
             key = BatchKey(job.model_id, app.version, "", (0, 0))
@@ -446,27 +406,6 @@ class Scheduler:
             return QueuedJob(job.job_id, alone, job.owner, job.priority, now - waited, tiles, False)
         return QueuedJob(job.job_id, key, job.owner, job.priority, now - waited, tiles)
 
-    async def _unrunnable(self, job: Job, exc: ParameterError) -> None:
-        what = job.model_id
-        if job.model_version is not None:
-            what += f" version {job.model_version}"
-        message = (
-            f"this server can no longer run {what}, which the job was created with "
-            f"({exc.message}). Create a new job to run an installed version."
-        )
-        log.warning("job %s cannot run: %s", job.job_id, exc.message)
-        moved = await in_thread(
-            self.store.transition,
-            job.job_id,
-            [Phase.QUEUED],
-            Phase.ERROR,
-            end_time=utcnow(),
-            error_type="fatal",
-            error_message=message,
-        )
-        if moved:
-            self.events.notify(job.job_id)
-
     async def _claim(self, ids: list[str], planned: float | None = None) -> list[Job]:
         """QUEUED -> EXECUTING for each job of a batch; the jobs as they are then, less any
         moved, aborted or deleted meanwhile. An ABORT landing while the batch is being
@@ -478,18 +417,14 @@ class Scheduler:
             for job_id in ids:
                 token = secrets.token_hex(8)
                 start = utcnow()
-                quote: dict[str, Any] = {}
-                if planned is not None:
-                    quote["quote"] = start + timedelta(seconds=planned)
+                quote = None if planned is None else start + timedelta(seconds=planned)
                 try:
                     moved = await in_thread(
-                        self.store.transition,
+                        self.store.mark_executing,
                         job_id,
-                        [Phase.QUEUED],
-                        Phase.EXECUTING,
                         start_time=start,
                         run_token=token,
-                        **quote,
+                        quote=quote,
                     )
                     if moved:
                         self._tokens[job_id] = token
@@ -514,8 +449,7 @@ class Scheduler:
         return claimed
 
     def _image_path(self, job: Job) -> str | None:
-        image = next((p for p in job.parameters if p.is_file and p.name == "image"), None)
-        return str(self.folders.input_file(job.job_id, image.value)) if image else None
+        return image_path(self.folders, job)
 
     def _launch(
         self,
@@ -583,7 +517,7 @@ class Scheduler:
         run.reported.add(job.job_id)
         if self.running.get(job.job_id) is run.task:
             del self.running[job.job_id]
-        recording = asyncio.create_task(self._record_reported(job, outcome, run.tokens))
+        recording = asyncio.create_task(self.ends.reported(job, outcome, run.tokens))
         run.recordings.append(recording)
         self._endings.add(recording)
         recording.add_done_callback(self._endings.discard)
@@ -657,20 +591,7 @@ class Scheduler:
             return
         if job.phase != Phase.EXECUTING:
             return
-        fields: dict[str, Any] = {"info": {**job.info, "progress": progress}}
-        if eta is not None:
-            fields["quote"] = eta
-        self.store.update_fields(job_id, [Phase.EXECUTING], **fields)
-
-    def _drop_progress(self, job_id: str) -> None:
-        """(In a thread.) Remove a stale ``jobInfo.progress`` from a job not running here."""
-        try:
-            job = self.store.get(job_id)
-        except JobNotFound:
-            return
-        if "progress" in job.info and job.job_id not in self._live:
-            info = {k: v for k, v in job.info.items() if k != "progress"}
-            self.store.update_fields(job_id, [job.phase], info=info)
+        self.store.set_progress(job_id, {**job.info, "progress": progress}, quote=eta)
 
     async def _end_live(self, job_id: str) -> None:
         """The job's run is over (its outcome is being recorded): no more progress writes,
@@ -686,16 +607,6 @@ class Scheduler:
         writing = self._writing.get(job_id)
         if writing is not None:
             await asyncio.gather(writing, return_exceptions=True)
-
-    async def _record_reported(
-        self, job: Job, outcome: TaskOutcome, tokens: dict[str, str]
-    ) -> None:
-        try:
-            await self._record_outcome(job, outcome, tokens[job.job_id])
-        except Exception:
-            log.exception("could not record the end of job %s", job.job_id)
-        finally:
-            self.events.notify(job.job_id)
 
     def cancel_soon(self, job_id: str | None = None) -> None:
         """Cancel one job's run (or, without ``job_id``, every run) from synchronous code; the
@@ -722,7 +633,7 @@ class Scheduler:
         elif job_id in self._claiming:
             self._cancelled.add(job_id)
 
-    # -- how a run ended -----------------------------------------------------------------
+    # -- how a run ended (recorded by RunEnds) -------------------------------------------
 
     def _batch_done(self, run: _Run, task: asyncio.Task[list[TaskOutcome]]) -> None:
         ending = asyncio.create_task(self._finish(run, task))
@@ -737,7 +648,14 @@ class Scheduler:
             seconds = time.monotonic() - run.live.started
             self._rate(run.key).learn(run.tiles, seconds)
         try:
-            await self._record(run, task)
+            await self.ends.batch_ended(
+                batch,
+                run.unreported,
+                run.tokens,
+                task,
+                limit=run.limit,
+                alone=len(jobs) == 1,
+            )
         except Exception:
             log.exception("could not record the end of batch %s", batch.batch_id)
         finally:
@@ -752,259 +670,4 @@ class Scheduler:
             self.wake()
             for job in jobs:
                 self.events.notify(job.job_id)
-            if self.metrics is not None:
-                for job in jobs:
-                    await self._observe_end(job)
-
-    async def _record(self, run: _Run, task: asyncio.Task[list[TaskOutcome]]) -> None:
-        """How the batch ended, for each job it had not reported on the way."""
-        batch, limit, tokens = run.batch, run.limit, run.tokens
-        jobs = run.unreported
-        error = None if task.cancelled() else task.exception()
-        if task.cancelled() or isinstance(error, JobCancelled | BatchInterrupted):
-            # ABORT or DELETE of one job (already moved), shutdown, or the cluster went away:
-            # the rest run again
-            if isinstance(error, BatchInterrupted):
-                log.warning("batch interrupted, its jobs are queued again: %s", error)
-            for job in jobs:
-                await self._requeue(job, tokens[job.job_id])
-        elif isinstance(error, NoCapableWorker):
-            for job in jobs:
-                await self._end_without_results(
-                    job.job_id, tokens[job.job_id], Phase.ERROR, "fatal", str(error)
-                )
-        elif isinstance(error, TimeoutError):
-            for job in jobs:
-                if job.execution_duration and job.execution_duration <= (limit or 0):
-                    message = (
-                        f"the job ran longer than its executionDuration of "
-                        f"{job.execution_duration} s and was stopped. Ask for a longer "
-                        "EXECUTIONDURATION, or search a smaller region with RA, DEC, WIDTH "
-                        "and HEIGHT."
-                    )
-                    await self._end_without_results(
-                        job.job_id, tokens[job.job_id], Phase.ABORTED, "fatal", message
-                    )
-                else:  # stopped for a batch neighbour's shorter limit: run it again
-                    await self._requeue(job, tokens[job.job_id])
-        elif isinstance(error, WorkerDied):
-            await self._worker_died(batch, jobs, tokens, error, alone=len(run.jobs) == 1)
-        elif error is not None:
-            raise error
-        else:
-            outcomes = {outcome.job_id: outcome for outcome in task.result()}
-            for job in jobs:
-                await self._record_outcome(job, outcomes[job.job_id], tokens[job.job_id])
-
-    async def _worker_died(
-        self,
-        batch: BatchTask,
-        jobs: list[Job],
-        tokens: dict[str, str],
-        error: WorkerDied,
-        *,
-        alone: bool,
-    ) -> None:
-        """A worker died running the batch. With several jobs in it no one is blamed: those
-        it had not reported are all queued again, to run alone (the reported ones stay as
-        recorded). A job that ran alone is queued again until its worker has died
-        LONE_DEATHS_LIMIT times while it ran alone; then it is ERROR."""
-        cause = error.reason or _signal_name(error.exitcode)
-        if not jobs:
-            log.warning("batch %s: its worker died (%s) after its last job", batch.batch_id, cause)
-            return
-        if not alone:
-            log.warning(
-                "batch %s: its worker died (%s) with %d job(s) of %d unfinished; they are "
-                "queued again and each will run alone",
-                batch.batch_id,
-                cause,
-                len(jobs),
-                len(batch.tasks),
-            )
-        for job in jobs:
-            deaths = worker_deaths(job)
-            if alone:
-                deaths["alone"] += error.deaths
-                what = f"{cause} (ran alone)"
-            else:
-                deaths["in_batch"] += 1
-                what = f"{cause} (batch {batch.batch_id} of {len(batch.tasks)} jobs)"
-            deaths["how"] = "; ".join(x for x in (deaths["how"], what) if x)
-            info = {**job.info, "worker_deaths": deaths}
-            token = tokens[job.job_id]
-            if alone and deaths["alone"] >= LONE_DEATHS_LIMIT:
-                message = await self._death_message(job, error, deaths)
-                log.warning("job %s: %s", job.job_id, message)
-                await self._end_without_results(
-                    job.job_id, token, Phase.ERROR, "transient", message, info=info
-                )
-            else:
-                if alone:
-                    log.warning(
-                        "job %s: its worker died (%s) while it ran alone; it is queued again",
-                        job.job_id,
-                        cause,
-                    )
-                await self._requeue(job, token, info=info)
-
-    async def _death_message(self, job: Job, error: WorkerDied, deaths: dict[str, Any]) -> str:
-        if error.reason and error.deaths >= LONE_DEATHS_LIMIT:
-            what = error.reason  # e.g. the Dask worker was lost, and again on Dask's retry
-        else:
-            lone = [
-                part.removesuffix(" (ran alone)")
-                for part in deaths["how"].split("; ")
-                if part.endswith(" (ran alone)")
-            ]
-            times = "twice" if len(lone) == 2 else f"{len(lone)} times"
-            what = (
-                f"the worker process running this job died {times} while the job ran alone "
-                f"({', then '.join(lone)})"
-            )
-        size = await in_thread(_size, self._image_path(job))
-        if size is not None:
-            likely = (
-                f"Since it ran alone, the job itself most likely killed it: with a very large "
-                f"image (this job's is {size}) that usually means running out of memory, so "
-                "try a smaller region (RA, DEC, WIDTH, HEIGHT)."
-            )
-        else:
-            likely = (
-                "Since it ran alone, the job itself most likely killed it (running out of "
-                "memory does this)."
-            )
-        return (
-            f"{what}. {likely} If that does not explain it, report job {job.job_id} to the "
-            "service operators."
-        )
-
-    async def _requeue(self, job: Job, token: str, info: dict[str, Any] | None = None) -> None:
-        """Back to QUEUED, if this run still owns the job; what the run wrote (its progress
-        included) is dropped."""
-        await self._end_live(job.job_id)
-        moved = await in_thread(
-            self._transition_clean,
-            job.job_id,
-            Phase.QUEUED,
-            info,
-            owner_token=token,
-            start_time=None,
-            run_token=None,
-        )
-        if not moved:  # aborted or deleted meanwhile: no progress stays behind
-            await in_thread(self._drop_progress, job.job_id)
-        await in_thread(self.folders.discard_run, job.job_id, token)
-
-    def _transition_clean(
-        self, job_id: str, target: Phase, info: dict[str, Any] | None, **fields: Any
-    ) -> bool:
-        """(In a thread.) EXECUTING -> ``target``, its jobInfo without ``progress``: ``info``
-        if given, else the job's own."""
-        given = info is not None
-        if info is None:
-            try:
-                info = self.store.get(job_id).info
-            except JobNotFound:
-                return False
-        if "progress" in info:
-            fields["info"] = {k: v for k, v in info.items() if k != "progress"}
-        elif given:
-            fields["info"] = info
-        return bool(self.store.transition(job_id, [Phase.EXECUTING], target, **fields))
-
-    async def _record_outcome(self, job: Job, outcome: TaskOutcome, token: str) -> None:
-        job_id = job.job_id
-        await self._end_live(job_id)
-        info = {k: v for k, v in {**job.info, **outcome.info}.items() if k != "progress"}
-        if outcome.ok:
-            results = [
-                JobResult(r.result_id, r.filename, r.mime_type, r.size) for r in outcome.results
-            ]
-            try:
-                # the files move into results/ inside the transaction that lists them
-                moved = await in_thread(
-                    self.store.transition,
-                    job_id,
-                    [Phase.EXECUTING],
-                    Phase.COMPLETED,
-                    results=results,
-                    end_time=utcnow(),
-                    info=info,
-                    owner_token=token,
-                    publish=functools.partial(
-                        self.folders.publish, job_id, token, [r.filename for r in results]
-                    ),
-                )
-            except OSError as exc:
-                log.error("job %s: its results could not be moved into place: %s", job_id, exc)
-                await in_thread(self.folders.clear_results, job_id)
-                message = (
-                    f"the job ran, but its result files could not be stored ({exc}). "
-                    f"Please report job {job_id} to the service operators."
-                )
-                moved = await self._fail(job_id, token, info, "transient", message)
-        else:
-            moved = await self._fail(job_id, token, info, outcome.error_type, outcome.error_message)
-        if not moved:  # aborted or deleted meanwhile, or run again by another run
-            log.info("job %s: run %s no longer owns the job; its outcome is dropped", job_id, token)
-            await in_thread(self._drop_progress, job_id)
-        await in_thread(self.folders.discard_run, job_id, token)
-
-    async def _fail(
-        self,
-        job_id: str,
-        token: str,
-        info: dict[str, Any],
-        error_type: str | None,
-        message: str | None,
-    ) -> bool:
-        """EXECUTING -> ERROR with its summary, if run ``token`` still owns the job."""
-        return bool(
-            await in_thread(
-                self.store.transition,
-                job_id,
-                [Phase.EXECUTING],
-                Phase.ERROR,
-                end_time=utcnow(),
-                info=info,
-                owner_token=token,
-                error_type=error_type,
-                error_message=message,
-            )
-        )
-
-    async def _end_without_results(
-        self,
-        job_id: str,
-        token: str,
-        phase: Phase,
-        error_type: str,
-        message: str,
-        info: dict[str, Any] | None = None,
-    ) -> None:
-        await self._end_live(job_id)
-        moved = await in_thread(
-            self._transition_clean,
-            job_id,
-            phase,
-            info,
-            owner_token=token,
-            end_time=utcnow(),
-            error_type=error_type,
-            error_message=message,
-        )
-        if not moved:
-            await in_thread(self._drop_progress, job_id)
-        await in_thread(self.folders.discard_run, job_id, token)
-
-    async def _observe_end(self, job: Job) -> None:
-        assert self.metrics is not None
-        try:
-            final = await in_thread(self.store.get, job.job_id)
-        except JobNotFound:  # deleted meanwhile
-            return
-        self.metrics.finished.labels(job.model_id, final.phase.value).inc()
-        seconds = final.info.get("run_seconds")
-        if isinstance(seconds, int | float):
-            self.metrics.run_seconds.labels(job.model_id).observe(seconds)
+            await self.ends.observe(jobs)

@@ -44,6 +44,7 @@ from astropy.io import fits
 
 from astro_otf.config import Settings
 from astro_otf.domain.errors import NotFound, ParameterError, ParameterTooLarge
+from astro_otf.domain.forms import Form, Sink
 from astro_otf.domain.job import is_job_id, new_job_id
 from astro_otf.imaging.fits import (
     STREAM_COMPRESSIONS,
@@ -56,7 +57,8 @@ from astro_otf.imaging.identity import describe_image, sanitise_filename
 from astro_otf.service.threads import in_thread
 from astro_otf.store import uploads as store
 from astro_otf.store.uploads import Holding, UploadRecord
-from astro_otf.uws.uploads import Form, Sink
+
+__all__ = ["StoredUpload", "UnknownUpload", "UploadService"]
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,8 @@ _MAGIC = (
 )
 
 
-def utcnow() -> datetime:
+def _utcnow() -> datetime:
+    """Now, as an aware UTC time (upload times are compared with the store's)."""
     return datetime.now(UTC)
 
 
@@ -179,7 +182,7 @@ class _Incoming:
             return
         if any(self.head.startswith(magic) for magic, _ in STREAM_COMPRESSIONS):
             return
-        raise over_quota(self.field, self.quota, self.held, self.written, so_far=True)
+        raise _over_quota(self.field, self.quota, self.held, self.written, so_far=True)
 
     def close(self) -> None:
         if self._closed:
@@ -201,9 +204,11 @@ class _Incoming:
         self.path.unlink(missing_ok=True)
 
 
-def over_quota(
+def _over_quota(
     field: str, quota: int, held: Holding, size: int, *, so_far: bool
 ) -> ParameterTooLarge:
+    """The 413 for an upload that does not fit in the owner's quota: what it holds, what
+    the file takes (``so_far``: at least the bytes received until now) and what to do."""
     takes = f"takes at least {size} bytes" if so_far else f"takes {size} bytes"
     return ParameterTooLarge(
         field,
@@ -277,6 +282,10 @@ def _examine(
 
 
 class UploadService:
+    """The stored uploads of every owner: receiving, checking and storing files
+    (content-addressed under ``data_dir/uploads``), resolving the references jobs make to them,
+    deleting and expiring them (see the module's docstring)."""
+
     def __init__(self, settings: Settings, engine: sqlalchemy.Engine) -> None:
         self.settings = settings
         self.engine = engine
@@ -295,11 +304,13 @@ class UploadService:
             return store.NO_OWNER
         return owner
 
-    def path_of(self, sha256: str) -> Path:
+    def _path_of(self, sha256: str) -> Path:
+        """Where the file of content ``sha256`` is stored (shared by every record of it)."""
         return self.root / sha256[:2] / sha256
 
     @property
-    def lifetime(self) -> timedelta:
+    def _lifetime(self) -> timedelta:
+        """How long an upload is kept after its last use (``upload_days``)."""
         return timedelta(days=self.settings.upload_days)
 
     @property
@@ -312,7 +323,7 @@ class UploadService:
         return StoredUpload(
             upload_id=record.upload_id,
             sha256=record.sha256,
-            path=self.path_of(record.sha256),
+            path=self._path_of(record.sha256),
             filename=record.filename,
             bytes=record.bytes,
             created=record.created,
@@ -322,7 +333,7 @@ class UploadService:
         )
 
     def _visible(self, record: UploadRecord | None, owner: str | None) -> UploadRecord | None:
-        if record is None or record.owner != self._key(owner) or record.expires <= utcnow():
+        if record is None or record.owner != self._key(owner) or record.expires <= _utcnow():
             return None
         return record
 
@@ -412,15 +423,15 @@ class UploadService:
     async def _keep(
         self, key: str, part: _Incoming, sha256: str, size: int, header: dict[str, Any]
     ) -> tuple[StoredUpload, bool]:
-        target = self.path_of(sha256)
+        target = self._path_of(sha256)
         async with self._lock:
-            now = utcnow()
+            now = _utcnow()
             existing = await in_thread(store.find_content, self.engine, key, sha256)
             if existing is None:
                 held = await in_thread(store.holding, self.engine, key)
                 quota = self.settings.upload_quota_bytes
                 if held.bytes + size > quota:
-                    raise over_quota(part.field, quota, held, size, so_far=False)
+                    raise _over_quota(part.field, quota, held, size, so_far=False)
                 record = UploadRecord(
                     upload_id=new_job_id(),
                     owner=key,
@@ -428,7 +439,7 @@ class UploadService:
                     filename=part.filename,
                     bytes=size,
                     created=now,
-                    expires=now + self.lifetime,
+                    expires=now + self._lifetime,
                     header=header,
                 )
                 if await in_thread(store.insert_upload, self.engine, record):
@@ -443,7 +454,7 @@ class UploadService:
                 if existing is None:
                     raise ParameterError(part.field, "could not be stored; send it again")
             expires = await in_thread(
-                store.extend_expiry, self.engine, existing.upload_id, now + self.lifetime
+                store.extend_expiry, self.engine, existing.upload_id, now + self._lifetime
             )
             if not await in_thread(target.is_file):
                 await in_thread(self._place, part.path, target)
@@ -460,6 +471,8 @@ class UploadService:
     # -- reading --------------------------------------------------------------------------
 
     async def get(self, owner: str | None, upload_id: str) -> StoredUpload:
+        """The caller's upload ``upload_id`` (its expiry unchanged); NotFound for one that
+        does not exist, has expired or is another owner's."""
         record = None
         if is_job_id(upload_id):
             record = self._visible(await in_thread(store.get_upload, self.engine, upload_id), owner)
@@ -469,7 +482,8 @@ class UploadService:
         return self._stored(record)
 
     async def list(self, owner: str | None) -> list[StoredUpload]:
-        now = utcnow()
+        """The caller's uploads that have not expired, newest first."""
+        now = _utcnow()
         records = await in_thread(store.list_uploads, self.engine, self._key(owner))
         return [self._stored(r) for r in records if r.expires > now]
 
@@ -506,10 +520,10 @@ class UploadService:
                 "upload so, or send the image itself as the IMAGE file part",
             )
         record = self._visible(record, owner)
-        if record is None or not await in_thread(self.path_of(record.sha256).is_file):
+        if record is None or not await in_thread(self._path_of(record.sha256).is_file):
             raise UnknownUpload("image", f"upload {value} is unknown or expired")
         expires = await in_thread(
-            store.extend_expiry, self.engine, record.upload_id, utcnow() + self.lifetime
+            store.extend_expiry, self.engine, record.upload_id, _utcnow() + self._lifetime
         )
         if expires is None:  # deleted this moment
             raise UnknownUpload("image", f"upload {value} is unknown or expired")
@@ -529,7 +543,7 @@ class UploadService:
             if sha256 is None:
                 return False
             if not await in_thread(store.content_in_use, self.engine, sha256):
-                await in_thread(self._unlink, self.path_of(sha256))
+                await in_thread(self._unlink, self._path_of(sha256))
         return True
 
     @staticmethod
@@ -550,7 +564,7 @@ class UploadService:
         Every :data:`SWEEP_EVERY_S`, also removes files that crashes left behind."""
         removed = 0
         while True:
-            ids = await in_thread(store.expired_ids, self.engine, utcnow())
+            ids = await in_thread(store.expired_ids, self.engine, _utcnow())
             for upload_id in ids:
                 removed += await self._remove(upload_id)
             if len(ids) < 1000:

@@ -18,6 +18,8 @@ import httpx
 
 from astro_otf.domain.errors import ParameterError
 
+__all__ = ["WebhookSender", "check_webhook"]
+
 log = logging.getLogger(__name__)
 
 #: Tries of one call, and the pause before each further try (seconds).
@@ -61,6 +63,9 @@ class WebhookSender:
         self._client: httpx.AsyncClient | None = None
 
     def send(self, url: str, note: dict[str, Any]) -> None:
+        """POST ``note`` (JSON) to ``url`` in the background, with retries; returns at once.
+        The caller has checked the URL (:func:`check_webhook`). Dropped, with a log line, when
+        :data:`MAX_PENDING` calls are in flight."""
         if len(self._tasks) >= MAX_PENDING:
             log.warning("webhook to %s dropped: %d calls are pending", url, len(self._tasks))
             return
@@ -93,6 +98,7 @@ class WebhookSender:
         )
 
     async def close(self) -> None:
+        """Cancel the calls still in flight and close the HTTP client (at shutdown)."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

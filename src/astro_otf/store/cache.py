@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 from astro_otf.domain.job import Job
 
+__all__ = ["JobCache"]
+
 
 class _Entry:
     __slots__ = ("docs", "job")
@@ -49,6 +51,8 @@ class JobCache:
         return len(self._entries)
 
     def get(self, job_id: str) -> Job | None:
+        """The cached record of the job (shared: do not change it), now the most recently
+        used; None when it is not cached."""
         with self._lock:
             entry = self._entries.get(job_id)
             if entry is None:

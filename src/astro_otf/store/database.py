@@ -10,6 +10,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 
+__all__ = ["alembic_config", "has_schema", "make_engine", "migrate"]
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -44,6 +46,8 @@ def make_engine(url: str) -> Engine:
 
 
 def alembic_config() -> Config:
+    """An Alembic configuration for the schema's migrations (those shipped in the
+    package), with no ini file: give it a connection in ``attributes["connection"]``."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     return cfg
@@ -58,4 +62,5 @@ def migrate(engine: Engine) -> None:
 
 
 def has_schema(engine: Engine) -> bool:
+    """Whether the database has the service's tables (its ``jobs`` table) yet."""
     return "jobs" in inspect(engine).get_table_names()

@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+__all__ = ["JobFolders"]
+
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -33,21 +35,26 @@ class JobFolders:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def job_dir(self, job_id: str) -> Path:
+        """The job's folder (ValueError for a job id unfit to be a file name)."""
         return self.root / _check(job_id)
 
     def create(self, job_id: str) -> Path:
+        """Make the job's folder with its ``inputs``, ``results`` and ``logs``; the folder."""
         base = self.job_dir(job_id)
         for sub in ("inputs", "results", "logs"):
             (base / sub).mkdir(parents=True, exist_ok=True)
         return base
 
     def inputs(self, job_id: str) -> Path:
+        """Where the job's input files are (the image it was given)."""
         return self.job_dir(job_id) / "inputs"
 
     def results(self, job_id: str) -> Path:
+        """Where the job's published results are."""
         return self.job_dir(job_id) / "results"
 
     def logs(self, job_id: str) -> Path:
+        """Where the job's log (``job.log``) is kept."""
         return self.job_dir(job_id) / "logs"
 
     def staging(self, job_id: str, run_token: str | None = None) -> Path:
@@ -57,12 +64,15 @@ class JobFolders:
         return base if run_token is None else base / _check(run_token)
 
     def input_file(self, job_id: str, name: str) -> Path:
+        """The path of input file ``name`` (ValueError for an unsafe name)."""
         return self.inputs(job_id) / _check(name)
 
     def result_file(self, job_id: str, name: str) -> Path:
+        """The path of result file ``name`` (ValueError for an unsafe name)."""
         return self.results(job_id) / _check(name)
 
     def remove(self, job_id: str) -> None:
+        """Delete the job's folder and everything in it (a missing one is no error)."""
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
     def publish(self, job_id: str, run_token: str, filenames: Iterable[str]) -> None:
@@ -103,6 +113,9 @@ class JobFolders:
         return idle
 
     def clear_results(self, job_id: str) -> None:
+        """Remove the job's results and every run's staging, leaving ``results/`` empty
+        (after a failed publish or reuse: the job serves nothing partial); the folder of a
+        deleted job is not made again."""
         for sub in (self.results(job_id), self.staging(job_id)):
             shutil.rmtree(sub, ignore_errors=True)
         # a deleted job's folder stays deleted (its batch may end after the DELETE)

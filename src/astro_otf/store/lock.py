@@ -29,6 +29,8 @@ import socket
 from pathlib import Path
 from typing import ClassVar
 
+__all__ = ["DataFolderBusy", "DataFolderLock"]
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "server.lock"
@@ -72,6 +74,8 @@ class DataFolderLock:
         return self._fd is not None and not self.shared
 
     def release(self) -> None:
+        """Give up this hold. When the process's last user of the lock releases it, the
+        flock is freed (an exclusive holder first empties the file of its pid)."""
         self._users -= 1
         if self._users > 0:
             return

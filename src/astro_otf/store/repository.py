@@ -2,6 +2,9 @@
 
 Phase changes are conditional updates (``UPDATE ... WHERE phase IN (...)``) in one
 transaction, so that two actors racing (an ABORT and a worker finishing, say) cannot both win.
+Each move is a named method (:meth:`JobStore.mark_queued`, ``mark_executing``,
+``mark_completed``, ``mark_failed``, ...) that owns the columns going with its phase, so a
+caller says what happened, not which columns change.
 
 Hot reads are SQLAlchemy Core selects on a pooled connection (no ORM session or objects). On
 SQLite the writes of this process take turns on a lock before they open their transaction,
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -37,11 +41,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.base import Executable
 
 from astro_otf.domain.errors import JobNotFound
-from astro_otf.domain.job import ErrorSummary, Job, JobParameter, JobResult, JobSummary
+from astro_otf.domain.job import ErrorSummary, ErrorType, Job, JobParameter, JobResult, JobSummary
 from astro_otf.domain.phases import FINAL_PHASES, Phase, can_move
 from astro_otf.store import usage
 from astro_otf.store.cache import JobCache
 from astro_otf.store.tables import JobRow, ParameterRow, ResultRow
+
+__all__ = ["JOB_CHANNEL", "Arrival", "JobStore"]
 
 JOBS = cast(Table, JobRow.__table__)
 PARAMETERS = cast(Table, ParameterRow.__table__)
@@ -54,11 +60,31 @@ def _changed(session: Session, statement: Executable) -> int:
     return cast(CursorResult[Any], result).rowcount
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """What a job waiting for its data (PENDING created waiting, or HELD) learned when the
+    data came: the image's file name and what the job now computes (its computation key).
+    Recording it ends the wait."""
+
+    image_name: str | None
+    cache_key: str | None
+
+
+def _arrived(arrival: Arrival) -> dict[str, Any]:
+    """The columns an arrival sets."""
+    return {"image_name": arrival.image_name, "cache_key": arrival.cache_key, "hold_until": None}
+
+
+def _error_columns(error: ErrorSummary) -> dict[str, Any]:
+    """The columns of an errorSummary (the type stored as its UWS name)."""
+    return {"error_type": error.error_type.value, "error_message": error.message}
+
+
 def _to_job(row: Row[Any], parameters: Sequence[Row[Any]], results: Sequence[Row[Any]]) -> Job:
     """A job from its row (Core) and its parameter and result rows (in their order)."""
     error = None
     if row.error_message is not None:
-        error = ErrorSummary(row.error_type or "fatal", row.error_message)
+        error = ErrorSummary(ErrorType.of(row.error_type), row.error_message)
     return Job(
         job_id=row.job_id,
         owner=row.owner,
@@ -187,6 +213,7 @@ class JobStore:
         return self.cache.document(job, key, render)
 
     def _announce_change(self, s: Session, job_id: str, what: str) -> None:
+        """On PostgreSQL, tell the other replicas (when the transaction commits)."""
         if self._announce:
             s.execute(
                 text("SELECT pg_notify(:channel, :payload)"),
@@ -194,9 +221,11 @@ class JobStore:
             )
 
     def session(self) -> Session:
+        """A new ORM session on the store's engine."""
         return self._sessions()
 
     def ping(self) -> None:
+        """Raise if the database cannot be reached (the health check)."""
         with self.session() as s:
             s.execute(select(1))
 
@@ -376,10 +405,12 @@ class JobStore:
         return found[0] if found else None
 
     def count(self, phase: Phase) -> int:
+        """How many jobs are in ``phase``."""
         with self.session() as s:
             return s.scalar(select(func.count()).where(JobRow.phase == phase.value)) or 0
 
     def queued_by_model(self) -> dict[str, int]:
+        """QUEUED jobs per model id (the metrics' queue gauge)."""
         with self.session() as s:
             rows = s.execute(
                 select(JobRow.model_id, func.count())
@@ -389,13 +420,158 @@ class JobStore:
             return {model: n for model, n in rows}
 
     def counts_by_phase(self) -> dict[str, int]:
+        """Jobs per phase name (phases without jobs left out)."""
         with self.session() as s:
             rows = s.execute(select(JobRow.phase, func.count()).group_by(JobRow.phase))
             return {phase: n for phase, n in rows}
 
     # -- phase changes -------------------------------------------------------------------
+    #
+    # Each move is one named method that owns the columns going with its phase; all of them
+    # go through _transition, which checks the phase machine and makes the conditional update.
 
-    def transition(
+    def mark_queued(
+        self,
+        job_id: str,
+        sources: Iterable[Phase],
+        *,
+        queue_time: datetime,
+        quote: datetime | None,
+        info: dict[str, Any] | None = None,
+        arrival: Arrival | None = None,
+    ) -> bool:
+        """Into the queue (sent RUN, or its data arrived): ``queue_time`` starts its wait,
+        ``quote`` is its estimated end. ``info`` (when given) replaces its jobInfo;
+        ``arrival`` records the data a waiting job got, and ends its wait."""
+        fields: dict[str, Any] = {"queue_time": queue_time, "quote": quote}
+        if info is not None:
+            fields["info"] = info
+        if arrival is not None:
+            fields.update(_arrived(arrival))
+        return self._transition(job_id, sources, Phase.QUEUED, **fields)
+
+    def mark_held(self, job_id: str, *, until: datetime | None) -> bool:
+        """PENDING -> HELD: sent RUN while its data is not there yet; ``until``: when its wait
+        ends in ERROR (None: it waits as long as the job lives)."""
+        return self._transition(job_id, [Phase.PENDING], Phase.HELD, hold_until=until)
+
+    def mark_executing(
+        self,
+        job_id: str,
+        *,
+        start_time: datetime,
+        run_token: str,
+        quote: datetime | None = None,
+    ) -> bool:
+        """QUEUED -> EXECUTING: claimed by the run ``run_token``, which alone may record its
+        end; ``quote`` (when given) is its estimated end."""
+        fields: dict[str, Any] = {"start_time": start_time, "run_token": run_token}
+        if quote is not None:
+            fields["quote"] = quote
+        return self._transition(job_id, [Phase.QUEUED], Phase.EXECUTING, **fields)
+
+    def mark_completed(
+        self,
+        job_id: str,
+        results: list[JobResult],
+        *,
+        info: dict[str, Any],
+        end_time: datetime,
+        owner_token: str,
+        publish: Callable[[], None] | None = None,
+    ) -> bool:
+        """EXECUTING -> COMPLETED with ``results`` listed, while run ``owner_token`` owns the
+        job. ``publish`` moves the result files into place inside the transaction (see
+        :meth:`_transition`)."""
+        return self._transition(
+            job_id,
+            [Phase.EXECUTING],
+            Phase.COMPLETED,
+            results=results,
+            owner_token=owner_token,
+            publish=publish,
+            end_time=end_time,
+            info=info,
+        )
+
+    def mark_reused(
+        self,
+        job_id: str,
+        sources: Iterable[Phase],
+        results: list[JobResult],
+        *,
+        info: dict[str, Any],
+        at: datetime,
+        arrival: Arrival | None = None,
+    ) -> bool:
+        """COMPLETED at once with the ``results`` of a job that computed the same thing
+        (their files already linked into its folder): it starts and ends ``at``. ``arrival``
+        records the data a waiting job got, and ends its wait."""
+        fields: dict[str, Any] = {"start_time": at, "end_time": at, "info": info}
+        if arrival is not None:
+            fields.update(_arrived(arrival))
+        return self._transition(job_id, sources, Phase.COMPLETED, results=results, **fields)
+
+    def mark_failed(
+        self,
+        job_id: str,
+        sources: Iterable[Phase],
+        error: ErrorSummary,
+        *,
+        end_time: datetime,
+        info: dict[str, Any] | None = None,
+        owner_token: str | None = None,
+    ) -> bool:
+        """ERROR with ``error`` as its errorSummary; a job that waited for its data waits no
+        more. ``info`` (when given) replaces its jobInfo; with ``owner_token``, only while
+        that run owns the job."""
+        fields: dict[str, Any] = {**_error_columns(error), "end_time": end_time, "hold_until": None}
+        if info is not None:
+            fields["info"] = info
+        return self._transition(job_id, sources, Phase.ERROR, owner_token=owner_token, **fields)
+
+    def mark_aborted(
+        self,
+        job_id: str,
+        sources: Iterable[Phase],
+        *,
+        end_time: datetime,
+        error: ErrorSummary | None = None,
+        info: dict[str, Any] | None = None,
+        owner_token: str | None = None,
+    ) -> bool:
+        """ABORTED: by its owner (ABORT, DELETE), or, with ``error`` saying why, by the
+        service (its executionDuration ran out). ``info`` (when given) replaces its jobInfo;
+        with ``owner_token``, only while that run owns the job."""
+        fields: dict[str, Any] = {"end_time": end_time}
+        if error is not None:
+            fields.update(_error_columns(error))
+        if info is not None:
+            fields["info"] = info
+        return self._transition(job_id, sources, Phase.ABORTED, owner_token=owner_token, **fields)
+
+    def requeue(
+        self,
+        job_id: str,
+        *,
+        owner_token: str | None = None,
+        queue_time: datetime | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> bool:
+        """EXECUTING -> QUEUED, to run again: it is no longer started and no run owns it.
+        With ``owner_token``, only while that run owns the job; ``queue_time`` (when given)
+        starts its wait again, else it keeps its place; ``info`` (when given) replaces its
+        jobInfo."""
+        fields: dict[str, Any] = {"start_time": None, "run_token": None}
+        if queue_time is not None:
+            fields["queue_time"] = queue_time
+        if info is not None:
+            fields["info"] = info
+        return self._transition(
+            job_id, [Phase.EXECUTING], Phase.QUEUED, owner_token=owner_token, **fields
+        )
+
+    def _transition(
         self,
         job_id: str,
         sources: Iterable[Phase],
@@ -450,7 +626,37 @@ class JobStore:
                 publish()
             return True
 
-    def update_fields(self, job_id: str, sources: Iterable[Phase], **fields: Any) -> bool:
+    # -- settable columns ----------------------------------------------------------------
+
+    def set_execution_duration(self, job_id: str, seconds: int) -> bool:
+        """The run-time limit (EXECUTIONDURATION) of a PENDING job; False once it left
+        PENDING."""
+        return self._update(job_id, [Phase.PENDING], execution_duration=seconds)
+
+    def set_destruction(self, job_id: str, when: datetime) -> bool:
+        """When the job is destroyed (DESTRUCTION), in any phase; False for a job gone."""
+        return self._update(job_id, list(Phase), destruction_time=when)
+
+    def set_progress(
+        self, job_id: str, info: dict[str, Any], *, quote: datetime | None = None
+    ) -> bool:
+        """A running job's jobInfo (its ``progress`` in it) and, when given, its quote (its
+        estimated end); False once it no longer runs."""
+        fields: dict[str, Any] = {"info": info}
+        if quote is not None:
+            fields["quote"] = quote
+        return self._update(job_id, [Phase.EXECUTING], **fields)
+
+    def set_info(self, job_id: str, sources: Iterable[Phase], info: dict[str, Any]) -> bool:
+        """The job's whole jobInfo, while it is in one of ``sources``."""
+        return self._update(job_id, sources, info=info)
+
+    def set_hold_until(self, job_id: str, until: datetime, *, info: dict[str, Any]) -> bool:
+        """When a HELD job's wait ends (its jobInfo, which says so, with it); False once it
+        is no longer HELD."""
+        return self._update(job_id, [Phase.HELD], info=info, hold_until=until)
+
+    def _update(self, job_id: str, sources: Iterable[Phase], **fields: Any) -> bool:
         """Set columns if the job is in one of ``sources``; False otherwise."""
         with self._writing(job_id), self.session() as s, s.begin():
             return bool(
@@ -493,6 +699,7 @@ class JobStore:
             return True
 
     def delete(self, job_id: str) -> bool:
+        """Remove the job's rows (its ledger row stays); False when it was already gone."""
         with self._writing(job_id), self.session() as s, s.begin():
             s.execute(delete(ParameterRow).where(ParameterRow.job_id == job_id))
             s.execute(delete(ResultRow).where(ResultRow.job_id == job_id))
@@ -537,10 +744,12 @@ class JobStore:
         return found
 
     def ids_in_phase(self, phase: Phase) -> list[str]:
+        """Ids of every job in ``phase``."""
         with self.session() as s:
             return list(s.scalars(select(JobRow.job_id).where(JobRow.phase == phase.value)))
 
     def expired(self, now: datetime) -> list[str]:
+        """Ids of the jobs whose destruction time is ``now`` or earlier."""
         with self.session() as s:
             return list(s.scalars(select(JobRow.job_id).where(JobRow.destruction_time <= now)))
 
@@ -551,5 +760,7 @@ class JobStore:
             return [(r.job_id, r.hold_until) for r in s.execute(query)]
 
     def next_destruction(self) -> datetime | None:
+        """The earliest destruction time of any job (None: there is no job), for the
+        reaper's sleep."""
         with self.session() as s:
             return s.scalar(select(func.min(JobRow.destruction_time)))

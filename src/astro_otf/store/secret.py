@@ -8,6 +8,8 @@ import os
 import secrets
 from pathlib import Path
 
+__all__ = ["data_secret"]
+
 SECRET_FILE = "web-secret"
 SECRET_BYTES = 32
 

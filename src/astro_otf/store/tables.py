@@ -20,6 +20,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+__all__ = ["Base", "JobRow", "ParameterRow", "ResultRow", "UTCDateTime", "UsageRow"]
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Stores naive UTC, returns aware UTC: SQLite keeps no time zone, PostgreSQL would
@@ -29,6 +31,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """An aware time as naive UTC; a naive one is refused (its zone is unknown)."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -36,14 +39,18 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """A stored (naive UTC) time as an aware UTC one."""
         return None if value is None else value.replace(tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
-    pass
+    """The tables' common declarative base (its metadata is what migrations check)."""
 
 
 class JobRow(Base):
+    """One UWS job: its phase, times, errorSummary and jobInfo (written only through
+    :class:`astro_otf.store.repository.JobStore`)."""
+
     __tablename__ = "jobs"
 
     job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -82,6 +89,8 @@ class JobRow(Base):
 
 
 class ParameterRow(Base):
+    """One parameter of a job (a file parameter's value is its file name in inputs/)."""
+
     __tablename__ = "job_parameters"
 
     job_id: Mapped[str] = mapped_column(
@@ -95,6 +104,8 @@ class ParameterRow(Base):
 
 
 class ResultRow(Base):
+    """One listed result of a job, in its place among the job's results."""
+
     __tablename__ = "job_results"
 
     job_id: Mapped[str] = mapped_column(

@@ -36,11 +36,31 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from astro_otf.store.tables import Base, UTCDateTime
 
+__all__ = [
+    "NO_OWNER",
+    "Holding",
+    "UploadRecord",
+    "all_contents",
+    "content_in_use",
+    "delete_upload",
+    "expired_ids",
+    "extend_expiry",
+    "find_content",
+    "get_upload",
+    "holding",
+    "insert_upload",
+    "list_uploads",
+    "set_times",
+]
+
 #: The owner column's value when the service has no owners (anonymous mode).
 NO_OWNER = ""
 
 
 class UploadRow(Base):
+    """The ``uploads`` table: one row per owner's upload of one content (an owner holds a
+    content once), its file found by ``sha256``."""
+
     __tablename__ = "uploads"
     __table_args__ = (
         UniqueConstraint("owner", "sha256", name="uq_uploads_owner_sha256"),
@@ -110,6 +130,7 @@ def insert_upload(engine: Engine, record: UploadRecord) -> bool:
 
 
 def get_upload(engine: Engine, upload_id: str) -> UploadRecord | None:
+    """The record of ``upload_id``, whoever owns it and expired or not; None if none."""
     with engine.connect() as conn:
         row = conn.execute(select(UPLOADS).where(UPLOADS.c.upload_id == upload_id)).first()
     return None if row is None else _record(row)
@@ -145,6 +166,7 @@ class Holding:
 
 
 def holding(engine: Engine, owner: str) -> Holding:
+    """What ``owner`` holds now, over all its records (expired ones not yet removed included)."""
     with engine.connect() as conn:
         total, count, largest = conn.execute(
             select(

@@ -1,8 +1,9 @@
 """The accounting ledger and the per-owner figures quotas are checked against.
 
 A job that reaches a final phase gets one ``usage`` row, written by :func:`record` inside the
-transaction that moves it there (:meth:`astro_otf.store.repository.JobStore.transition`, and
-:meth:`~astro_otf.store.repository.JobStore.create` for a job born COMPLETED with reused
+transaction that moves it there (the final moves of
+:class:`~astro_otf.store.repository.JobStore`: ``mark_completed``, ``mark_reused``,
+``mark_failed``, ``mark_aborted``; and ``create`` for a job born COMPLETED with reused
 results), so that the ledger and the jobs never disagree; it is an upsert on the job id
 (one row per job whatever happens). A later move to ARCHIVED leaves the row as the job ended.
 Rows have no foreign key to ``jobs``: they stay after the job is destroyed.
@@ -27,6 +28,8 @@ from sqlalchemy.orm import Session
 
 from astro_otf.domain.phases import FINAL_PHASES, Phase
 from astro_otf.store.tables import JobRow, ResultRow, UsageRow
+
+__all__ = ["OwnerUsage", "UsageStore", "input_bytes", "record", "seconds_between"]
 
 USAGE = cast(Table, UsageRow.__table__)
 JOBS = cast(Table, JobRow.__table__)
@@ -115,6 +118,7 @@ class OwnerUsage:
 
     @property
     def jobs(self) -> int:
+        """The period's jobs of the owner, over all final phases."""
         return sum(self.by_phase.values())
 
 

@@ -7,11 +7,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from astro_otf.domain.errors import ParameterError
-from astro_otf.service.accounting import EVERY_OWNER, Accounting
-from astro_otf.service.jobs import JobService
+from astro_otf.service.accounting import EVERY_OWNER
 from astro_otf.uws import openapi
 from astro_otf.uws.auth import owner_from
 from astro_otf.uws.routes import parse_time, query
+from astro_otf.uws.state import settings_of, state_of
+
+__all__ = ["router"]
 
 router = APIRouter()
 
@@ -42,10 +44,9 @@ async def accounting(request: Request) -> JSONResponse:
     """Jobs by phase and model, CPU and wall seconds, bytes computed over a period (from the
     ledger, which keeps deleted jobs), bytes stored and active jobs now, and each quota's
     use: the caller's own, or every owner's for an operator."""
-    state = request.app.state
-    service: JobService = state.service
-    report: Accounting = state.accounting
-    owner = owner_from(request, state.settings)
+    state = state_of(request)
+    service, report = state.jobs, state.accounting
+    owner = owner_from(request, settings_of(request))
     q = query(request)
     for name in ("since", "until", "owner"):
         if len(q.get(name, [])) > 1:

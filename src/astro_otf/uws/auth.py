@@ -1,4 +1,4 @@
-"""Who is asking: anonymous by default; in token mode a bearer token from config names the
+r"""Who is asking: anonymous by default; in token mode a bearer token from config names the
 owner, in OIDC mode a JWT of the identity provider does (:mod:`astro_otf.uws.oidc`), and a
 job is visible only to its owner (operators aside).
 
@@ -8,7 +8,7 @@ sent by the browser on its own, so a request it authenticates could have been fo
 another site; such a request with an unsafe method must also carry the page's CSRF token.
 
 CSRF design (an HMAC of the session, checked statelessly): the token is
-``base64url(HMAC-SHA256(server_secret, "otf-csrf\\0" + session))`` where ``session`` is the
+``base64url(HMAC-SHA256(server_secret, "otf-csrf\0" + session))`` where ``session`` is the
 value of the ``otf_token`` cookie (token and OIDC modes) or, without one, of the random
 ``otf_csrf`` cookie the pages set in anonymous mode. The server secret is 32 random bytes
 kept in the data folder (``web-secret``, mode 0600), so every replica and restart agrees on
@@ -27,10 +27,10 @@ import hashlib
 import hmac
 import re
 import secrets
-from pathlib import Path
+from typing import Annotated
 from urllib.parse import unquote_plus
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
@@ -40,8 +40,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from astro_otf.config import Settings
 from astro_otf.domain.errors import InvalidToken, NotAuthenticated
 from astro_otf.domain.job import Operator
-from astro_otf.store.secret import data_secret
+from astro_otf.service.runtime import web_secret
 from astro_otf.uws.oidc import OidcKeysMiddleware, OidcVerifier
+from astro_otf.uws.state import app_settings, settings_of
+
+__all__ = [
+    "ANON_COOKIE",
+    "CSRF_SCAN_BYTES",
+    "TOKEN_COOKIE",
+    "CsrfMiddleware",
+    "Owner",
+    "csrf_token",
+    "install",
+    "login_owner",
+    "new_anonymous_session",
+    "owner_from",
+    "server_secret",
+    "session_of",
+]
 
 #: The cookie that carries the bearer token of a browser logged in at /ui/login.
 TOKEN_COOKIE = "otf_token"
@@ -61,7 +77,7 @@ def owner_for_token(settings: Settings, token: str) -> str | None:
     when it is not one of the configured tokens."""
     owner = None
     for known, name in settings.tokens.items():
-        if hmac.compare_digest(known.encode(), token.encode()):
+        if hmac.compare_digest(known.get_secret_value().encode(), token.encode()):
             owner = name
     if owner is not None and owner in settings.operators:
         return Operator(owner)
@@ -96,6 +112,15 @@ def owner_from(request: Request, settings: Settings) -> str | None:
     return _owner_of(request, settings, token.strip())
 
 
+# A coroutine: FastAPI would run a plain function dependency in a worker thread.
+async def current_owner(request: Request) -> str | None:
+    """The owner of a request (a route's ``Owner`` argument): see :func:`owner_from`."""
+    return owner_from(request, settings_of(request))
+
+
+Owner = Annotated[str | None, Depends(current_owner)]
+
+
 def _owner_of(request: Request, settings: Settings, token: str) -> str:
     if settings.auth_mode == "oidc":
         return oidc_verifier(request).verify(token)
@@ -116,6 +141,7 @@ async def login_owner(request: Request, settings: Settings, token: str) -> str:
 
 
 def oidc_verifier(request: Request) -> OidcVerifier:
+    """The OIDC mode's token verifier, made by :func:`install`."""
     verifier: OidcVerifier = request.app.state.oidc
     return verifier
 
@@ -130,26 +156,12 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(OidcKeysMiddleware, verifier=verifier, cookie=TOKEN_COOKIE)
 
 
-def bearer_challenge(exc: NotAuthenticated) -> str:
-    """The ``WWW-Authenticate`` value of a 401 (RFC 6750 section 3): ``Bearer`` alone when
-    no token was sent, with ``error="invalid_token"`` and the reason when one was refused."""
-    if exc.error_code is None:
-        return "Bearer"
-    # error_description may hold %x20-21 / %x23-5B / %x5D-7E only
-    text = "".join(
-        c if " " <= c <= "~" and c not in '"\\' else "'" if c == '"' else "?" for c in exc.message
-    )
-    if len(text) > 400:
-        text = text[:397] + "..."
-    return f'Bearer error="{exc.error_code}", error_description="{text}"'
-
-
 # -- CSRF ------------------------------------------------------------------------------------
 
 
 def server_secret(settings: Settings) -> bytes:
-    """The CSRF key, kept in the data folder (see :func:`astro_otf.store.secret.data_secret`)."""
-    return data_secret(Path(settings.data_dir))
+    """The CSRF key, kept in the data folder (see :func:`astro_otf.service.runtime.web_secret`)."""
+    return web_secret(settings)
 
 
 def session_of(cookies: dict[str, str], settings: Settings) -> str | None:
@@ -173,6 +185,7 @@ def csrf_token(settings: Settings, session: str) -> str:
 
 
 def new_anonymous_session() -> str:
+    """A fresh random session for a browser without one (the ``otf_csrf`` cookie)."""
     return secrets.token_urlsafe(24)
 
 
@@ -241,11 +254,12 @@ class CsrfMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, its CSRF field removed, or refuse it (403)."""
         if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        settings: Settings | None = getattr(scope["app"].state, "settings", None)
+        settings = app_settings(scope["app"])
         if settings is None or "authorization" in headers:
             await self.app(scope, receive, send)  # bearer requests need no CSRF token
             return

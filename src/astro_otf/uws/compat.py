@@ -13,6 +13,8 @@ from lxml import etree
 
 from astro_otf.domain.errors import ParameterError, RequestError
 
+__all__ = ["parse_cianna_job"]
+
 #: CIANNA parameter id (lower case) -> our parameter name.
 FIELD_MAP = {
     "modelid": "model",
@@ -31,6 +33,8 @@ QUANTIZATION = {"FP32": "fp32", "FP16": "fp16", "BF16": "bf16", "INT8": "int8", 
 
 @dataclass
 class CiannaRequest:
+    """A CIANNA On-The-Fly job description read into this service's parameters."""
+
     fields: dict[str, str] = field(default_factory=dict)
     #: our parameter name -> the CIANNA field it came from, to name it in error messages
     origin: dict[str, str] = field(default_factory=dict)
@@ -56,6 +60,8 @@ def quantization_to_precision(value: str) -> str:
 
 
 def parse_cianna_job(document: bytes | str) -> CiannaRequest:
+    """Read the ``xml`` field of a CIANNA client's submission (a uws:job document) into
+    this service's parameters; RequestError or ParameterError names what is wrong."""
     parser = etree.XMLParser(
         resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
     )

@@ -10,30 +10,26 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from astro_otf.config import Settings
 from astro_otf.service.datasets import Dataset, Datasets
-from astro_otf.service.jobs import JobService
 from astro_otf.service.threads import in_thread
-from astro_otf.uws.auth import owner_from
+from astro_otf.uws.auth import Owner
+from astro_otf.uws.state import settings_of, state_of
+
+__all__ = ["router"]
 
 router = APIRouter()
 
 
 async def get_datasets(request: Request) -> Datasets:
-    service: JobService = request.app.state.service
-    return service.holds.datasets
-
-
-async def get_owner(request: Request) -> str | None:
-    return owner_from(request, request.app.state.settings)
+    """The datasets the operator configured (a route's ``DatasetsDep`` argument)."""
+    return state_of(request).jobs.holds.datasets
 
 
 DatasetsDep = Annotated[Datasets, Depends(get_datasets)]
-Owner = Annotated[str | None, Depends(get_owner)]
 
 
 def _href(request: Request, name: str) -> str:
-    settings: Settings = request.app.state.settings
+    settings = settings_of(request)
     return f"{(settings.base_url or str(request.base_url)).rstrip('/')}/datasets/{name}"
 
 
@@ -50,6 +46,7 @@ def _summary(request: Request, dataset: Dataset) -> dict[str, Any]:
 
 @router.get("/datasets")
 async def list_datasets(request: Request, datasets: DatasetsDep, owner: Owner) -> JSONResponse:
+    """The datasets on offer: each one's name, description, file pattern and URL."""
     return JSONResponse(
         {"datasets": [_summary(request, d) for _, d in sorted(datasets.by_name.items())]}
     )

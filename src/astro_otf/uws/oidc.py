@@ -52,6 +52,15 @@ from astro_otf.service.threads import in_thread
 if TYPE_CHECKING:
     from astro_otf.config import Settings
 
+__all__ = [
+    "FileKeys",
+    "OidcKeysMiddleware",
+    "OidcRules",
+    "OidcVerifier",
+    "UrlKeys",
+    "check_settings",
+]
+
 log = logging.getLogger(__name__)
 
 #: Signature algorithms a setting may name: public-key ones only. ``none`` would accept any
@@ -163,9 +172,11 @@ class UrlKeys:
         self.fetches = 0
 
     def describe(self) -> str:
+        """Where the keys come from, for messages."""
         return self.url
 
     def load(self) -> list[dict[str, Any]]:
+        """Fetch the key set (bounded in time and size); KeysUnavailable says why not."""
         self.fetches += 1
         try:
             with (
@@ -191,9 +202,11 @@ class FileKeys:
         self.path = Path(path).expanduser()
 
     def describe(self) -> str:
+        """Where the keys come from, for messages."""
         return str(self.path)
 
     def stamp(self) -> tuple[int, int, int] | None:
+        """What changes when the file does (mtime, size, inode); None while it is missing."""
         try:
             st = os.stat(self.path)
         except OSError:
@@ -201,6 +214,7 @@ class FileKeys:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def load(self) -> list[dict[str, Any]]:
+        """Read the key set; KeysUnavailable says why not."""
         try:
             data = self.path.read_bytes()
         except OSError as exc:
@@ -227,6 +241,7 @@ class OidcRules:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OidcRules:
+        """The rules the ``oidc_*`` settings give."""
         assert settings.oidc_issuer and settings.oidc_audience  # checked by Settings
         return cls(
             issuer=settings.oidc_issuer,
@@ -268,6 +283,8 @@ class OidcVerifier:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OidcVerifier:
+        """A verifier of the configured provider's tokens; a JWKS file is read now (a broken
+        one stops the start), a JWKS URL when the first token comes."""
         source: UrlKeys | FileKeys
         if settings.oidc_jwks_url:
             source = UrlKeys(settings.oidc_jwks_url)
@@ -618,6 +635,7 @@ class OidcKeysMiddleware:
         self.cookie = cookie
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refresh the keys the request's token needs, then pass the request on."""
         if scope["type"] == "http":
             headers = Headers(scope=scope)
             header = headers.get("authorization")

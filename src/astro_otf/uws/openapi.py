@@ -16,6 +16,26 @@ from astro_otf.domain.phases import Phase
 from astro_otf.results.provenance import PROV_FORMATS
 from astro_otf.service.jobs import MAX_LIST_LAST
 
+__all__ = [
+    "CREATE_JOB",
+    "GET_ERROR",
+    "GET_JOB",
+    "GET_LOG",
+    "GET_MODEL",
+    "GET_PROVENANCE",
+    "JOB_EVENTS",
+    "JOB_LIST",
+    "POST_DESTRUCTION",
+    "POST_EXECUTION_DURATION",
+    "POST_JOB",
+    "POST_PARAMETERS",
+    "POST_PHASE",
+    "POST_RERUN",
+    "XML_OR_JSON",
+    "extra",
+    "query",
+]
+
 Schema = dict[str, Any]
 
 _TEXT: Schema = {"type": "string", "maxLength": MAX_TEXT_CHARS}
@@ -23,6 +43,7 @@ _TIME: Schema = {"type": "string", "format": "date-time"}
 
 
 def query(name: str, description: str, schema: Schema, *, required: bool = False) -> Schema:
+    """An OpenAPI query parameter."""
     return {
         "name": name,
         "in": "query",
@@ -33,6 +54,7 @@ def query(name: str, description: str, schema: Schema, *, required: bool = False
 
 
 def header(name: str, description: str, schema: Schema) -> Schema:
+    """An optional OpenAPI header parameter."""
     return {
         "name": name,
         "in": "header",

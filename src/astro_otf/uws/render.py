@@ -17,6 +17,19 @@ from lxml import etree
 from astro_otf.domain.job import Job, JobSummary
 from astro_otf.results.preview import is_plan
 
+__all__ = [
+    "Links",
+    "isotime",
+    "job_json",
+    "job_list_json",
+    "job_list_xml",
+    "job_xml",
+    "parameters_json",
+    "parameters_xml",
+    "results_json",
+    "results_xml",
+]
+
 UWS_NS = "http://www.ivoa.net/xml/UWS/v1.0"
 XLINK_NS = "http://www.w3.org/1999/xlink"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
@@ -57,15 +70,19 @@ class Links:
         self.base = base_url.rstrip("/")
 
     def jobs(self) -> str:
+        """The job list."""
         return f"{self.base}/jobs"
 
     def job(self, job_id: str) -> str:
+        """A job."""
         return f"{self.base}/jobs/{job_id}"
 
     def result(self, job_id: str, result_id: str) -> str:
+        """A job's result file."""
         return f"{self.job(job_id)}/results/{result_id}"
 
     def parameter(self, job_id: str, name: str) -> str:
+        """A job's parameter (an uploaded file's link)."""
         return f"{self.job(job_id)}/parameters/{name}"
 
 
@@ -114,6 +131,7 @@ def _flatten(info: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def job_xml(job: Job, links: Links) -> bytes:
+    """The UWS 1.1 job document (uws:job)."""
     root = etree.Element(f"{{{UWS_NS}}}job", nsmap=NSMAP)
     root.set("version", UWS_VERSION)
     _el(root, "jobId", job.job_id)
@@ -209,10 +227,12 @@ def _standalone(
 
 
 def results_xml(job: Job, links: Links) -> bytes:
+    """The job's uws:results document."""
     return _standalone(_results, job, links)
 
 
 def parameters_xml(job: Job, links: Links) -> bytes:
+    """The job's uws:parameters document."""
     return _standalone(_parameters, job, links)
 
 
@@ -220,6 +240,7 @@ def parameters_xml(job: Job, links: Links) -> bytes:
 
 
 def job_json(job: Job, links: Links) -> dict[str, Any]:
+    """The job document in JSON, with the UWS element names."""
     return {
         "jobId": job.job_id,
         "runId": job.run_id,
@@ -242,6 +263,7 @@ def job_json(job: Job, links: Links) -> dict[str, Any]:
 
 
 def parameters_json(job: Job, links: Links) -> dict[str, str]:
+    """Parameter name -> value (an uploaded file: its link)."""
     return {
         p.name: links.parameter(job.job_id, p.name) if p.is_file else p.value
         for p in job.parameters
@@ -249,6 +271,7 @@ def parameters_json(job: Job, links: Links) -> dict[str, str]:
 
 
 def results_json(job: Job, links: Links) -> list[dict[str, Any]]:
+    """One entry per result: id, link, MIME type and size (none for a tile plan)."""
     return [
         {
             "id": r.result_id,

@@ -7,9 +7,9 @@ import json
 import os
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import IO, Annotated, Any, cast
+from typing import IO, Any, cast
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import (
     FileResponse,
     JSONResponse,
@@ -19,7 +19,6 @@ from fastapi.responses import (
 )
 from starlette.responses import Response
 
-from astro_otf.config import Settings
 from astro_otf.domain.errors import (
     NotAcceptable,
     NotFound,
@@ -27,6 +26,7 @@ from astro_otf.domain.errors import (
     RequestError,
     ServiceBusy,
 )
+from astro_otf.domain.forms import Form
 from astro_otf.domain.job import Job
 from astro_otf.domain.phases import Phase
 from astro_otf.results.provenance import PROV_FORMATS, negotiate
@@ -34,9 +34,20 @@ from astro_otf.results.votable import error_votable
 from astro_otf.service.jobs import HashingWriter, JobService
 from astro_otf.service.threads import in_thread
 from astro_otf.uws import openapi, render
-from astro_otf.uws.auth import owner_from
+from astro_otf.uws.auth import Owner
 from astro_otf.uws.compat import parse_cianna_job
-from astro_otf.uws.uploads import Form, read_form
+from astro_otf.uws.state import Service, settings_of
+from astro_otf.uws.uploads import read_form
+
+__all__ = [
+    "check_filter",
+    "links_for",
+    "parse_count",
+    "parse_phase",
+    "parse_time",
+    "query",
+    "router",
+]
 
 router = APIRouter()
 
@@ -52,27 +63,18 @@ VOTABLE = "application/x-votable+xml"
 # -- dependencies and helpers ------------------------------------------------------------
 
 
-# Dependencies are coroutines: FastAPI runs a plain function dependency in a worker thread,
-# two thread hops per request for two attribute reads.
-async def get_service(request: Request) -> JobService:
-    service: JobService = request.app.state.service
-    return service
-
-
-async def get_owner(request: Request) -> str | None:
-    return owner_from(request, request.app.state.settings)
-
-
-Service = Annotated[JobService, Depends(get_service)]
-Owner = Annotated[str | None, Depends(get_owner)]
+# The routes' arguments ``service: Service`` and ``owner: Owner`` are dependencies (see
+# astro_otf.uws.state and astro_otf.uws.auth).
 
 
 def links_for(request: Request) -> render.Links:
-    settings: Settings = request.app.state.settings
+    """The URLs of the service's resources, from ``base_url`` or else the request's."""
+    settings = settings_of(request)
     return render.Links(settings.base_url or str(request.base_url))
 
 
 def wants_json(request: Request) -> bool:
+    """Whether the client asks for JSON rather than the UWS XML (its Accept header)."""
     accept = request.headers.get("accept", "").lower()
     return "application/json" in accept and "xml" not in accept
 
@@ -86,10 +88,13 @@ def query(request: Request) -> dict[str, list[str]]:
 
 
 def see_other(url: str) -> RedirectResponse:
+    """UWS's answer to a change: 303 to the resource to read next."""
     return RedirectResponse(url, status_code=303)
 
 
 def parse_time(name: str, text: str) -> datetime:
+    """An ISO 8601 time in UTC (a time without a zone is UTC); ParameterError names
+    ``name``."""
     value = text.strip()
     if value.endswith(("Z", "z")):
         value = value[:-1] + "+00:00"
@@ -105,6 +110,7 @@ def parse_time(name: str, text: str) -> datetime:
 
 
 def parse_phase(name: str, text: str) -> Phase:
+    """A UWS phase, in any case; ParameterError names ``name`` and lists the phases."""
     try:
         return Phase(text.strip().upper())
     except ValueError:
@@ -136,15 +142,17 @@ def check_filter(name: str, text: str) -> str:
 
 
 def form_limit(request: Request) -> int:
-    settings: Settings = request.app.state.settings
-    return settings.max_form_bytes
+    """The most bytes of text fields a request's form may hold (``max_form_bytes``)."""
+    return settings_of(request).max_form_bytes
 
 
 def single(form: Form, name: str) -> str | None:
+    """The value of text field ``name`` (lower case), or None."""
     return form.fields.get(name)
 
 
 def xml_or_json(request: Request, xml: bytes, data: Any) -> Response:
+    """The XML document, or its JSON twin when the client asks for JSON."""
     if wants_json(request):
         return JSONResponse(data)
     return Response(xml, media_type=XML)
@@ -178,6 +186,8 @@ def _json_bytes(data: Any) -> bytes:
 
 @router.get("/jobs", openapi_extra=openapi.JOB_LIST)
 async def list_jobs(request: Request, service: Service, owner: Owner) -> Response:
+    """The caller's jobs (uws:jobs, or JSON with each job's details), newest first,
+    filtered by PHASE, AFTER, LAST, RUNID and IMAGE."""
     q = query(request)
     phases = [parse_phase("phase", p) for p in q.get("phase", [])]
     after = parse_time("after", q["after"][-1]) if "after" in q else None
@@ -246,7 +256,10 @@ async def job_events(request: Request, service: Service, owner: Owner) -> Respon
 @router.post("/jobs", openapi_extra=openapi.CREATE_JOB)
 @router.post("/jobs/", include_in_schema=False)
 async def create_job(request: Request, service: Service, owner: Owner) -> Response:
-    settings: Settings = request.app.state.settings
+    """Create a job from its parameters (form-encoded, or multipart with the IMAGE file; a
+    CIANNA On-The-Fly client's ``xml`` field is read too); ``PHASE=RUN`` queues it at once.
+    Answers 303 to the new job."""
+    settings = settings_of(request)
     await service.admit(owner)  # an owner over its quotas is refused before its upload
     job_id = service.new_job_id()
     if request.headers.get("content-type", "").lower().startswith("multipart/"):
@@ -342,6 +355,8 @@ async def _create_cianna(
 
 @router.get("/jobs/{job_id}", openapi_extra=openapi.GET_JOB)
 async def get_job(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
+    """The job document (uws:job, or JSON). ``WAIT=N`` blocks up to N seconds (-1: the
+    longest allowed) until the job leaves its current active phase (or ``PHASE``)."""
     q = query(request)
     if "wait" in q:
         text = q["wait"][-1].strip()
@@ -351,7 +366,7 @@ async def get_job(job_id: str, request: Request, service: Service, owner: Owner)
             raise ParameterError("wait", f"{text!r} is not an integer number of seconds") from None
         if wait < -1:
             raise ParameterError("wait", f"{wait} is not allowed: use -1 or a number >= 0")
-        settings: Settings = request.app.state.settings
+        settings = settings_of(request)
         timeout = settings.max_wait if wait == -1 else min(wait, settings.max_wait)
         phase = parse_phase("phase", q["phase"][-1]) if "phase" in q else None
         job = await service.wait(job_id, owner, timeout, phase)
@@ -362,12 +377,15 @@ async def get_job(job_id: str, request: Request, service: Service, owner: Owner)
 
 @router.delete("/jobs/{job_id}")
 async def delete_job(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
+    """Delete the job (aborted first if it runs) and its files; answers 303 to the job
+    list."""
     await service.delete(job_id, owner)
     return see_other(links_for(request).jobs())
 
 
 @router.post("/jobs/{job_id}", openapi_extra=openapi.POST_JOB)
 async def post_job(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
+    """``ACTION=DELETE``: delete the job, as DELETE does (for clients that only POST)."""
     form = await read_form(request, max_form_bytes=form_limit(request))
     action = single(form, "action")
     if action is None or action.strip().upper() != "DELETE":
@@ -382,12 +400,14 @@ async def post_job(job_id: str, request: Request, service: Service, owner: Owner
 
 @router.get("/jobs/{job_id}/phase")
 async def get_phase(job_id: str, service: Service, owner: Owner) -> Response:
+    """The job's phase, as plain text."""
     job = await service.get(job_id, owner)
     return PlainTextResponse(job.phase.value)
 
 
 @router.post("/jobs/{job_id}/phase", openapi_extra=openapi.POST_PHASE)
 async def post_phase(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
+    """``PHASE=RUN`` queues the job; ``PHASE=ABORT`` stops it. Answers 303 to the job."""
     form = await read_form(request, max_form_bytes=form_limit(request))
     phase = single(form, "phase")
     if phase is None:
@@ -404,6 +424,7 @@ async def post_phase(job_id: str, request: Request, service: Service, owner: Own
 
 @router.get("/jobs/{job_id}/executionduration")
 async def get_execution_duration(job_id: str, service: Service, owner: Owner) -> Response:
+    """The seconds the job may run, as plain text."""
     job = await service.get(job_id, owner)
     return PlainTextResponse(str(job.execution_duration))
 
@@ -412,6 +433,8 @@ async def get_execution_duration(job_id: str, service: Service, owner: Owner) ->
 async def post_execution_duration(
     job_id: str, request: Request, service: Service, owner: Owner
 ) -> Response:
+    """Set the seconds a PENDING job may run (``EXECUTIONDURATION``; 0 and values over the
+    service's cap become the cap)."""
     form = await read_form(request, max_form_bytes=form_limit(request))
     text = single(form, "executionduration")
     if text is None:
@@ -428,6 +451,7 @@ async def post_execution_duration(
 
 @router.get("/jobs/{job_id}/destruction")
 async def get_destruction(job_id: str, service: Service, owner: Owner) -> Response:
+    """When the job and its files will be removed (ISO 8601, UTC), as plain text."""
     job = await service.get(job_id, owner)
     return PlainTextResponse(render.isotime(job.destruction_time) or "")
 
@@ -436,6 +460,8 @@ async def get_destruction(job_id: str, service: Service, owner: Owner) -> Respon
 async def post_destruction(
     job_id: str, request: Request, service: Service, owner: Owner
 ) -> Response:
+    """Set when the job is removed (``DESTRUCTION``, an ISO 8601 time, kept between now and
+    the service's longest)."""
     form = await read_form(request, max_form_bytes=form_limit(request))
     text = single(form, "destruction")
     if text is None:
@@ -446,6 +472,8 @@ async def post_destruction(
 
 @router.get("/jobs/{job_id}/quote")
 async def get_quote(job_id: str, service: Service, owner: Owner) -> Response:
+    """When the job is expected to end (ISO 8601, UTC; empty when unknown), as plain
+    text."""
     job = await service.get(job_id, owner)
     return PlainTextResponse(render.isotime(job.quote) or "")
 
@@ -518,12 +546,14 @@ async def get_provenance(job_id: str, request: Request, service: Service, owner:
 
 @router.get("/jobs/{job_id}/owner")
 async def get_owner_resource(job_id: str, service: Service, owner: Owner) -> Response:
+    """The job's owner, as plain text (empty in anonymous mode)."""
     job = await service.get(job_id, owner)
     return PlainTextResponse(job.owner or "")
 
 
 @router.get("/jobs/{job_id}/parameters", openapi_extra=openapi.XML_OR_JSON)
 async def get_parameters(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
+    """The job's parameters (uws:parameters, or JSON)."""
     job = await service.get(job_id, owner)
     return job_document(request, service, job, render.parameters_xml, render.parameters_json)
 
@@ -532,7 +562,9 @@ async def get_parameters(job_id: str, request: Request, service: Service, owner:
 async def post_parameters(
     job_id: str, request: Request, service: Service, owner: Owner
 ) -> Response:
-    settings: Settings = request.app.state.settings
+    """Change a PENDING job's parameters, or give a HELD job what it waits for
+    (form-encoded, or multipart with a new IMAGE). Answers 303 to the job."""
+    settings = settings_of(request)
     await service.get(job_id, owner)  # 404 before reading any upload
 
     names: dict[str, str] = {}
@@ -565,6 +597,7 @@ async def post_parameters(
 
 @router.get("/jobs/{job_id}/parameters/{name}")
 async def get_parameter(job_id: str, name: str, service: Service, owner: Owner) -> Response:
+    """One parameter's value as plain text, or the uploaded FITS file."""
     job = await service.get(job_id, owner)
     for p in job.parameters:
         if p.name == name.lower() and not p.is_file:
@@ -579,6 +612,7 @@ async def get_parameter(job_id: str, name: str, service: Service, owner: Owner) 
 
 @router.get("/jobs/{job_id}/results", openapi_extra=openapi.XML_OR_JSON)
 async def get_results(job_id: str, request: Request, service: Service, owner: Owner) -> Response:
+    """The job's results (uws:results, or JSON): each one's id, link, type and size."""
     job = await service.get(job_id, owner)
     links = links_for(request)
     return xml_or_json(request, render.results_xml(job, links), render.results_json(job, links))
@@ -586,6 +620,8 @@ async def get_results(job_id: str, request: Request, service: Service, owner: Ow
 
 @router.get("/jobs/{job_id}/results/{result_id}")
 async def get_result(job_id: str, result_id: str, service: Service, owner: Owner) -> Response:
+    """One result file (the catalogue as VOTable, CSV, JSON or DS9 regions, the preview
+    ...)."""
     job = await service.get(job_id, owner)
     path, mime = await service.result_download(job, result_id)
     if not await in_thread(os.path.isfile, path):

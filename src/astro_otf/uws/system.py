@@ -12,6 +12,9 @@ from astro_otf.domain.errors import NotFound, ParameterError
 from astro_otf.service.metrics import CONTENT_TYPE
 from astro_otf.service.threads import in_thread
 from astro_otf.uws import openapi
+from astro_otf.uws.state import state_of
+
+__all__ = ["router"]
 
 router = APIRouter()
 
@@ -25,24 +28,7 @@ async def health() -> dict[str, Any]:
 @router.get("/health/ready")
 async def ready(request: Request) -> JSONResponse:
     """Readiness: the database answers and the executor and its helpers run."""
-    state = request.app.state
-    checks: dict[str, Any] = {}
-    try:
-        await in_thread(state.service.store.ping)
-        checks["database"] = {"ok": True}
-    except Exception as exc:
-        checks["database"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    checks["executor"] = {
-        "ok": state.scheduler.alive,
-        "problem": state.executor.problem(),
-        "kind": state.executor.name,
-        "workers": state.executor.capacity,
-        "running": len(state.scheduler.running),
-    }
-    checks["reaper"] = {"ok": state.reaper.alive}
-    replicas = getattr(state, "replicas", None)
-    if replicas is not None:  # PostgreSQL: one of possibly several replicas
-        checks["replica"] = {"ok": replicas.alive, "leader": replicas.leader}
+    checks = await state_of(request).readiness()
     ok = all(c["ok"] for c in checks.values())
     return JSONResponse(
         {"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503
@@ -52,7 +38,7 @@ async def ready(request: Request) -> JSONResponse:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     """Prometheus exposition: jobs by phase, queue depth per model, waits and run times."""
-    body = await in_thread(request.app.state.metrics.render)
+    body = await in_thread(state_of(request).metrics.render)
     return Response(body, media_type=CONTENT_TYPE)
 
 
@@ -60,7 +46,7 @@ async def metrics(request: Request) -> Response:
 async def models(request: Request) -> dict[str, Any]:
     """One entry per model id: its default (newest) version, with every installed version
     in ``versions``."""
-    registry = request.app.state.service.registry
+    registry = state_of(request).jobs.registry
     return {
         "default": registry.default_model_id,
         "models": [registry.describe(app) for app in registry.defaults()],
@@ -70,7 +56,7 @@ async def models(request: Request) -> dict[str, Any]:
 @router.get("/models/{model_id}", openapi_extra=openapi.GET_MODEL)
 async def model(model_id: str, request: Request) -> dict[str, Any]:
     """One model: its default version, or the one named by ``?version=``."""
-    registry = request.app.state.service.registry
+    registry = state_of(request).jobs.registry
     asked = [v for k, v in request.query_params.multi_items() if k.lower() == "version"]
     if len(asked) > 1:
         raise ParameterError("version", "is given more than once")

@@ -6,44 +6,37 @@ addressing, checks, quota, expiry, owners) lives in :mod:`astro_otf.service.uplo
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
-from astro_otf.config import Settings
-from astro_otf.service.uploads import StoredUpload, UploadService
-from astro_otf.uws.auth import owner_from
+from astro_otf.domain.forms import Form, Sink
+from astro_otf.service.uploads import StoredUpload
+from astro_otf.uws.auth import Owner
 from astro_otf.uws.render import isotime
-from astro_otf.uws.uploads import Form, Sink, read_form
+from astro_otf.uws.state import Uploads, settings_of
+from astro_otf.uws.uploads import read_form
+
+__all__ = ["router"]
 
 router = APIRouter()
 
 
-async def get_uploads(request: Request) -> UploadService:
-    uploads: UploadService = request.app.state.uploads
-    return uploads
-
-
-async def get_owner(request: Request) -> str | None:
-    return owner_from(request, request.app.state.settings)
-
-
-Uploads = Annotated[UploadService, Depends(get_uploads)]
-Owner = Annotated[str | None, Depends(get_owner)]
-
-
 def base_url(request: Request) -> str:
-    settings: Settings = request.app.state.settings
+    """The service's public URL (``base_url``, else the request's), without a final slash."""
+    settings = settings_of(request)
     return (settings.base_url or str(request.base_url)).rstrip("/")
 
 
 def upload_href(request: Request, upload_id: str) -> str:
+    """The URL of an upload's record."""
     return f"{base_url(request)}/uploads/{upload_id}"
 
 
 def upload_json(request: Request, upload: StoredUpload) -> dict[str, Any]:
+    """An upload's record as JSON (what ``GET /uploads/{id}`` answers)."""
     return {
         "upload_id": upload.upload_id,
         "sha256": upload.sha256,
@@ -92,7 +85,9 @@ UPLOAD_BODY: dict[str, Any] = {
     },
 )
 async def post_upload(request: Request, uploads: Uploads, owner: Owner) -> Response:
-    settings: Settings = request.app.state.settings
+    """Store a FITS image once, to name in jobs as ``IMAGE=upload:<id>``; the same content
+    uploaded again by the same owner answers its existing record."""
+    settings = settings_of(request)
 
     async def read(sink: Sink) -> Form:
         return await read_form(
@@ -115,6 +110,7 @@ async def post_upload(request: Request, uploads: Uploads, owner: Owner) -> Respo
 
 @router.get("/uploads")
 async def list_uploads(request: Request, uploads: Uploads, owner: Owner) -> JSONResponse:
+    """The caller's stored uploads."""
     found = await uploads.list(owner)
     return JSONResponse({"uploads": [upload_json(request, u) for u in found]})
 
@@ -123,10 +119,12 @@ async def list_uploads(request: Request, uploads: Uploads, owner: Owner) -> JSON
 async def get_upload(
     upload_id: str, request: Request, uploads: Uploads, owner: Owner
 ) -> JSONResponse:
+    """One upload's record: its digest, size, file name, expiry and FITS header facts."""
     return JSONResponse(upload_json(request, await uploads.get(owner, upload_id)))
 
 
 @router.delete("/uploads/{upload_id}", status_code=204)
 async def delete_upload(upload_id: str, uploads: Uploads, owner: Owner) -> Response:
+    """Remove an upload (jobs already made from it keep their copy)."""
     await uploads.delete(owner, upload_id)
     return Response(status_code=204)

@@ -10,7 +10,6 @@ streams in. Parameter names are case-insensitive: they come back lower case.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import IO
 from urllib.parse import parse_qsl
 
@@ -24,27 +23,11 @@ from astro_otf.domain.errors import (
     UnsupportedMediaType,
     UploadTooLarge,
 )
+from astro_otf.domain.forms import Form, Sink
+
+__all__ = ["read_form"]
 
 MAX_FIELD_BYTES = 1024 * 1024  # a text parameter (or an uploaded job-description XML)
-
-#: Given a lower-case part name and the client's file name, return an open binary file to
-#: stream the part into, or None to keep the part in memory as a text field.
-Sink = Callable[[str, str], IO[bytes] | None]
-
-
-@dataclass
-class Form:
-    fields: dict[str, str] = field(default_factory=dict)
-    #: file parts written to a sink: lower-case name -> bytes written
-    files: dict[str, int] = field(default_factory=dict)
-
-    def add_field(self, name: str, value: str) -> None:
-        key = name.strip().lower()
-        if not key:
-            raise RequestError("a form field has an empty name")
-        if key in self.fields or key in self.files:
-            raise ParameterError(key, "is given more than once")
-        self.fields[key] = value
 
 
 def _too_large(limit: int) -> UploadTooLarge:

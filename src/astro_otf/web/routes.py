@@ -1,6 +1,7 @@
 """The web page's routes. Each handler reads what it shows through the JobService and the
-model registry (app.state.service), renders a Jinja2 template and sends it; everything a
-page changes it changes through the UWS API itself (/jobs, /uploads), from its script."""
+model registry (:func:`astro_otf.uws.state.state_of`), renders a Jinja2 template and sends
+it; everything a page changes it changes through the UWS API itself (/jobs, /uploads), from
+its script."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from starlette.responses import Response
 
-from astro_otf.config import Settings
 from astro_otf.domain.errors import (
     InvalidToken,
     JobNotFound,
@@ -39,6 +39,7 @@ from astro_otf.uws.auth import (
     session_of,
 )
 from astro_otf.uws.routes import check_filter, links_for, parse_phase
+from astro_otf.uws.state import settings_of, state_of
 from astro_otf.uws.uploads import read_form
 from astro_otf.web.archive import zip_stream
 from astro_otf.web.cards import read_card
@@ -108,14 +109,9 @@ TEMPLATES.env.filters["size"] = _size
 TEMPLATES.env.filters["percent"] = _percent
 
 
-def settings_of(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 def service_of(request: Request) -> JobService:
-    service: JobService = request.app.state.service
-    return service
+    """The JobService the pages read jobs and models from."""
+    return state_of(request).jobs
 
 
 def page_owner(request: Request) -> str | None:
@@ -136,6 +132,7 @@ def safe_next(value: str | None) -> str:
 
 
 def set_cookie(response: Response, request: Request, name: str, value: str) -> None:
+    """Set one of the page's cookies: HttpOnly, SameSite=Strict, Secure over https."""
     response.set_cookie(
         name,
         value,
@@ -179,6 +176,7 @@ def page(
 
 
 def error_page(request: Request, status_code: int, message: str, owner: str | None) -> Response:
+    """A page saying what went wrong, with its HTTP status."""
     return page(
         request,
         "error.html",
@@ -246,6 +244,7 @@ def model_parameters(service: JobService, job: Job) -> list[dict[str, Any]]:
 
 @router.get("/")
 async def jobs_page(request: Request) -> Response:
+    """The job list: the owner's newest jobs, filtered by phase, run id and image."""
     owner = page_owner(request)
     service = service_of(request)
     try:
@@ -287,6 +286,7 @@ async def job_rows(request: Request) -> Response:
 
 @router.get("/ui/jobs/{job_id}")
 async def job_page(job_id: str, request: Request) -> Response:
+    """One job: its phase and progress, input, results and preview, and a rerun form."""
     owner = page_owner(request)
     service = service_of(request)
     try:
@@ -355,6 +355,7 @@ async def results_zip(job_id: str, request: Request) -> Response:
 
 @router.get("/ui/submit")
 async def submit_page(request: Request) -> Response:
+    """The submission form: a model (``?model=``), its parameters and an image."""
     owner = page_owner(request)
     registry = service_of(request).registry
     models = [registry.describe(app) for app in registry.defaults()]
@@ -379,6 +380,7 @@ async def submit_page(request: Request) -> Response:
 
 @router.get("/ui/models")
 async def models_page(request: Request) -> Response:
+    """The models on offer, each with its default version."""
     registry = service_of(request).registry
     models = [registry.describe(app) for app in registry.defaults()]
     return page(request, "models.html", {"title": "Models", "nav": "models", "models": models})
@@ -386,6 +388,7 @@ async def models_page(request: Request) -> Response:
 
 @router.get("/ui/models/{model_id}")
 async def model_page(model_id: str, request: Request) -> Response:
+    """One model (its default version, or ``?version=``): its card and parameters."""
     registry = service_of(request).registry
     version = request.query_params.get("version") or None
     try:
@@ -415,6 +418,7 @@ async def model_page(model_id: str, request: Request) -> Response:
 
 @router.get("/ui/login")
 async def login_page(request: Request) -> Response:
+    """The login form (token and OIDC modes; in anonymous mode, straight back)."""
     settings = settings_of(request)
     next_url = safe_next(request.query_params.get("next"))
     if settings.auth_mode == "anonymous":
@@ -434,6 +438,8 @@ async def login_page(request: Request) -> Response:
 
 @router.post("/ui/login")
 async def login(request: Request) -> Response:
+    """Check the pasted token and keep it in the login cookie, then back to ``next``; a
+    refused token shows the form again, saying why."""
     settings = settings_of(request)
     form = await read_form(request, max_form_bytes=settings.max_form_bytes)
     next_url = safe_next(form.fields.get("next"))
@@ -472,6 +478,7 @@ async def login(request: Request) -> Response:
 
 @router.post("/ui/logout")
 async def logout(request: Request) -> Response:
+    """Forget the login cookie; back to the login form."""
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(
         TOKEN_COOKIE,

@@ -11,7 +11,9 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def run() -> None:
+def _run() -> None:
+    """Migrate online: on the connection the store put in ``attributes["connection"]``
+    (:func:`astro_otf.store.database.migrate`), else on one made from the ini's URL."""
     connection = config.attributes.get("connection")
     if connection is not None:
         context.configure(
@@ -40,4 +42,4 @@ if context.is_offline_mode():
     with context.begin_transaction():
         context.run_migrations()
 else:
-    run()
+    _run()

@@ -1,11 +1,13 @@
-"""Server-side datasets over real HTTP: GET /datasets and /datasets/{name} with the header
-facts of each image, a job on IMAGE=dataset:<name>/<path> whose catalogue names the file and
-whose input is recorded for reuse, and the references the service refuses (4xx naming
-IMAGE)."""
+"""Server-side datasets: GET /datasets and /datasets/{name} with the header facts of each
+image, a job on IMAGE=dataset:<name>/<path> whose catalogue names the file and whose input is
+recorded for reuse, and the references the service refuses (4xx naming IMAGE).
+
+The service runs in the test's process (tests/inprocess.py); its sep jobs run the real worker
+code in a thread, so that the catalogue is the real one.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -14,14 +16,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.inprocess import FakeExecutor, InProcessService, real_runs
 from tests.integration.test_held import job, wait_final
 
 
 @pytest.fixture(scope="module")
 def setup(
     tmp_path_factory: pytest.TempPathFactory, real_data: Path
-) -> Iterator[tuple[ServerProcess, Path]]:
+) -> Iterator[tuple[InProcessService, Path]]:
+    """A service offering two datasets over a folder of real images (with a non-image, and a link
+    that escapes the folder); the folder."""
     tmp = tmp_path_factory.mktemp("otf-datasets")
     folder = tmp / "real"
     (folder / "first").mkdir(parents=True)
@@ -34,28 +38,27 @@ def setup(
     outside = tmp / "outside.fits"
     shutil.copyfile(real_data / "aegean" / "1904-66_SIN.fits", outside)
     os.symlink(outside, folder / "escape.fits")
-    proc = ServerProcess(
+    with InProcessService(
         tmp / "data",
-        None,
-        datasets=json.dumps(
-            [
-                {"name": "real", "path": str(folder), "description": "real images"},
-                {"name": "top", "path": str(folder / "*.fits")},
-            ]
-        ),
-    )
-    proc.start()
-    yield proc, folder
-    proc.stop()
+        executor=FakeExecutor(default=real_runs),
+        datasets=[
+            {"name": "real", "path": str(folder), "description": "real images"},
+            {"name": "top", "path": str(folder / "*.fits")},
+        ],
+    ) as service:
+        yield service, folder
 
 
 @pytest.fixture
-def client(setup: tuple[ServerProcess, Path]) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=setup[0].url, timeout=60) as c:
+def client(setup: tuple[InProcessService, Path]) -> Iterator[httpx.Client]:
+    """A client of the datasets service."""
+    with setup[0].client() as c:
         yield c
 
 
 def test_listing_with_header_facts(client: httpx.Client) -> None:
+    """/datasets lists each dataset, and /datasets/{name} each image with the facts of its
+    header."""
     listed = client.get("/datasets").json()["datasets"]
     assert [d["name"] for d in listed] == ["real", "top"]
     assert listed[0]["description"] == "real images"
@@ -77,6 +80,8 @@ def test_listing_with_header_facts(client: httpx.Client) -> None:
 
 
 def test_a_dataset_job_completes_and_names_its_file(client: httpx.Client) -> None:
+    """A job on a dataset's image completes (a real sep run), its catalogue names the file and
+    its sha256, and the same request again reuses its results."""
     ref = "dataset:real/first/first_J105007+304037.fits"
     r = client.post("/jobs", data={"IMAGE": ref, "PHASE": "RUN", "NOCACHE": "true"})
     assert r.status_code == 303, r.text
@@ -109,12 +114,15 @@ def test_a_dataset_job_completes_and_names_its_file(client: httpx.Client) -> Non
     ],
 )
 def test_refused_references(client: httpx.Client, ref: str, words: str) -> None:
+    """References outside the dataset, of another kind of file, to an unknown dataset or to a
+    missing file are 400 naming IMAGE and why."""
     r = client.post("/jobs", data={"IMAGE": ref, "PHASE": "RUN"})
     assert r.status_code == 400, r.text
     assert r.text.startswith("IMAGE:") and words in r.text
 
 
 def test_hold_needs_a_reference_that_can_wait(client: httpx.Client) -> None:
+    """HOLD is ignored for a file that is there, and refused for a job that cannot wait."""
     r = client.post(
         "/jobs", data={"IMAGE": "dataset:real/1904-66_SIN.fits", "HOLD": "soon", "PHASE": "RUN"}
     )

@@ -1,18 +1,22 @@
-"""Per-owner quotas on a real server in token mode: active jobs (429 with Retry-After, the
-job kept PENDING, other owners unaffected), the job creation rate (429 before an upload
-streams in) and the bytes an owner's jobs may hold (413 until jobs are deleted)."""
+"""Per-owner quotas of the service in token mode: active jobs (429 with Retry-After, the job
+kept PENDING, other owners unaffected), the job creation rate (429 before an upload streams
+in) and the bytes an owner's jobs may hold (413 until jobs are deleted).
+
+Quotas are JobService's policy: the service runs in the test's process (tests/inprocess.py),
+its sleep jobs on a fake executor that holds them EXECUTING for their DURATION.
+"""
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.inprocess import InProcessService
 
 TOKENS = {"tok-alice": "alice", "tok-bob": "bob", "tok-olga": "olga"}
 ALICE = {"Authorization": "Bearer tok-alice"}
@@ -21,67 +25,72 @@ OLGA = {"Authorization": "Bearer tok-olga"}
 JSON = {"Accept": "application/json"}
 
 
-def start(tmp_path_factory: pytest.TempPathFactory, name: str, **settings: str) -> ServerProcess:
-    proc = ServerProcess(
+def start(tmp_path_factory: pytest.TempPathFactory, name: str, **settings: Any) -> InProcessService:
+    """A started service in token mode (alice, bob; olga the operator) with ``settings``."""
+    service = InProcessService(
         tmp_path_factory.mktemp(name) / "data",
-        None,
         auth_mode="token",
-        tokens=json.dumps(TOKENS),
-        operators=json.dumps(["olga"]),
+        tokens=TOKENS,
+        operators=["olga"],
         **settings,
     )
-    proc.start()
-    return proc
+    return service.start()
 
 
 @pytest.fixture(scope="module")
-def active_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start(tmp_path_factory, "otf-active", max_active_jobs="2", workers="1")
-    yield proc
-    proc.stop()
+def active_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessService]:
+    """A service of one worker where an owner may have two active jobs."""
+    service = start(tmp_path_factory, "otf-active", max_active_jobs=2, workers=1)
+    yield service
+    service.stop()
 
 
 @pytest.fixture(scope="module")
-def rate_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def rate_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessService]:
+    """A service where an owner may create three jobs at once, then one a minute."""
     # one job a minute after a burst of three: the fourth is refused for about a minute
-    proc = start(tmp_path_factory, "otf-rate", job_creation_rate="1", job_creation_burst="3")
-    yield proc
-    proc.stop()
+    service = start(tmp_path_factory, "otf-rate", job_creation_rate=1, job_creation_burst=3)
+    yield service
+    service.stop()
 
 
 def create(
-    server: ServerProcess,
+    server: InProcessService,
     headers: dict[str, str],
     fields: dict[str, str],
     image: Path | None = None,
 ) -> httpx.Response:
+    """POST /jobs as the owner ``headers`` names (with ``image`` uploaded)."""
     files = {"IMAGE": (image.name, image.read_bytes(), "application/fits")} if image else None
-    return httpx.post(f"{server.url}/jobs", data=fields, files=files, headers=headers, timeout=30)
+    return server.http.post("/jobs", data=fields, files=files, headers=headers, timeout=30)
 
 
 def job_id_of(response: httpx.Response) -> str:
+    """The id of the job a 303 answer created."""
     assert response.status_code == 303, response.text
     return response.headers["location"].rsplit("/", 1)[1]
 
 
-def phase(server: ServerProcess, headers: dict[str, str], job_id: str) -> str:
-    return httpx.get(f"{server.url}/jobs/{job_id}/phase", headers=headers, timeout=10).text
+def phase(server: InProcessService, headers: dict[str, str], job_id: str) -> str:
+    """The job's phase, as its owner sees it."""
+    return server.http.get(f"/jobs/{job_id}/phase", headers=headers, timeout=10).text
 
 
-def run(server: ServerProcess, headers: dict[str, str], job_id: str) -> httpx.Response:
-    return httpx.post(
-        f"{server.url}/jobs/{job_id}/phase", data={"PHASE": "RUN"}, headers=headers, timeout=10
+def run(server: InProcessService, headers: dict[str, str], job_id: str) -> httpx.Response:
+    """PHASE=RUN for the job; the answer."""
+    return server.http.post(
+        f"/jobs/{job_id}/phase", data={"PHASE": "RUN"}, headers=headers, timeout=10
     )
 
 
-def abort(server: ServerProcess, headers: dict[str, str], job_id: str) -> None:
-    httpx.post(
-        f"{server.url}/jobs/{job_id}/phase", data={"PHASE": "ABORT"}, headers=headers, timeout=10
-    )
+def abort(server: InProcessService, headers: dict[str, str], job_id: str) -> None:
+    """PHASE=ABORT for the job."""
+    server.http.post(f"/jobs/{job_id}/phase", data={"PHASE": "ABORT"}, headers=headers, timeout=10)
 
 
-def job_count(server: ServerProcess, headers: dict[str, str]) -> int:
-    response = httpx.get(f"{server.url}/jobs", headers={**headers, **JSON}, timeout=10)
+def job_count(server: InProcessService, headers: dict[str, str]) -> int:
+    """How many jobs the owner's listing holds."""
+    response = server.http.get("/jobs", headers={**headers, **JSON}, timeout=10)
     assert response.status_code == 200, response.text
     return len(response.json()["jobs"])
 
@@ -93,8 +102,10 @@ SLEEP = {"MODEL": "sleep", "DURATION": "60"}
 
 
 def test_active_jobs_over_the_limit_answer_429_with_retry_after(
-    active_server: ServerProcess,
+    active_server: InProcessService,
 ) -> None:
+    """A RUN past max_active_jobs is 429 with Retry-After and the count, stores nothing or keeps the
+    job PENDING, and counts against the job's owner only."""
     server = active_server
     mine: list[str] = []
     theirs: list[str] = []
@@ -141,7 +152,8 @@ def test_active_jobs_over_the_limit_answer_429_with_retry_after(
             abort(server, BOB, job_id)
 
 
-def test_runs_arriving_together_do_not_overshoot_the_limit(active_server: ServerProcess) -> None:
+def test_runs_arriving_together_do_not_overshoot_the_limit(active_server: InProcessService) -> None:
+    """Five RUNs arriving at once: two go through, three are 429."""
     server = active_server
     ids = [job_id_of(create(server, BOB, SLEEP)) for _ in range(5)]
     answers: dict[str, int] = {}
@@ -169,8 +181,10 @@ def test_runs_arriving_together_do_not_overshoot_the_limit(active_server: Server
 
 
 def test_creation_rate_answers_429_with_retry_after(
-    rate_server: ServerProcess, test_data: Path
+    rate_server: InProcessService, test_data: Path
 ) -> None:
+    """Past the burst a creation, an upload's creation and a rerun are 429 with Retry-After; other
+    owners still create."""
     server = rate_server
     for _ in range(3):  # the burst
         job_id_of(create(server, ALICE, SLEEP))
@@ -187,10 +201,10 @@ def test_creation_rate_answers_429_with_retry_after(
     jobs_dir = server.data_dir / "jobs"
     assert len([p for p in jobs_dir.iterdir()]) == before
     # a rerun creates a job too
-    listed = httpx.get(f"{server.url}/jobs", headers={**ALICE, **JSON}, timeout=10).json()
+    listed = server.http.get("/jobs", headers={**ALICE, **JSON}, timeout=10).json()
     ended = listed["jobs"][0]["jobId"]
     abort(server, ALICE, ended)
-    rerun = httpx.post(f"{server.url}/jobs/{ended}/rerun", headers=ALICE, timeout=10)
+    rerun = server.http.post(f"/jobs/{ended}/rerun", headers=ALICE, timeout=10)
     assert rerun.status_code == 429, rerun.text
     assert rerun.headers.get("retry-after", "").isdigit()
     # another owner, and an operator (not exempt, but its own bucket), still create
@@ -204,9 +218,11 @@ def test_creation_rate_answers_429_with_retry_after(
 def test_stored_bytes_over_the_quota_answer_413_until_jobs_are_deleted(
     tmp_path_factory: pytest.TempPathFactory, test_data: Path
 ) -> None:
+    """A job past max_stored_bytes is 413 saying how to make room; deleting a job makes it, and
+    /accounting shows the quota."""
     image = test_data / "image2d.fits"
     size = image.stat().st_size
-    server = start(tmp_path_factory, "otf-bytes", max_stored_bytes=str(int(size * 1.5)))
+    server = start(tmp_path_factory, "otf-bytes", max_stored_bytes=int(size * 1.5))
     try:
         first = job_id_of(create(server, ALICE, {"MODEL": "sep"}, image))
         refused = create(server, ALICE, {"MODEL": "sep"}, image)
@@ -217,10 +233,10 @@ def test_stored_bytes_over_the_quota_answer_413_until_jobs_are_deleted(
         # another owner holds nothing yet
         job_id_of(create(server, BOB, {"MODEL": "sep"}, image))
         # deleting frees the room
-        deleted = httpx.delete(f"{server.url}/jobs/{first}", headers=ALICE, timeout=10)
+        deleted = server.http.delete(f"/jobs/{first}", headers=ALICE, timeout=10)
         assert deleted.status_code == 303
         job_id_of(create(server, ALICE, {"MODEL": "sep"}, image))
-        standing = httpx.get(f"{server.url}/accounting", headers=ALICE, timeout=10).json()
+        standing = server.http.get("/accounting", headers=ALICE, timeout=10).json()
         (me,) = standing["owners"]
         assert me["quota"]["stored_bytes"] == {"used": size, "limit": int(size * 1.5)}
         assert me["bytes_stored"] == size
