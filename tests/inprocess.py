@@ -406,7 +406,11 @@ class InProcessService:
     background thread. Use as a context manager (or :meth:`start` / :meth:`stop`);
     :meth:`client` gives a synchronous httpx client for it, :meth:`call` runs a coroutine
     (JobService's methods) on its loop. ``data_dir`` and ``url`` mirror ServerProcess's, so
-    that helpers written for a subprocess server serve here too."""
+    that helpers written for a subprocess server serve here too.
+
+    ``settings``, when given, are used as they are (settings a test did not build itself,
+    such as those :func:`astro_otf.app.run_server` read from the environment): ``data_dir``
+    must be theirs, and ``default_model`` and ``values`` are not taken."""
 
     def __init__(
         self,
@@ -414,10 +418,15 @@ class InProcessService:
         *,
         executor: FakeExecutor | None = None,
         default_model: str | None = "sep",
+        settings: Settings | None = None,
         **values: Any,
     ) -> None:
         self.data_dir = data_dir
-        self.settings = settings_for(data_dir, default_model=default_model, **values)
+        if settings is None:
+            settings = settings_for(data_dir, default_model=default_model, **values)
+        elif values or Path(settings.data_dir) != data_dir:
+            raise ValueError("given settings are used as they are, for their own data_dir")
+        self.settings = settings
         self.executor = executor or FakeExecutor(capacity=self.settings.workers)
         self.app: FastAPI = create_app(self.settings, executor=self.executor)
         self.url = BASE_URL

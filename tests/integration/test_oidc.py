@@ -1,14 +1,19 @@
-"""A real server in auth_mode = "oidc" against a stand-in provider (tests/oidc_provider.py:
+"""The service in auth_mode = "oidc" against a stand-in provider (tests/oidc_provider.py:
 key pairs made here, the JWKS served by a local HTTP thread): a user's JWT makes them the
 owner of their jobs, another user's cannot see them, a member of the operators' group
 manages everyone's, and each bad token gets 401 with its reason in the body and in the
-WWW-Authenticate challenge."""
+WWW-Authenticate challenge.
+
+These are decisions of the HTTP layer and the service: they run in the test's process
+(tests/inprocess.py, its sleep jobs emulated), which fetches the provider's keys over HTTP
+as a server does. pyvo needs a port to talk to: its test starts a real server."""
 
 from __future__ import annotations
 
 import re
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +22,7 @@ from lxml import etree
 from pyvo.dal.tap import AsyncTAPJob
 
 from tests.conftest import ServerProcess
+from tests.inprocess import InProcessService
 from tests.oidc_provider import AUDIENCE, ISSUER, JwksServer, SigningKey, claims
 
 UWS = "{http://www.ivoa.net/xml/UWS/v1.0}"
@@ -34,19 +40,43 @@ def provider(keys: list[SigningKey]) -> Iterator[JwksServer]:
         yield server
 
 
+def oidc_settings(provider: JwksServer) -> dict[str, Any]:
+    """The service's OIDC settings against ``provider`` (its key refresher off: the tests
+    rotate the keys themselves)."""
+    return {
+        "auth_mode": "oidc",
+        "oidc_issuer": ISSUER,
+        "oidc_audience": AUDIENCE,
+        "oidc_jwks_url": provider.url,
+        "oidc_operator_group": OPERATORS,
+        "oidc_jwks_refresh_interval": "0",
+    }
+
+
+@pytest.fixture(scope="module")
+def oidc(
+    provider: JwksServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessService]:
+    """The service in OIDC mode, in the test's process."""
+    with InProcessService(
+        tmp_path_factory.mktemp("otf-oidc") / "data", **oidc_settings(provider)
+    ) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def http(oidc: InProcessService) -> httpx.Client:
+    """The in-process service's shared client (each request passes its user's token)."""
+    return oidc.http
+
+
 @pytest.fixture(scope="module")
 def oidc_server(
     provider: JwksServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
+    """A real server in OIDC mode, for pyvo."""
     proc = ServerProcess(
-        tmp_path_factory.mktemp("otf-oidc") / "data",
-        None,
-        auth_mode="oidc",
-        oidc_issuer=ISSUER,
-        oidc_audience=AUDIENCE,
-        oidc_jwks_url=provider.url,
-        oidc_operator_group=OPERATORS,
-        oidc_jwks_refresh_interval="0",
+        tmp_path_factory.mktemp("otf-oidc-server") / "data", None, **oidc_settings(provider)
     )
     proc.start()
     yield proc
@@ -57,9 +87,9 @@ def bearer(key: SigningKey, user: str, **extra: object) -> dict[str, str]:
     return {"Authorization": f"Bearer {key.sign(claims(user, **extra))}"}
 
 
-def create_job(server: ServerProcess, headers: dict[str, str], duration: str = "0") -> str:
-    response = httpx.post(
-        f"{server.url}/jobs",
+def create_job(http: httpx.Client, headers: dict[str, str], duration: str = "0") -> str:
+    response = http.post(
+        "/jobs",
         data={"MODEL": "sleep", "DURATION": duration, "PHASE": "RUN"},
         headers=headers,
         timeout=30,
@@ -68,80 +98,79 @@ def create_job(server: ServerProcess, headers: dict[str, str], duration: str = "
     return response.headers["location"].rsplit("/", 1)[1]
 
 
-def wait_phase(server: ServerProcess, job_id: str, headers: dict[str, str], *phases: str) -> str:
+def wait_phase(http: httpx.Client, job_id: str, headers: dict[str, str], *phases: str) -> str:
     phase = ""
     for _ in range(30):
-        doc = httpx.get(
-            f"{server.url}/jobs/{job_id}",
+        doc = http.get(
+            f"/jobs/{job_id}",
             params={"WAIT": "2"},
             headers={**headers, "Accept": "application/json"},
             timeout=30,
         )
         assert doc.status_code == 200, doc.text
-        phase = doc.json()["phase"]
+        phase = str(doc.json()["phase"])
         if phase in phases:
             return phase
     raise AssertionError(f"job {job_id} stayed {phase}")
 
 
-def listed_ids(server: ServerProcess, headers: dict[str, str]) -> set[str]:
-    response = httpx.get(f"{server.url}/jobs", headers=headers, timeout=10)
+def listed_ids(http: httpx.Client, headers: dict[str, str]) -> set[str]:
+    response = http.get("/jobs", headers=headers, timeout=10)
     assert response.status_code == 200, response.text
     root = etree.fromstring(response.content)
     return {ref.get("id") for ref in root.iter(f"{UWS}jobref")}
 
 
-def test_owner_sees_own_jobs_only(oidc_server: ServerProcess, keys: list[SigningKey]) -> None:
+def test_owner_sees_own_jobs_only(http: httpx.Client, keys: list[SigningKey]) -> None:
     rsa, ec = keys
     alice, bob = bearer(rsa, "alice"), bearer(ec, "bob")
-    job_id = create_job(oidc_server, alice)
-    assert wait_phase(oidc_server, job_id, alice, "COMPLETED") == "COMPLETED"
-    owner = httpx.get(f"{oidc_server.url}/jobs/{job_id}/owner", headers=alice, timeout=10)
+    job_id = create_job(http, alice)
+    assert wait_phase(http, job_id, alice, "COMPLETED") == "COMPLETED"
+    owner = http.get(f"/jobs/{job_id}/owner", headers=alice, timeout=10)
     assert owner.status_code == 200 and owner.text == "alice"
-    assert job_id in listed_ids(oidc_server, alice)
+    assert job_id in listed_ids(http, alice)
 
     for sub in ("", "/phase", "/results", "/owner"):
-        response = httpx.get(f"{oidc_server.url}/jobs/{job_id}{sub}", headers=bob, timeout=10)
+        response = http.get(f"/jobs/{job_id}{sub}", headers=bob, timeout=10)
         assert response.status_code == 404, (sub, response.text)
-    gone = httpx.delete(f"{oidc_server.url}/jobs/{job_id}", headers=bob, timeout=10)
+    gone = http.delete(f"/jobs/{job_id}", headers=bob, timeout=10)
     assert gone.status_code == 404
-    assert job_id not in listed_ids(oidc_server, bob)
+    assert job_id not in listed_ids(http, bob)
     # a fresh token of alice's (another key of the provider) is the same owner
-    assert job_id in listed_ids(oidc_server, bearer(ec, "alice"))
+    assert job_id in listed_ids(http, bearer(ec, "alice"))
 
 
-def test_operator_group_manages_every_owner(
-    oidc_server: ServerProcess, keys: list[SigningKey]
-) -> None:
+def test_operator_group_manages_every_owner(http: httpx.Client, keys: list[SigningKey]) -> None:
     rsa, ec = keys
     alice, bob = bearer(rsa, "alice"), bearer(ec, "bob")
     olga = bearer(rsa, "olga", groups=["staff", OPERATORS])
-    alice_job = create_job(oidc_server, alice)
-    bob_job = create_job(oidc_server, bob, duration="120")
-    wait_phase(oidc_server, alice_job, alice, "COMPLETED")
-    wait_phase(oidc_server, bob_job, bob, "EXECUTING", "QUEUED")
+    alice_job = create_job(http, alice)
+    bob_job = create_job(http, bob, duration="120")
+    wait_phase(http, alice_job, alice, "COMPLETED")
+    # running (or about to): asked without WAIT, which would block while it runs
+    running = http.get(f"/jobs/{bob_job}", headers={**bob, "Accept": "application/json"})
+    assert running.status_code == 200, running.text
+    assert running.json()["phase"] in ("EXECUTING", "QUEUED")
 
-    seen = listed_ids(oidc_server, olga)
+    seen = listed_ids(http, olga)
     assert {alice_job, bob_job} <= seen
     # not in the group: only their own
-    assert alice_job not in listed_ids(oidc_server, bearer(rsa, "otto", groups=["staff"]))
+    assert alice_job not in listed_ids(http, bearer(rsa, "otto", groups=["staff"]))
 
-    aborted = httpx.post(
-        f"{oidc_server.url}/jobs/{bob_job}/phase", data={"PHASE": "ABORT"}, headers=olga, timeout=10
-    )
+    aborted = http.post(f"/jobs/{bob_job}/phase", data={"PHASE": "ABORT"}, headers=olga, timeout=10)
     assert aborted.status_code == 303, aborted.text
-    assert wait_phase(oidc_server, bob_job, bob, "ABORTED") == "ABORTED"
-    deleted = httpx.delete(f"{oidc_server.url}/jobs/{alice_job}", headers=olga, timeout=10)
+    assert wait_phase(http, bob_job, bob, "ABORTED") == "ABORTED"
+    deleted = http.delete(f"/jobs/{alice_job}", headers=olga, timeout=10)
     assert deleted.status_code == 303, deleted.text
-    assert alice_job not in listed_ids(oidc_server, alice)
-    assert httpx.delete(f"{oidc_server.url}/jobs/{bob_job}", headers=olga, timeout=10).is_redirect
+    assert alice_job not in listed_ids(http, alice)
+    assert http.delete(f"/jobs/{bob_job}", headers=olga, timeout=10).is_redirect
     # the operator's own job is theirs
-    own = create_job(oidc_server, olga)
-    owner = httpx.get(f"{oidc_server.url}/jobs/{own}/owner", headers=olga, timeout=10)
+    own = create_job(http, olga)
+    owner = http.get(f"/jobs/{own}/owner", headers=olga, timeout=10)
     assert owner.text == "olga"
 
 
-def test_bad_tokens_get_401_with_reason(oidc_server: ServerProcess, keys: list[SigningKey]) -> None:
+def test_bad_tokens_get_401_with_reason(http: httpx.Client, keys: list[SigningKey]) -> None:
     rsa, _ = keys
     now = int(time.time())
     bad = {
@@ -158,9 +187,7 @@ def test_bad_tokens_get_401_with_reason(oidc_server: ServerProcess, keys: list[S
         "not a well-formed JWT": "not-a-jwt",
     }
     for reason, token in bad.items():
-        response = httpx.get(
-            f"{oidc_server.url}/jobs", headers={"Authorization": f"Bearer {token}"}, timeout=10
-        )
+        response = http.get("/jobs", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert response.status_code == 401, (reason, response.text)
         assert reason in response.text, (reason, response.text)
         challenge = response.headers["www-authenticate"]
@@ -168,22 +195,22 @@ def test_bad_tokens_get_401_with_reason(oidc_server: ServerProcess, keys: list[S
         assert reason.replace('"', "'") in challenge, (reason, challenge)
         assert token not in response.text or token == "not-a-jwt"
     # no token at all: the plain challenge and what to send
-    none = httpx.get(f"{oidc_server.url}/jobs", timeout=10)
+    none = http.get("/jobs", timeout=10)
     assert none.status_code == 401 and none.headers["www-authenticate"] == "Bearer"
     assert "Authorization: Bearer" in none.text
 
 
 def test_key_rotation_and_provider_down(
-    oidc_server: ServerProcess, provider: JwksServer, keys: list[SigningKey]
+    http: httpx.Client, provider: JwksServer, keys: list[SigningKey]
 ) -> None:
     rsa, ec = keys
-    assert listed_ids(oidc_server, bearer(rsa, "alice")) is not None  # keys fetched
+    assert listed_ids(http, bearer(rsa, "alice")) is not None  # keys fetched
     # The provider is down: a known key still verifies; an unknown one cannot be checked.
     provider.down = True
     try:
         newer = SigningKey("EC", kid="ec-2")
-        assert httpx.get(f"{oidc_server.url}/jobs", headers=bearer(ec, "bob")).status_code == 200
-        busy = httpx.get(f"{oidc_server.url}/jobs", headers=bearer(newer, "bob"), timeout=10)
+        assert http.get("/jobs", headers=bearer(ec, "bob")).status_code == 200
+        busy = http.get("/jobs", headers=bearer(newer, "bob"), timeout=10)
         assert busy.status_code == 503, busy.text
         assert "identity provider's keys cannot be read" in busy.text
         assert int(busy.headers["retry-after"]) >= 1
@@ -192,19 +219,21 @@ def test_key_rotation_and_provider_down(
     # The provider rotates: the new key works at once, the withdrawn one no more.
     provider.keys = [rsa, newer]
     try:
-        assert httpx.get(f"{oidc_server.url}/jobs", headers=bearer(newer, "bob")).status_code == 200
-        refused = httpx.get(f"{oidc_server.url}/jobs", headers=bearer(ec, "bob"), timeout=10)
+        assert http.get("/jobs", headers=bearer(newer, "bob")).status_code == 200
+        refused = http.get("/jobs", headers=bearer(ec, "bob"), timeout=10)
         assert refused.status_code == 401 and "'ec-1'" in refused.text
     finally:
         provider.keys = list(keys)
 
 
-def test_web_login_takes_a_jwt(oidc_server: ServerProcess, keys: list[SigningKey]) -> None:
+def test_web_login_takes_a_jwt(
+    oidc: InProcessService, http: httpx.Client, keys: list[SigningKey]
+) -> None:
     rsa, _ = keys
-    page = httpx.get(f"{oidc_server.url}/ui/login", timeout=10)
+    page = http.get("/ui/login", timeout=10)
     assert page.status_code == 200 and "JWT" in page.text and ISSUER in page.text
     expired = rsa.sign(claims(exp=int(time.time()) - 3600, iat=0, nbf=0))
-    with httpx.Client(base_url=oidc_server.url, timeout=10) as browser:
+    with oidc.client(timeout=10) as browser:
         form = browser.get("/ui/login")
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
         assert csrf is not None
@@ -217,7 +246,7 @@ def test_web_login_takes_a_jwt(oidc_server: ServerProcess, keys: list[SigningKey
         jobs = browser.get("/")
         assert jobs.status_code == 200 and "Signed in as <strong>alice</strong>" in jobs.text
     # an expired token in the cookie: back to the login form, saying why
-    with httpx.Client(base_url=oidc_server.url, timeout=10) as browser:
+    with oidc.client(timeout=10) as browser:
         browser.cookies.set("otf_token", expired)
         back = browser.get("/jobs")
         assert back.status_code == 401 and "log in again" in back.text
@@ -227,7 +256,8 @@ def test_web_login_takes_a_jwt(oidc_server: ServerProcess, keys: list[SigningKey
 def test_pyvo_with_a_bearer_session(oidc_server: ServerProcess, keys: list[SigningKey]) -> None:
     rsa, _ = keys
     headers = bearer(rsa, "alice")
-    job_id = create_job(oidc_server, headers)
+    with httpx.Client(base_url=oidc_server.url) as client:
+        job_id = create_job(client, headers)
     session = requests.Session()
     session.headers.update(headers)
     job = AsyncTAPJob(f"{oidc_server.url}/jobs/{job_id}", session=session)

@@ -27,7 +27,7 @@ from astro_otf.domain.forms import Form, Sink
 from astro_otf.service.uploads import UnknownUpload, UploadService
 from astro_otf.store.database import make_engine, migrate
 from tests.conftest import BACKENDS, ServerProcess
-from tests.integration.test_auth import ALICE, BOB, TOKENS
+from tests.unit.test_auth_inprocess import ALICE, BOB, TOKENS
 
 SAMPLE = Path(data_init).parent / "sample.fits"
 MAX_UPLOAD = 600_000

@@ -1,11 +1,15 @@
-"""The web page over real HTTP: pages render from the service's own data, the login cookie
+"""The web pages over HTTP: pages render from the service's own data, the login cookie
 and its CSRF token guard what a browser may change, jobs stay owner-scoped, the results
-zip holds the job's files, and /docs works with no network (only local assets)."""
+zip holds the job's files, and /docs works with no network (only local assets).
+
+Everything here is the HTTP layer and the service's policy, so the service runs in the
+test's process (tests/inprocess.py): its sep jobs run the real worker code in a thread (the
+results zip holds a real catalogue and preview), its sleep jobs are emulated.
+"""
 
 from __future__ import annotations
 
 import io
-import json
 import re
 import time
 import zipfile
@@ -16,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.inprocess import FakeExecutor, InProcessService, real_runs
 
 SAMPLE = Path(__file__).resolve().parents[2] / "src" / "astro_otf" / "data" / "sample.fits"
 TOKENS = {"tok-alice": "alice", "tok-bob": "bob"}
@@ -26,24 +30,21 @@ FINAL = {"COMPLETED", "ERROR", "ABORTED"}
 
 
 @pytest.fixture(scope="module")
-def anon_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("otf-web") / "data", None)
-    proc.start()
-    yield proc
-    proc.stop()
+def anon_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessService]:
+    """The service in anonymous mode; its sep jobs run the real worker code."""
+    with InProcessService(
+        tmp_path_factory.mktemp("otf-web") / "data", executor=FakeExecutor(default=real_runs)
+    ) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
-def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("otf-web-auth") / "data",
-        None,
-        auth_mode="token",
-        tokens=json.dumps(TOKENS),
-    )
-    proc.start()
-    yield proc
-    proc.stop()
+def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessService]:
+    """The service in token mode (alice, bob)."""
+    with InProcessService(
+        tmp_path_factory.mktemp("otf-web-auth") / "data", auth_mode="token", tokens=TOKENS
+    ) as service:
+        yield service
 
 
 class Assets(HTMLParser):
@@ -85,7 +86,7 @@ def wait_final(client: httpx.Client, job_id: str, headers: dict[str, str] | None
             headers={**(headers or {}), "Accept": "application/json"},
         )
         assert doc.status_code == 200, doc.text
-        phase = doc.json()["phase"]
+        phase = str(doc.json()["phase"])
         if phase in FINAL:
             return phase
     raise AssertionError(f"job {job_id} is still {phase}")
@@ -104,8 +105,8 @@ def sleep_job(client: httpx.Client, run_id: str, headers: dict[str, str] | None 
 # -- pages ---------------------------------------------------------------------------------
 
 
-def test_pages_render_with_local_assets(anon_server: ServerProcess) -> None:
-    with httpx.Client(base_url=anon_server.url, timeout=30) as client:
+def test_pages_render_with_local_assets(anon_server: InProcessService) -> None:
+    with anon_server.client(timeout=30) as client:
         for path, expected in (
             ("/", "<h1>Jobs</h1>"),
             ("/ui/submit", 'id="image" name="IMAGE" type="file"'),
@@ -139,13 +140,13 @@ def test_pages_render_with_local_assets(anon_server: ServerProcess) -> None:
         assert "phase" in bad.text.lower()
 
 
-def test_job_list_filters_and_rows(anon_server: ServerProcess) -> None:
-    with httpx.Client(base_url=anon_server.url, timeout=30) as api:
+def test_job_list_filters_and_rows(anon_server: InProcessService) -> None:
+    with anon_server.client(timeout=30) as api:
         first = sleep_job(api, "web-filter-a")
         second = sleep_job(api, "web-filter-b")
         wait_final(api, first)
         wait_final(api, second)
-    with httpx.Client(base_url=anon_server.url, timeout=30) as client:
+    with anon_server.client(timeout=30) as client:
         page = client.get("/").text
         assert first in page and second in page
         assert 'class="phase phase-completed"' in page
@@ -160,8 +161,8 @@ def test_job_list_filters_and_rows(anon_server: ServerProcess) -> None:
         assert "<html" not in rows.text  # rows alone, for the live refresh
 
 
-def test_job_page_and_results_zip(anon_server: ServerProcess) -> None:
-    with httpx.Client(base_url=anon_server.url, timeout=60) as client:
+def test_job_page_and_results_zip(anon_server: InProcessService) -> None:
+    with anon_server.client(timeout=60) as client:
         created = client.post(
             "/jobs",
             data={"PHASE": "RUN", "RUNID": "web-zip"},
@@ -200,8 +201,8 @@ def test_job_page_and_results_zip(anon_server: ServerProcess) -> None:
             assert len(names) == len(hrefs)
 
         # A job without results yet: 404 naming why; an unknown job: 404.
-        pending = httpx.post(  # no cookie: an API client
-            f"{anon_server.url}/jobs", data={"MODEL": "sleep", "DURATION": "0"}, timeout=10
+        pending = anon_server.client().post(  # no cookie: an API client
+            "/jobs", data={"MODEL": "sleep", "DURATION": "0"}, timeout=10
         )
         pending_id = str(pending.headers["location"]).rsplit("/", 1)[1]
         empty = client.get(f"/ui/jobs/{pending_id}/results.zip")
@@ -212,9 +213,9 @@ def test_job_page_and_results_zip(anon_server: ServerProcess) -> None:
 # -- CSRF in anonymous mode -----------------------------------------------------------------
 
 
-def test_anonymous_csrf(anon_server: ServerProcess) -> None:
+def test_anonymous_csrf(anon_server: InProcessService) -> None:
     job = {"MODEL": "sleep", "DURATION": "0"}
-    with httpx.Client(base_url=anon_server.url, timeout=30) as browser:
+    with anon_server.client(timeout=30) as browser:
         page = browser.get("/ui/submit")
         cookie = page.headers["set-cookie"]
         assert "otf_csrf=" in cookie and "HttpOnly" in cookie
@@ -249,21 +250,21 @@ def test_anonymous_csrf(anon_server: ServerProcess) -> None:
         assert doc["runId"] == "multipart"
         assert "csrf_token" not in doc["parameters"]
         # A token from another session does not fit this one.
-        with httpx.Client(base_url=anon_server.url, timeout=30) as other:
+        with anon_server.client(timeout=30) as other:
             theirs = csrf_of(other.get("/").text)
         assert theirs != token
         assert browser.post("/jobs", data=job, headers={"X-CSRF-Token": theirs}).status_code == 403
     # Plain API clients (no cookies) are not affected.
-    with httpx.Client(base_url=anon_server.url, timeout=30) as api:
+    with anon_server.client(timeout=30) as api:
         assert api.post("/jobs", data=job).status_code == 303
 
 
 # -- token mode: login, cookie, CSRF, owners --------------------------------------------------
 
 
-def login(server: ServerProcess, token: str) -> tuple[httpx.Client, str]:
+def login(server: InProcessService, token: str) -> tuple[httpx.Client, str]:
     """A browser-like client logged in with ``token``, and its CSRF token."""
-    client = httpx.Client(base_url=server.url, timeout=30)
+    client = server.client(timeout=30)
     form = client.get("/ui/login")
     assert form.status_code == 200
     done = client.post(
@@ -274,8 +275,8 @@ def login(server: ServerProcess, token: str) -> tuple[httpx.Client, str]:
     return client, csrf_of(client.get("/").text)
 
 
-def test_login_sets_a_strict_cookie(token_server: ServerProcess) -> None:
-    with httpx.Client(base_url=token_server.url, timeout=30) as client:
+def test_login_sets_a_strict_cookie(token_server: InProcessService) -> None:
+    with token_server.client(timeout=30) as client:
         # Pages without a token send the browser to the login form, and back after.
         to_login = client.get("/ui/submit")
         assert to_login.status_code == 303
@@ -314,15 +315,13 @@ def test_login_sets_a_strict_cookie(token_server: ServerProcess) -> None:
         client.cookies.delete("otf_token")
         assert client.get("/").status_code == 303
     # A cookie with a token the service does not know is a 401 on the API.
-    with httpx.Client(
-        base_url=token_server.url, timeout=30, cookies={"otf_token": "tok-mallory"}
-    ) as forged:
+    with token_server.client(timeout=30, cookies={"otf_token": "tok-mallory"}) as forged:
         answer = forged.get("/jobs")
         assert answer.status_code == 401
         assert "log in again" in answer.text
 
 
-def test_cookie_requests_need_the_csrf_token(token_server: ServerProcess) -> None:
+def test_cookie_requests_need_the_csrf_token(token_server: InProcessService) -> None:
     alice, csrf = login(token_server, "tok-alice")
     try:
         job = {"MODEL": "sleep", "DURATION": "0", "PHASE": "RUN", "RUNID": "by-cookie"}
@@ -332,7 +331,7 @@ def test_cookie_requests_need_the_csrf_token(token_server: ServerProcess) -> Non
         accepted = alice.post("/jobs", data=job, headers={"X-CSRF-Token": csrf})
         assert accepted.status_code == 303, accepted.text
         job_id = str(accepted.headers["location"]).rsplit("/", 1)[1]
-        owner = httpx.get(f"{token_server.url}/jobs/{job_id}/owner", headers=ALICE, timeout=10)
+        owner = token_server.client().get(f"/jobs/{job_id}/owner", headers=ALICE, timeout=10)
         assert owner.text == "alice"
         wait_final(alice, job_id)
         # Abort, delete and rerun are unsafe too.
@@ -349,14 +348,12 @@ def test_cookie_requests_need_the_csrf_token(token_server: ServerProcess) -> Non
     finally:
         alice.close()
     # A bearer header needs no CSRF token, even next to a cookie.
-    with httpx.Client(
-        base_url=token_server.url, timeout=30, cookies={"otf_token": "tok-alice"}
-    ) as both:
+    with token_server.client(timeout=30, cookies={"otf_token": "tok-alice"}) as both:
         assert both.post("/jobs", data={"MODEL": "sleep"}, headers=ALICE).status_code == 303
 
 
-def test_pages_are_owner_scoped(token_server: ServerProcess) -> None:
-    with httpx.Client(base_url=token_server.url, timeout=30) as api:
+def test_pages_are_owner_scoped(token_server: InProcessService) -> None:
+    with token_server.client(timeout=30) as api:
         alice_job = sleep_job(api, "alice-web", ALICE)
         bob_job = sleep_job(api, "bob-web", BOB)
         wait_final(api, alice_job, ALICE)
@@ -375,17 +372,17 @@ def test_pages_are_owner_scoped(token_server: ServerProcess) -> None:
     finally:
         alice.close()
     # Without a login, the zip is a 401 (an API-like download), not someone's files.
-    anonymous = httpx.get(f"{token_server.url}/ui/jobs/{alice_job}/results.zip", timeout=10)
+    anonymous = token_server.client().get(f"/ui/jobs/{alice_job}/results.zip", timeout=10)
     assert anonymous.status_code == 401
     # The model pages and the docs are public, like /models and /openapi.json.
-    assert httpx.get(f"{token_server.url}/ui/models", timeout=10).status_code == 200
+    assert token_server.client().get("/ui/models", timeout=10).status_code == 200
 
 
 # -- /docs, offline ----------------------------------------------------------------------------
 
 
-def test_docs_work_offline(anon_server: ServerProcess) -> None:
-    with httpx.Client(base_url=anon_server.url, timeout=30) as client:
+def test_docs_work_offline(anon_server: InProcessService) -> None:
+    with anon_server.client(timeout=30) as client:
         docs = client.get("/docs")
         assert docs.status_code == 200
         html = docs.text
