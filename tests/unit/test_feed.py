@@ -58,6 +58,26 @@ def test_resuming_replays_what_was_missed_and_filters_jobs() -> None:
     asyncio.run(main())
 
 
+def test_a_stream_starts_from_the_cursor_taken_when_its_request_was_answered() -> None:
+    """GET /jobs/events takes the feed's cursor before its headers go out: an event published
+    after that, but before the stream's body is first read, still reaches the client (a
+    client that reads the job when its stream opens then misses no change)."""
+
+    async def main() -> None:
+        feed = JobFeed()
+        assert feed.cursor() == f"{feed.boot}-0"  # before any event
+        feed.publish("phase", "a", None, {"phase": "EXECUTING"})
+        cursor = feed.cursor()  # the request is answered here ...
+        feed.publish("phase", "a", None, {"phase": "COMPLETED"})  # ... the job ends ...
+        # ... and only then does the stream's body start
+        got = await asyncio.wait_for(
+            take(feed, 1, owner=None, check_owner=False, last_event_id=cursor), 2
+        )
+        assert [e.data["phase"] for e in got] == ["COMPLETED"]
+
+    asyncio.run(main())
+
+
 def test_an_id_whose_events_are_gone_gets_a_reset() -> None:
     async def main() -> None:
         feed = JobFeed(keep=3)

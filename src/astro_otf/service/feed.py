@@ -63,6 +63,13 @@ class JobFeed:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
+    def cursor(self) -> str:
+        """The id of the newest event (``<boot>-0`` before any): a stream that starts from it
+        gets every event published from now on. Taken when a request is answered, before its
+        response's headers go out: a client that reads a job's state once its stream is open
+        then misses no change in between."""
+        return f"{self.boot}-{self._next - 1}"
+
     def _position(self, last_event_id: str | None) -> int | None:
         """The number of the first event to send after ``last_event_id``; None when the
         events after it are gone (another boot, or fallen out of the ring)."""

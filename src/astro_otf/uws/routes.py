@@ -225,6 +225,11 @@ async def job_events(request: Request, service: Service, owner: Owner) -> Respon
             "try again later or poll /jobs",
             retry_after=10,
         )
+    if last_id is None:
+        # from now, not from when the body starts streaming: the headers (and the client's
+        # "open") come first, and a change in between would be missed by a client that
+        # reads the job once its stream is open
+        last_id = feed.cursor()
 
     async def stream() -> AsyncIterator[bytes]:
         feed.subscribers += 1

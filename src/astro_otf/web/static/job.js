@@ -62,7 +62,9 @@
     if (window.EventSource) {
       var source = new EventSource("/jobs/events?job=" + encodeURIComponent(jobId));
       var opened = false;
-      source.addEventListener("open", function () { opened = true; });
+      /* on every (re)connection, once the stream is open: read the job, so that a change
+         between the page's rendering (or a dropped connection) and the stream is not missed */
+      source.addEventListener("open", function () { opened = true; check(); });
       source.addEventListener("phase", function (e) {
         var d = JSON.parse(e.data);
         if (d.progress !== undefined) { setProgress(d.progress); }
@@ -79,7 +81,6 @@
         if (source.readyState === EventSource.CLOSED) { source.close(); if (!opened) { waitLoop(); } }
       });
       window.addEventListener("pagehide", function () { source.close(); });
-      check(); /* a change between the page's rendering and the stream's start */
     } else {
       waitLoop();
     }
