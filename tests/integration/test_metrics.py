@@ -7,17 +7,14 @@ figures are the scheduler's and the store's, which are the real ones.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.inprocess import InProcessService
-
-FINAL = ("COMPLETED", "ERROR", "ABORTED")
+from tests.integration.test_uws_api import sleep_job, wait_final, wait_phase
 
 
 @pytest.fixture(
@@ -42,39 +39,6 @@ def client(server: InProcessService) -> Iterator[httpx.Client]:
     """A client of the module's service."""
     with server.client(timeout=60) as c:
         yield c
-
-
-def sleep_job(client: httpx.Client, duration: float, run: bool = False) -> str:
-    """A new sleep job of ``duration`` seconds (started with ``run``); its id."""
-    fields = {"MODEL": "sleep", "DURATION": str(duration)}
-    if run:
-        fields["PHASE"] = "RUN"
-    r = client.post("/jobs", data=fields)
-    assert r.status_code == 303, r.text
-    return str(r.headers["location"]).rsplit("/", 1)[-1]
-
-
-def wait_final(client: httpx.Client, job_id: str, timeout: float = 60) -> dict[str, Any]:
-    """The job's JSON document once it has ended."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = client.get(
-            f"/jobs/{job_id}", params={"WAIT": 10}, headers={"Accept": "application/json"}
-        )
-        doc: dict[str, Any] = r.json()
-        if doc["phase"] in FINAL:
-            return doc
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
-
-
-def wait_phase(client: httpx.Client, job_id: str, phase: str, timeout: float = 30) -> None:
-    """Return once the job is in ``phase``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.get(f"/jobs/{job_id}/phase").text == phase:
-            return
-        client.get(f"/jobs/{job_id}", params={"WAIT": 1})
-    raise AssertionError(f"job {job_id} never reached {phase}")
 
 
 def scrape(client: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

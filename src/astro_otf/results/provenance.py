@@ -369,7 +369,8 @@ def _clean(text: str) -> str:
 
 def _text(value: object) -> str:
     r"""``value`` as a string every PROV serialization can hold: a character XML 1.0 cannot
-    (a control character, say) is written as its ``\uXXXX`` escape."""
+    (a control character, say) is written as a backslash-u escape of its four hex digits
+    (BEL becomes ``\u0007``)."""
     return _NOT_XML.sub(lambda m: f"\\u{ord(m.group()):04x}", str(value))
 
 
